@@ -1,0 +1,109 @@
+"""Batched, vectorised post-processing: best class per anchor, threshold, NMS, pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from detector.box_coder import decode_boxes
+from detector.detections import DEFAULT_CLASS_NAMES, Detections
+
+_AREA_EPS = 1e-3  # AIZOO's single_class_non_max_suppression adds this to widths and heights
+
+
+def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
+    """IoU of every pair, as AIZOO's NMS computes it.
+
+    Args:
+        boxes: (B, K, 4) ``(x1, y1, x2, y2)``.
+    Returns:
+        (B, K, K) IoU; areas carry AIZOO's +1e-3 on each side.
+    """
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    area = (x2 - x1 + _AREA_EPS) * (y2 - y1 + _AREA_EPS)
+    iw = (torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :])).clamp(min=0)
+    ih = (torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :])).clamp(min=0)
+    inter = iw * ih
+    return inter / (area[:, :, None] + area[:, None, :] - inter)
+
+
+def batched_nms(boxes: torch.Tensor, valid: torch.Tensor, *, iou_threshold: float) -> torch.Tensor:
+    """Greedy single-class NMS for a batch, without a Python loop over boxes.
+
+    Args:
+        boxes: (B, K, 4), each row sorted by descending score.
+        valid: (B, K) bool, which rows are real candidates.
+    Returns:
+        (B, K) bool keep mask, equal to greedy NMS in score order.
+
+    Greedy NMS is the unique fixed point of ``keep[i] = valid[i] and no kept j < i
+    overlaps i``; iterating that map from "keep all" fixes one more position per
+    step, so it converges in at most K (in practice two or three) tensor steps.
+    """
+    k = boxes.shape[1]
+    if k == 0:
+        return valid
+    earlier = torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu(diagonal=1)  # [j, i]: j < i
+    suppresses = (pairwise_iou(boxes) > iou_threshold) & earlier & valid[:, :, None]
+    keep = valid
+    for _ in range(k):
+        new_keep = valid & ~(suppresses & keep[:, :, None]).any(dim=1)
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    return keep
+
+
+def postprocess(
+    loc: torch.Tensor,
+    scores: torch.Tensor,
+    anchors: torch.Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    *,
+    score_threshold: float = 0.5,
+    iou_threshold: float = 0.4,
+    variances: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2),
+    class_names: tuple[str, ...] = DEFAULT_CLASS_NAMES,
+) -> list[Detections]:
+    """Turns raw model outputs into per-picture detections.
+
+    Args:
+        loc: (B, A, 4) box offsets. scores: (B, A, C) sigmoid scores.
+        anchors: (A, 4) normalised ``(x1, y1, x2, y2)``.
+        image_sizes: B pairs ``(width, height)`` of the source pictures.
+    Returns:
+        B :class:`Detections`, boxes in source pixels, sorted by descending score.
+    """
+    batch = loc.shape[0]
+    if len(image_sizes) != batch:
+        raise ValueError(f"{len(image_sizes)} image sizes for a batch of {batch}")
+    loc = loc.float()
+    best, labels = scores.float().max(dim=-1)  # (B, A)
+    candidate = best > score_threshold
+    k = int(candidate.sum(dim=1).max()) if batch else 0
+    if k == 0:
+        return [Detections.empty(class_names) for _ in range(batch)]
+    order = torch.where(candidate, best, torch.full_like(best, -1.0)).argsort(dim=1, descending=True, stable=True)[:, :k]
+    valid = candidate.gather(1, order)
+    cand_loc = loc.gather(1, order[:, :, None].expand(-1, -1, 4))
+    boxes = decode_boxes(cand_loc, anchors.to(loc.device)[order], variances)  # (B, k, 4)
+    keep = batched_nms(boxes, valid, iou_threshold=iou_threshold)
+
+    sizes = torch.tensor(image_sizes, dtype=torch.float32, device=loc.device)  # (B, 2) w, h
+    scale = sizes.repeat(1, 2)[:, None, :]  # (B, 1, 4)
+    pixel = torch.minimum(torch.clamp(boxes * scale, min=0), scale)
+    keep_np = keep.cpu().numpy()
+    pixel_np = pixel.cpu().numpy()
+    score_np = best.gather(1, order).cpu().numpy()
+    label_np = labels.gather(1, order).cpu().numpy()
+    return [
+        Detections(
+            pixel_np[i][keep_np[i]].astype(np.float32),
+            score_np[i][keep_np[i]].astype(np.float32),
+            label_np[i][keep_np[i]].astype(np.int64),
+            class_names,
+        )
+        for i in range(batch)
+    ]

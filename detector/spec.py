@@ -1,0 +1,69 @@
+"""What defines a model: a small frozen dataclass per published variant (timm style)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+ANCHOR_SIZES = ((0.04, 0.056), (0.08, 0.11), (0.16, 0.22), (0.32, 0.45), (0.64, 0.72))
+ANCHOR_RATIOS = (1.0, 0.62, 0.42)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The AIZOO SSD's hyper-parameters.
+
+    The backbone is eight 3x3 convolutions (``backbone_channels``), each but the last
+    two followed by a 2x2/2 max-pool in ceil mode (Caffe's and Keras' ``same``
+    rounding); the last convolution has no padding. Heads read the outputs of
+    backbone layers ``head_sources``.
+    """
+
+    name: str
+    input_size: int
+    backbone_channels: tuple[int, ...] = (32, 64, 64, 64, 128, 128, 64, 64)
+    head_sources: tuple[int, ...] = (3, 4, 5, 6, 7)
+    head_channels: int = 64
+    anchor_sizes: tuple[tuple[float, ...], ...] = ANCHOR_SIZES
+    anchor_ratios: tuple[float, ...] = ANCHOR_RATIOS
+    variances: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    class_names: tuple[str, ...] = ("Mask", "NoMask")
+
+    @property
+    def anchors_per_cell(self) -> int:
+        return len(self.anchor_sizes[0]) + len(self.anchor_ratios) - 1
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def feature_map_sizes(self) -> tuple[int, ...]:
+        """Side of each head's square feature map, e.g. (33, 17, 9, 5, 3) at 260."""
+        side = self.input_size
+        sides = []
+        n = len(self.backbone_channels)
+        for i in range(n):
+            if i == n - 1:
+                side -= 2  # unpadded 3x3
+            sides.append(side)
+            if i < n - 2:
+                side = math.ceil(side / 2)
+        return tuple(sides[i] for i in self.head_sources)
+
+    @property
+    def num_anchors(self) -> int:
+        return sum(s * s for s in self.feature_map_sizes) * self.anchors_per_cell
+
+
+SPECS: dict[str, ModelSpec] = {
+    "aizoo-260": ModelSpec(name="aizoo-260", input_size=260),
+    "aizoo-360": ModelSpec(name="aizoo-360", input_size=360),
+}
+
+
+def spec_for_input_size(size: int) -> ModelSpec:
+    for spec in SPECS.values():
+        if spec.input_size == size:
+            return spec
+    return ModelSpec(name=f"aizoo-{size}", input_size=size)

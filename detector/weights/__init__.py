@@ -1,0 +1,115 @@
+"""Weight importers: one registry, format detected from the file's content.
+
+Each importer reads a published file into :class:`RawWeights` without the original
+framework and without executing anything from the file; :mod:`.convert` turns that
+into the model's state dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from detector.errors import WeightsError
+from detector.model import AizooSSD
+from detector.spec import ModelSpec, spec_for_input_size
+from detector.weights import caffe, pytorch
+from detector.weights.convert import RawWeights, build_model
+
+logger = logging.getLogger(__name__)
+
+_SNIFF_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Importer:
+    """A weight format: ``sniff(head, path)`` recognises it, ``read(path)`` imports it."""
+
+    name: str
+    description: str
+    sniff: Callable[[bytes, Path], bool]
+    read: Callable[[Path], RawWeights]
+
+
+IMPORTERS: dict[str, Importer] = {
+    imp.name: imp
+    for imp in (
+        Importer("pytorch", "PyTorch .pth (MMdnn whole-module pickle or state dict)", pytorch.sniff, pytorch.read),
+        Importer("caffe", "Caffe .prototxt + .caffemodel", caffe.sniff, caffe.read),
+    )
+}
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """A ready model and where it came from."""
+
+    model: AizooSSD
+    spec: ModelSpec
+    path: Path
+    format: str
+    sha256: str
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def detect_format(path: Path) -> Importer:
+    """The importer for ``path``, judged by its content (the extension only breaks ties)."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(path, "no such weight file")
+    if path.is_dir():
+        raise WeightsError(path, "is a directory, not a weight file")
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    if not head:
+        raise WeightsError(path, "the weight file is empty")
+    for imp in IMPORTERS.values():
+        if imp.sniff(head, path):
+            return imp
+    raise WeightsError(path, f"not a known weight format (known: {', '.join(IMPORTERS)})")
+
+
+def _declared_input_size(path: Path) -> int | None:
+    """The input side a Keras JSON with the same stem declares (AIZOO ships one per model)."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        config = json.loads(sidecar.read_text())
+        for layer in config["config"]["layers"]:
+            if layer.get("class_name") == "InputLayer":
+                return int(layer["config"]["batch_input_shape"][1])
+    except (ValueError, KeyError, TypeError, IndexError):
+        logger.warning("%s: ignoring an unreadable Keras JSON beside the weights", sidecar)
+    return None
+
+
+def read_weights(path: Path) -> RawWeights:
+    """Reads any supported weight file into :class:`RawWeights`."""
+    return detect_format(Path(path)).read(Path(path))
+
+
+def load_weights(path: Path | str, *, input_size: int | None = None) -> LoadedWeights:
+    """Loads a model from any supported file; BatchNorm folded, eval mode.
+
+    The input side is ``input_size`` if given, else what the file (or a Keras JSON with
+    the same stem) declares, else 260.
+    """
+    path = Path(path)
+    raw = read_weights(path)
+    size = input_size or raw.input_size or _declared_input_size(path) or 260
+    spec = spec_for_input_size(size)
+    model = build_model(raw, spec)
+    logger.info("loaded %s weights from %s (input %d)", raw.format, raw.path, size)
+    return LoadedWeights(model=model, spec=spec, path=raw.path, format=raw.format, sha256=sha256_of(raw.path))

@@ -1,0 +1,103 @@
+"""The ``maskjobs`` command line: thin Typer commands over the library.
+
+Errors of the :class:`~detector.errors.MaskjobsError` family become one line on stderr
+and their exit code here, at the boundary, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from jobs.errors import MaskjobsError
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(
+    name="maskjobs",
+    help="Face-mask compliance over hours of video: detect, run batch jobs on Ray, query Parquet.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--weights", help="Weight file in any supported format (default: $MASKJOBS_WEIGHTS, then the cache)."),
+]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def errors_to_exit_codes(fn: F) -> F:
+    """Turns the MaskjobsError family into one stderr line and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MaskjobsError as exc:
+            raise _fail(str(exc), exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+@errors_to_exit_codes
+def detect(
+    paths: Annotated[list[str], typer.Argument(help="Pictures and videos (every frame of a video).")],
+    weights: WeightsOpt = None,
+    score_threshold: Annotated[float, typer.Option(help="Keep faces scoring above this.", min=0.0, max=1.0)] = 0.5,
+    iou_threshold: Annotated[float, typer.Option(help="NMS overlap threshold.", min=0.0, max=1.0)] = 0.4,
+    batch_size: Annotated[int, typer.Option(help="Frames per model call.", min=1)] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array instead of a table.")] = False,
+) -> None:
+    """Run the detector on pictures and video frames, without Ray."""
+    from detector.predictor import FaceMaskDetector
+    from jobs.detect import detect_paths
+    from jobs.weights import resolve_weights
+
+    detector = FaceMaskDetector(
+        resolve_weights(weights), score_threshold=score_threshold, iou_threshold=iou_threshold
+    )
+    errors: list[MaskjobsError] = []
+    results = detect_paths(detector, paths, batch_size=batch_size, errors=errors)
+    if as_json:
+        typer.echo(json.dumps([r.to_json() for r in results]))
+    else:
+        for r in results:
+            typer.echo(f"{r.video}  frame {r.frame}: {len(r.detections)} face(s)")
+            for d in r.detections.to_records():
+                typer.echo(
+                    f"    {d['label']:<7} {d['score']:.4f}  "
+                    f"({d['x1']:.1f}, {d['y1']:.1f}, {d['x2']:.1f}, {d['y2']:.1f})"
+                )
+    for exc in errors:
+        typer.echo(f"error: {exc}", err=True)
+    if errors:
+        raise typer.Exit(2)

@@ -1,0 +1,57 @@
+"""Reading pictures and whole videos for the Ray-free ``detect`` command."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from jobs.errors import ImageReadError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".ppm", ".pgm"})
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".m2ts", ".3gp", ".ogv"}
+)
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def read_image_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, or :class:`ImageReadError` naming the file and the cause."""
+    if not path.exists():
+        raise ImageReadError(path, "no such file")
+    if path.is_dir():
+        raise ImageReadError(path, "is a directory")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "the file is empty")
+    data = np.fromfile(path, dtype=np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageReadError(path, "not a readable picture (unknown format or corrupt data)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def iter_video_batches(path: Path, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields ``(frame_indices, frames (B, H, W, 3) uint8 RGB)`` over every frame, in order."""
+    import decord
+
+    if not path.exists():
+        raise ImageReadError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "the file is empty")
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    except (decord.DECORDError, RuntimeError) as exc:
+        raise ImageReadError(path, f"not a readable video ({str(exc).splitlines()[0][:160]})") from None
+    total = len(reader)
+    for start in range(0, total, batch_size):
+        idx = np.arange(start, min(start + batch_size, total))
+        try:
+            frames = reader.get_batch(idx.tolist()).asnumpy()
+        except (decord.DECORDError, RuntimeError) as exc:
+            raise ImageReadError(path, f"decoding failed at frame {start} ({str(exc).splitlines()[0][:160]})") from None
+        yield idx, frames

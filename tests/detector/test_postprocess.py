@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from detector.anchors import generate_anchors
+from detector.box_coder import decode_boxes
+from detector.detections import Detections
+from detector.postprocess import batched_nms, postprocess
+from detector.spec import SPECS
+
+
+def _greedy_nms_reference(boxes: np.ndarray, scores: np.ndarray, conf: float, iou: float) -> list[int]:
+    """AIZOO's single_class_non_max_suppression, loop for loop."""
+    keep_idx = np.where(scores > conf)[0]
+    b, s = boxes[keep_idx], scores[keep_idx]
+    area = (b[:, 2] - b[:, 0] + 1e-3) * (b[:, 3] - b[:, 1] + 1e-3)
+    idxs = np.argsort(s, kind="stable")[::-1].tolist()
+    pick = []
+    while idxs:
+        i = idxs.pop(0)
+        pick.append(i)
+        rest = []
+        for j in idxs:
+            w = max(0.0, min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0]))
+            h = max(0.0, min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1]))
+            inter = w * h
+            if inter / (area[i] + area[j] - inter) <= iou:
+                rest.append(j)
+        idxs = rest
+    return sorted(keep_idx[pick].tolist())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_nms_equals_greedy_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    xy = rng.uniform(0, 0.8, size=(n, 2))
+    wh = rng.uniform(0.02, 0.3, size=(n, 2))
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    scores = rng.uniform(0, 1, size=n).astype(np.float32)
+    order = np.argsort(-scores, kind="stable")
+    t = torch.from_numpy(boxes[order])[None]
+    valid = torch.from_numpy(scores[order] > 0.5)[None]
+    keep = batched_nms(t, valid, iou_threshold=0.4)[0].numpy()
+    got = sorted(order[keep].tolist())
+    assert got == _greedy_nms_reference(boxes, scores, 0.5, 0.4)
+
+
+def test_postprocess_batch_matches_per_image_and_reference() -> None:
+    spec = SPECS["aizoo-260"]
+    anchors = generate_anchors(spec)
+    rng = np.random.default_rng(7)
+    loc = torch.from_numpy(rng.normal(0, 1, size=(3, spec.num_anchors, 4)).astype(np.float32))
+    scores = torch.from_numpy(rng.beta(0.3, 3, size=(3, spec.num_anchors, 2)).astype(np.float32))
+    sizes = [(640, 360), (100, 200), (1920, 1080)]
+    batch = postprocess(loc, scores, anchors, sizes, score_threshold=0.6, iou_threshold=0.4)
+    for i, (w, h) in enumerate(sizes):
+        single = postprocess(loc[i : i + 1], scores[i : i + 1], anchors, [(w, h)], score_threshold=0.6, iou_threshold=0.4)[0]
+        np.testing.assert_array_equal(batch[i].boxes, single.boxes)
+        boxes = decode_boxes(loc[i], anchors).numpy()
+        best = scores[i].max(-1).values.numpy()
+        keep = _greedy_nms_reference(boxes, best, 0.6, 0.4)
+        assert len(batch[i]) == len(keep) > 0
+        expect = np.clip(boxes[keep] * [w, h, w, h], 0, [w, h, w, h])
+        got = batch[i].boxes[np.argsort(np.argsort(-best[keep]))]
+        np.testing.assert_allclose(np.sort(got, 0), np.sort(expect, 0), atol=1e-3)
+        assert (batch[i].boxes[:, [0, 2]] <= w).all() and (batch[i].boxes >= 0).all()
+        assert np.all(np.diff(batch[i].scores) <= 0)
+
+
+def test_no_candidates_gives_empty() -> None:
+    spec = SPECS["aizoo-260"]
+    loc = torch.zeros(2, spec.num_anchors, 4)
+    scores = torch.full((2, spec.num_anchors, 2), 0.1)
+    out = postprocess(loc, scores, generate_anchors(spec), [(10, 10), (20, 20)])
+    assert [len(d) for d in out] == [0, 0]
+
+
+def test_detections_validate_shapes() -> None:
+    with pytest.raises(ValueError):
+        Detections(np.zeros((2, 3), np.float32), np.zeros(2, np.float32), np.zeros(2, np.int64))
+    with pytest.raises(ValueError):
+        Detections(np.zeros((1, 4), np.float32), np.zeros(1, np.float32), np.array([5]))

@@ -1,0 +1,146 @@
+"""Weight files: the published ones load; bad ones fail with one line naming the file."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import pickletools
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector.errors import WeightsError
+from detector.weights import IMPORTERS, detect_format, load_weights, read_weights
+
+PUBLISHED = {
+    "caffe": "face_mask_detection.caffemodel",
+    "pytorch": "face_mask_detection.pth",
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(IMPORTERS))
+def test_every_importer_loads_its_published_file(fmt: str, aizoo_dir: Path) -> None:
+    path = aizoo_dir / PUBLISHED[fmt]
+    assert detect_format(path).name == fmt
+    loaded = load_weights(path)
+    assert loaded.format == fmt and loaded.spec.input_size == 260
+    assert sum(p.numel() for p in loaded.model.parameters()) > 1_000_000
+
+
+def test_prototxt_path_finds_its_caffemodel(aizoo_dir: Path) -> None:
+    assert load_weights(aizoo_dir / "face_mask_detection.prototxt").format == "caffe"
+
+
+def test_format_is_detected_from_content_not_extension(aizoo_dir: Path, tmp_path: Path) -> None:
+    disguised = tmp_path / "weights.bin"
+    disguised.write_bytes((aizoo_dir / "face_mask_detection.pth").read_bytes())
+    assert detect_format(disguised).name == "pytorch"
+
+
+def test_360_model_takes_its_input_size_from_the_keras_json(aizoo_dir: Path) -> None:
+    loaded = load_weights(aizoo_dir / "model360.pth")
+    assert loaded.spec.input_size == 360 and loaded.spec.num_anchors == 11000
+
+
+def test_pth_and_caffe_agree(aizoo_dir: Path) -> None:
+    a = load_weights(aizoo_dir / PUBLISHED["caffe"]).model
+    b = load_weights(aizoo_dir / PUBLISHED["pytorch"]).model
+    x = torch.rand(2, 3, 260, 260)
+    with torch.inference_mode():
+        for ya, yb in zip(a(x), b(x)):
+            assert torch.allclose(ya, yb, atol=1e-4)
+
+
+def _assert_one_line_error(path: Path, match: str) -> None:
+    with pytest.raises(WeightsError, match=match) as info:
+        load_weights(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    _assert_one_line_error(tmp_path / "nope.pth", "no such weight file")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    p = tmp_path / "empty.caffemodel"
+    p.touch()
+    _assert_one_line_error(p, "empty")
+
+
+def test_wrong_format(tmp_path: Path) -> None:
+    p = tmp_path / "notes.pth"
+    p.write_text("these are not weights\n" * 10)
+    _assert_one_line_error(p, "not a known weight format")
+
+
+@pytest.mark.parametrize("fmt", sorted(IMPORTERS))
+@pytest.mark.parametrize("keep", [0.3, 0.9])
+def test_truncated_file(fmt: str, keep: float, aizoo_dir: Path, tmp_path: Path) -> None:
+    data = (aizoo_dir / PUBLISHED[fmt]).read_bytes()
+    p = tmp_path / PUBLISHED[fmt]
+    p.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(WeightsError) as info:
+        load_weights(p)
+    assert str(p) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_caffe_model_with_a_missing_layer(aizoo_dir: Path, tmp_path: Path) -> None:
+    raw = read_weights(aizoo_dir / PUBLISHED["caffe"])
+    assert "loc_4_conv.weight" in raw.tensors
+    # Rename one layer in the protobuf bytes: same length, so the file stays valid.
+    data = (aizoo_dir / PUBLISHED["caffe"]).read_bytes().replace(b"loc_4_conv", b"loc_4_xxxx")
+    p = tmp_path / "broken.caffemodel"
+    p.write_bytes(data)
+    _assert_one_line_error(p, "layer 'loc_4_conv' is missing")
+
+
+def test_pickle_naming_an_unknown_class_is_refused(tmp_path: Path) -> None:
+    """A legacy checkpoint whose pickle names os.system must be refused, never executed."""
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    p = tmp_path / "evil.pth"
+    with open(p, "wb") as f:
+        for obj in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001}):
+            pickle.dump(obj, f, protocol=2)
+        pickle.dump(Evil(), f, protocol=2)
+    _assert_one_line_error(p, "refusing to load: the pickle names class 'posix.system'")
+    assert not marker.exists()
+
+
+def test_wrong_tensor_shapes(tmp_path: Path) -> None:
+    from detector.model import AizooSSD
+    from detector.spec import SPECS
+    from detector.weights.convert import aizoo_layer_names
+
+    names = {v: k for k, v in aizoo_layer_names(SPECS["aizoo-260"]).items()}
+    sd = {}
+    for key, t in AizooSSD(SPECS["aizoo-260"]).state_dict().items():
+        module, kind = key.rsplit(".", 1)
+        sd[f"{names[module]}.{kind}"] = t
+    sd["conv2d_2.weight"] = torch.zeros(64, 32, 5, 5)
+    p = tmp_path / "state.pth"
+    torch.save(sd, p)
+    _assert_one_line_error(p, r"layer 'conv2d_2' has shape \(64, 32, 5, 5\)")
+
+
+def test_legacy_storage_size_mismatch(aizoo_dir: Path, tmp_path: Path) -> None:
+    data = bytearray((aizoo_dir / PUBLISHED["pytorch"]).read_bytes())
+    stream = io.BytesIO(bytes(data))
+    for _ in range(5):  # magic, protocol, sys info, the module, the storage keys
+        for _op in pickletools.genops(stream):
+            pass
+    end = stream.tell()  # the first storage's int64 element count starts here
+    (count,) = struct.unpack("<q", data[end : end + 8])
+    data[end : end + 8] = struct.pack("<q", count + 5)
+    p = tmp_path / "corrupt.pth"
+    p.write_bytes(bytes(data))
+    _assert_one_line_error(p, "storage size mismatch")

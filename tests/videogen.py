@@ -1,0 +1,63 @@
+"""Test videos with real faces: the shared photos panned and zoomed, encoded by ffmpeg."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# (codec args, container suffix)
+CODECS = {
+    "h264": (["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"], ".mp4"),
+    "hevc": (["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-x265-params", "log-level=error"], ".mkv"),
+    "vp9": (["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-pix_fmt", "yuv420p"], ".webm"),
+    "mpeg4": (["-c:v", "mpeg4", "-q:v", "3"], ".avi"),
+    "mjpeg": (["-c:v", "mjpeg", "-q:v", "3", "-pix_fmt", "yuvj420p"], ".mov"),
+}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Photos side by side on a canvas, drifting right and zooming slowly."""
+
+    photos: tuple[np.ndarray, ...]
+    width: int = 640
+    height: int = 360
+
+    def frame(self, i: int) -> np.ndarray:
+        canvas = np.full((self.height, self.width, 3), 40, np.uint8)
+        slot = self.width // len(self.photos)
+        for k, photo in enumerate(self.photos):
+            zoom = 0.85 + 0.1 * np.sin(i / 15.0)
+            scale = zoom * min(slot / photo.shape[1], self.height / photo.shape[0])
+            w, h = int(photo.shape[1] * scale), int(photo.shape[0] * scale)
+            img = cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
+            room = slot - w
+            x0 = k * slot + (i * 2) % (room + 1)
+            y0 = (self.height - h) // 2 + int(10 * np.cos(i / 10.0))
+            ys, xs = max(0, y0), max(0, x0)
+            ye, xe = min(self.height, y0 + h), min(self.width, x0 + w)
+            canvas[ys:ye, xs:xe] = img[ys - y0 : ye - y0, xs - x0 : xe - x0]
+        return canvas
+
+
+def write_video(
+    path: Path, scene: Scene, frames: int, *, ffmpeg: str, codec: str = "h264", fps: float = 25.0, gop: int = 25
+) -> Path:
+    """Encodes ``frames`` frames of ``scene`` to ``path`` (its suffix picks the container)."""
+    args, _ = CODECS[codec]
+    cmd = [
+        ffmpeg, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+        "-s", f"{scene.width}x{scene.height}", "-r", str(fps), "-i", "-", *args, "-g", str(gop), str(path),
+    ]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    for i in range(frames):
+        proc.stdin.write(scene.frame(i).tobytes())
+    proc.stdin.close()
+    if proc.wait() != 0:
+        raise RuntimeError(f"ffmpeg failed writing {path}")
+    return path
