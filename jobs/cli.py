@@ -101,3 +101,37 @@ def detect(
         typer.echo(f"error: {exc}", err=True)
     if errors:
         raise typer.Exit(2)
+
+
+@app.command()
+@errors_to_exit_codes
+def run(
+    inputs: Annotated[list[str], typer.Argument(help="Video files and directories (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (Parquet dataset + videos.parquet + job.json).")],
+    config: Annotated[Path | None, typer.Option("--config", help="YAML file merged over configs/default.yaml.")] = None,
+    stride: Annotated[int | None, typer.Option(help="Keep every Nth frame.")] = None,
+    fps: Annotated[float | None, typer.Option(help="Sample this many frames per second of video.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Frames per model call.")] = None,
+    weights: WeightsOpt = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: an embedded local Ray).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an output made with another config.")] = False,
+) -> None:
+    """Run the batch job: every video's sampled frames through the detector, into Parquet.
+
+    Exit code 0 when every video is done, 1 when any failed (after all others finished).
+    """
+    from jobs.config import resolve_config
+    from jobs.runjob import run_command
+
+    cfg = resolve_config(
+        config,
+        {
+            "sampling.stride": stride,
+            "sampling.fps": fps,
+            "detector.batch_size": batch_size,
+            "detector.weights": str(weights) if weights else None,
+            "ray.address": address,
+        },
+    )
+    code = run_command(inputs, out, cfg, overwrite=overwrite)
+    raise typer.Exit(code)

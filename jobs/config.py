@@ -1,0 +1,205 @@
+"""The job's configuration: ``configs/default.yaml`` + ``--config FILE`` + flags, resolved once.
+
+The result is a frozen :class:`JobConfig`, validated in one place; a bad value is a
+:class:`~jobs.errors.ConfigError` (one line, exit 2). It is passed down explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jobs.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    stride: int = 1
+    fps: float | None = None
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    weights: str | None = None
+    batch_size: int = 16
+    score_threshold: float = 0.5
+    iou_threshold: float = 0.4
+    device: str = "auto"
+    half: bool = True
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    detector_workers: int | None = None
+    detector_cpus: float = 1
+    detector_gpus: float = 0
+    decode_cpus: float = 1
+    decode_threads: int = 1
+
+
+@dataclass(frozen=True)
+class PlanningConfig:
+    shard_frames: int = 1024
+    pack_frames: int = 512
+    probe_timeout_s: float = 60
+    shard_timeout_s: float = 300
+    max_retries: int = 2
+    inflight_batches: int = 4
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    object_store_mb: int = 1024
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    planning: PlanningConfig = field(default_factory=PlanningConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def result_fingerprint(self, weights_sha256: str) -> str:
+        """What decides the output's rows: sampling, thresholds and the weights, nothing else."""
+        key = {
+            "sampling": dataclasses.asdict(self.sampling),
+            "score_threshold": self.detector.score_threshold,
+            "iou_threshold": self.detector.iou_threshold,
+            "weights_sha256": weights_sha256,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(JobConfig)}
+_CLASSES = {
+    "sampling": SamplingConfig,
+    "detector": DetectorConfig,
+    "resources": ResourcesConfig,
+    "planning": PlanningConfig,
+    "ray": RayConfig,
+}
+
+
+def _read_yaml(source: str, text: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    return data
+
+
+def _default_dict() -> dict[str, Any]:
+    text = resources.files("configs").joinpath("default.yaml").read_text()
+    return _read_yaml("configs/default.yaml", text)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], source: str) -> dict[str, Any]:
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in over.items():
+        if section not in _CLASSES:
+            raise ConfigError(f"{source}: unknown section {section!r} (known: {', '.join(_CLASSES)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        known = {f.name for f in dataclasses.fields(_CLASSES[section])}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key {section}.{key}")
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def _coerce(section: str, key: str, value: Any, kind: type) -> Any:
+    if value is None:
+        return None
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config {section}.{key}: {value!r} is not a valid {kind.__name__}") from None
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _build(data: dict[str, Any]) -> JobConfig:
+    sections = {}
+    for name, cls in _CLASSES.items():
+        values = {}
+        for f in dataclasses.fields(cls):
+            base = str(f.type).split("|")[0].strip()
+            values[f.name] = _coerce(name, f.name, data.get(name, {}).get(f.name, f.default), _TYPES[base])
+        sections[name] = cls(**values)
+    return JobConfig(**sections)
+
+
+def _validate(cfg: JobConfig) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"config {message}")
+
+    s, d, r, p = cfg.sampling, cfg.detector, cfg.resources, cfg.planning
+    need(s.stride >= 1, f"sampling.stride must be >= 1, got {s.stride}")
+    need(s.fps is None or s.fps > 0, f"sampling.fps must be > 0, got {s.fps}")
+    need(s.fps is None or s.stride == 1, "sampling: give either stride or fps, not both")
+    need(d.batch_size >= 1, f"detector.batch_size must be >= 1, got {d.batch_size}")
+    need(0 <= d.score_threshold <= 1, f"detector.score_threshold must be in [0, 1], got {d.score_threshold}")
+    need(0 <= d.iou_threshold <= 1, f"detector.iou_threshold must be in [0, 1], got {d.iou_threshold}")
+    need(d.device in ("auto", "cpu", "cuda"), f"detector.device must be auto, cpu or cuda, got {d.device!r}")
+    need(d.threads is None or d.threads >= 1, f"detector.threads must be >= 1, got {d.threads}")
+    need(r.detector_workers is None or r.detector_workers >= 1, "resources.detector_workers must be >= 1")
+    need(r.detector_cpus >= 0 and r.decode_cpus >= 0 and r.detector_gpus >= 0, "resources must not be negative")
+    need(r.decode_threads >= 1, "resources.decode_threads must be >= 1")
+    need(p.shard_frames >= 1 and p.pack_frames >= 0, "planning.shard_frames must be >= 1")
+    need(p.probe_timeout_s > 0 and p.shard_timeout_s > 0, "planning timeouts must be > 0")
+    need(p.max_retries >= 0, "planning.max_retries must be >= 0")
+    need(p.inflight_batches >= 1, "planning.inflight_batches must be >= 1")
+    need(cfg.ray.object_store_mb >= 80, "ray.object_store_mb must be >= 80")
+
+
+def resolve_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Defaults, then ``config_file``, then ``overrides`` (``{"section.key": value}``; None = unset)."""
+    data = _default_dict()
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"{config_file}: no such config file")
+        data = _merge(data, _read_yaml(str(config_file), config_file.read_text()), str(config_file))
+    flat: dict[str, dict[str, Any]] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        flat.setdefault(section, {})[key] = value
+    data = _merge(data, flat, "command line")
+    if (overrides or {}).get("sampling.fps") is not None and (overrides or {}).get("sampling.stride") is None:
+        data["sampling"]["stride"] = 1  # --fps replaces a stride from the config file
+    cfg = _build(data)
+    _validate(cfg)
+    return cfg

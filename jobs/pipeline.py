@@ -1,0 +1,407 @@
+"""The batch job on Ray: probe, plan, decode, detect, commit.
+
+Why Ray core rather than Ray Data: the job's unit of failure and of commit is a shard of
+one video (or a pack of short ones). Ray core lets the driver own exactly that: each
+shard is one streaming-generator decode task (bounded by generator backpressure) whose
+batches go straight from the object store to detector actors that load the model once;
+the driver sees only small detection arrays, commits a shard's rows atomically when its
+last batch is back, and retries or fails a shard on its own (crash, hang, bad data)
+without touching the others. Ray Data's streaming executor would own retries and output
+files itself, and a single bad video would fail its whole dataset.
+
+Memory is bounded whatever the videos' length: at most ``inflight_batches`` batches per
+detector actor plus two per active decode task exist at once, and frames never reach the
+driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from jobs.config import JobConfig
+from jobs.decode import decode_shard
+from jobs.inputs import VideoInput
+from jobs.plan import Shard, plan_shards, split_pack
+from jobs.predictor import DetectorActor, WeightsPayload
+from jobs.probe import ProbeError, VideoInfo, probe_video
+from sinks.parquet import FrameSink
+from sinks.schema import frames_table
+
+logger = logging.getLogger(__name__)
+
+_GENERATOR_BACKPRESSURE = 2
+
+
+@dataclass
+class _Attempt:
+    shard: Shard
+    attempt: int
+    gen: Any
+    started: float
+    last_progress: float
+    next_seq: int = 0
+    pending: dict[Any, int] = field(default_factory=dict)  # result ref -> sequence number
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    exhausted: bool = False
+    running: bool = False  # the decode task has started (it yielded its STARTED marker)
+
+
+@dataclass
+class JobResult:
+    """What the driver returns: one dict per video (``videos.parquet`` rows)."""
+
+    videos: list[dict[str, Any]]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [v for v in self.videos if v["status"] != "done"]
+
+
+def _first_line(exc: BaseException) -> str:
+    """The most useful single line of a (possibly Ray-wrapped) exception."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        return _first_line(cause)
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith(("jobs.decode.DecodeError:", "DecodeError:")):
+            return ln.split(":", 1)[1].strip()
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
+def _probe_all(ray: Any, videos: list[VideoInput], timeout_s: float) -> tuple[dict[str, VideoInfo], dict[str, str]]:
+    """Probes every video in Ray workers; a crash or hang fails that video only."""
+    remote = ray.remote(num_cpus=0.5, max_retries=0)(probe_video)
+    refs = {remote.remote(v.path): v for v in videos}
+    infos: dict[str, VideoInfo] = {}
+    errors: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=max(0.0, deadline - time.monotonic()))
+        for ref in ready:
+            video = refs[ref]
+            try:
+                infos[video.video] = ray.get(ref)
+            except ProbeError as exc:  # Ray re-raises it wrapped; ``cause`` is the original
+                errors[video.video] = str(getattr(exc, "cause", None) or exc)
+            except Exception as exc:  # a Ray error: the probe worker crashed or raised
+                errors[video.video] = f"probe failed ({_first_line(exc)})"
+        if time.monotonic() >= deadline:
+            break
+    for ref in pending:
+        ray.cancel(ref, force=True)
+        errors[refs[ref].video] = f"probe timed out after {timeout_s:g} s (the decoder hangs on this file)"
+    return infos, errors
+
+
+class _Runner:
+    """The driver's scheduling loop over shards, decode generators and detector actors."""
+
+    def __init__(
+        self,
+        ray: Any,
+        config: JobConfig,
+        make_actor: Callable[[], Any],
+        workers: int,
+        input_size: int,
+        class_names: tuple[str, ...],
+        sink: FrameSink,
+        on_frames: Callable[[int], None],
+    ) -> None:
+        self.ray = ray
+        self.cfg = config
+        self.make_actor = make_actor
+        self.actors = [make_actor() for _ in range(workers)]
+        self.load = [0] * workers
+        self.input_size = input_size
+        self.class_names = class_names
+        self.sink = sink
+        self.on_frames = on_frames
+        res = config.resources
+        self.decode = ray.remote(decode_shard).options(
+            num_cpus=res.decode_cpus,
+            num_returns="streaming",
+            max_retries=0,
+            _generator_backpressure_num_objects=_GENERATOR_BACKPRESSURE,
+        )
+        self.failures: dict[str, str] = {}
+        self.queue: deque[tuple[Shard, int]] = deque()
+        self.active: dict[str, _Attempt] = {}
+        self.actor_of: dict[Any, int] = {}
+        cpus = ray.available_resources().get("CPU", 1.0)
+        self.max_active = max(2, int(cpus // max(res.decode_cpus, 0.25)))
+
+    # -- life of a shard ------------------------------------------------------------------
+    def _start(self, shard: Shard, attempt: int) -> None:
+        gen = self.decode.remote(
+            shard, input_size=self.input_size, batch_size=self.cfg.detector.batch_size,
+            threads=self.cfg.resources.decode_threads,
+        )
+        now = time.monotonic()
+        self.active[shard.shard_id] = _Attempt(shard, attempt, gen, now, now)
+
+    def _fail(self, run: _Attempt, error: str) -> None:
+        self.active.pop(run.shard.shard_id, None)
+        self.ray.cancel(run.gen, force=True)
+        for ref in run.pending:
+            self._release(ref)
+        if len(run.shard.segments) > 1:
+            logger.info("shard %s failed (%s); retrying its videos one by one", run.shard.shard_id, error)
+            self.queue.extend((s, 0) for s in split_pack(run.shard))
+        elif run.attempt < self.cfg.planning.max_retries:
+            logger.info("shard %s failed (%s); retry %d", run.shard.shard_id, error, run.attempt + 1)
+            self.queue.append((run.shard, run.attempt + 1))
+        else:
+            for video in run.shard.videos:
+                self.failures.setdefault(video, error)
+
+    def _commit(self, run: _Attempt) -> None:
+        self.active.pop(run.shard.shard_id)
+        parts = [run.results[i] for i in range(run.next_seq)]
+        if parts:
+            cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        else:
+            cat = {
+                "video": np.zeros(0, object), "frame": np.zeros(0, np.int64), "time_s": np.zeros(0),
+                "counts": np.zeros(0, np.int32), "labels": np.zeros(0, np.int64),
+                "scores": np.zeros(0, np.float32), "boxes": np.zeros((0, 4), np.float32),
+            }
+        expected = run.shard.num_frames
+        if len(cat["frame"]) != expected:
+            self._fail(run, f"decoded {len(cat['frame'])} of {expected} frames")
+            return
+        table = frames_table(
+            cat["video"], cat["frame"], cat["time_s"], cat["counts"], cat["labels"], cat["scores"], cat["boxes"],
+            self.class_names,
+        )
+        segments = [(s.video, s.frames[0], s.frames[-1]) for s in run.shard.segments]
+        self.sink.write(run.shard.shard_id, table, segments)
+
+    def _release(self, ref: Any) -> int:
+        """Forgets a finished call; returns the index of the actor it ran on (-1: replaced)."""
+        i = self.actor_of.pop(ref, -1)
+        if i >= 0:
+            self.load[i] -= 1
+        return i
+
+    def _replace_actor(self, i: int) -> None:
+        """A detector actor died (its process was killed, or OOM): start a fresh one."""
+        logger.warning("detector actor %d died; starting a replacement", i)
+        self.ray.kill(self.actors[i])
+        self.actors[i] = self.make_actor()
+        for ref, j in list(self.actor_of.items()):
+            if j == i:  # calls queued on the dead actor fail too; their shards retry
+                self.actor_of[ref] = -1
+        self.load[i] = 0
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+
+    # -- the loop -------------------------------------------------------------------------
+    def _capacity(self) -> int:
+        return len(self.actors) * self.cfg.planning.inflight_batches - sum(self.load)
+
+    def _dispatch(self, run: _Attempt, batch_ref: Any) -> None:
+        i = int(np.argmin(self.load))
+        result = self.actors[i].__call__.remote(batch_ref)
+        self.load[i] += 1
+        self.actor_of[result] = i
+        run.pending[result] = run.next_seq
+        run.next_seq += 1
+
+    def run(self, shards: list[Shard]) -> None:
+        self.queue.extend((s, 0) for s in shards)
+        timeout = self.cfg.planning.shard_timeout_s
+        while self.queue or self.active:
+            while self.queue and len(self.active) < self.max_active:
+                self._start(*self.queue.popleft())
+            runs = list(self.active.values())
+            gens = [r.gen for r in runs if not r.exhausted]
+            results = [ref for r in runs for ref in r.pending]
+            waitable = results + (gens if self._capacity() > 0 else [])
+            if waitable:
+                self.ray.wait(waitable, num_returns=1, timeout=1.0, fetch_local=False)
+            now = time.monotonic()
+            # pull decoded batches while the actors have room
+            for run in runs:
+                while not run.exhausted and self._capacity() > 0:
+                    ready, _ = self.ray.wait([run.gen], timeout=0, fetch_local=False)
+                    if not ready:
+                        break
+                    try:
+                        ref = next(run.gen)
+                    except StopIteration:
+                        run.exhausted = True
+                        break
+                    run.last_progress = now
+                    if not run.running:  # the STARTED marker
+                        run.running = True
+                        continue
+                    self._dispatch(run, ref)
+            # collect detections
+            for run in runs:
+                if run.shard.shard_id not in self.active:
+                    continue
+                if run.pending:
+                    done, _ = self.ray.wait(list(run.pending), num_returns=len(run.pending), timeout=0)
+                    try:
+                        for ref in done:
+                            out = self.ray.get(ref)
+                            self._release(ref)
+                            run.results[run.pending.pop(ref)] = out
+                            run.last_progress = now
+                            self.on_frames(len(out["frame"]))
+                    except Exception as exc:  # decode or actor failure, surfaced by Ray
+                        i = self._release(ref)
+                        run.pending.pop(ref, None)
+                        if isinstance(exc, self.ray.exceptions.RayActorError) and i >= 0:
+                            self._replace_actor(i)
+                        self._fail(run, _first_line(exc))
+                        continue
+                if run.exhausted and not run.pending:
+                    self._commit(run)
+                elif run.running and now - run.last_progress > timeout:
+                    self._fail(run, f"no progress for {timeout:g} s (decoder hung or crashed repeatedly)")
+
+
+def run_job(
+    ray: Any,
+    videos: list[VideoInput],
+    config: JobConfig,
+    weights: WeightsPayload,
+    sink: FrameSink,
+    *,
+    overwrite: bool,
+    on_plan: Callable[[int], None] = lambda n: None,
+    on_frames: Callable[[int], None] = lambda n: None,
+) -> JobResult:
+    """Runs the whole job on the connected Ray cluster and commits its output."""
+    started = datetime.now(timezone.utc).isoformat()
+    job = _job_record(config, weights, videos, started)
+    committed = sink.start(job, fingerprint=config.result_fingerprint(weights.sha256), overwrite=overwrite)
+
+    infos, failures = _probe_all(ray, videos, config.planning.probe_timeout_s)
+    probed = [(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]
+    shards = plan_shards(
+        probed, config.sampling, shard_frames=config.planning.shard_frames,
+        pack_frames=config.planning.pack_frames, committed=committed,
+    )
+    on_plan(sum(s.num_frames for s in shards))
+    logger.info("%d videos, %d shards to run (%d probe failures)", len(videos), len(shards), len(failures))
+
+    if shards:
+        res = config.resources
+        workers = res.detector_workers or _default_detector_workers(ray, res.detector_gpus)
+        # Ray does not restart these actors: the runner replaces a dead one itself and
+        # retries the shards it was working on, so no frame is lost or doubled.
+        actor_cls = ray.remote(DetectorActor).options(
+            num_cpus=res.detector_cpus, num_gpus=res.detector_gpus, max_restarts=0, max_task_retries=0,
+        )
+        threads = config.detector.threads or max(1, int(res.detector_cpus))
+        payload = ray.put(weights)
+        use_gpu = res.detector_gpus > 0
+
+        def make_actor() -> Any:
+            return actor_cls.remote(payload, config.detector, threads=threads, use_gpu=use_gpu)
+
+        runner = _Runner(ray, config, make_actor, workers, weights.spec.input_size, weights.spec.class_names, sink, on_frames)
+        try:
+            runner.run(shards)
+        finally:
+            runner.close()
+        failures.update({k: v for k, v in runner.failures.items() if k not in failures})
+
+    rows = _video_rows(videos, infos, failures, sink.frame_totals(), config)
+    job.update(
+        status="done" if not any(r["status"] != "done" for r in rows) else "failed",
+        finished=datetime.now(timezone.utc).isoformat(),
+        fingerprint=config.result_fingerprint(weights.sha256),
+    )
+    sink.commit(rows, job)
+    return JobResult(rows)
+
+
+def _default_detector_workers(ray: Any, gpus_per_actor: float) -> int:
+    total = ray.cluster_resources()
+    if gpus_per_actor > 0:
+        return max(1, int(total.get("GPU", 0) // gpus_per_actor))
+    return max(1, int(total.get("CPU", 2) // 2))
+
+
+def _video_rows(
+    videos: list[VideoInput],
+    infos: dict[str, VideoInfo],
+    failures: dict[str, str],
+    totals: dict[str, dict[str, int]],
+    config: JobConfig,
+) -> list[dict[str, Any]]:
+    from jobs.plan import sample_frames
+
+    rows = []
+    for v in videos:
+        info = infos.get(v.video)
+        t = totals.get(v.video, {"frames": 0, "faces": 0, "masked": 0, "unmasked": 0})
+        error = failures.get(v.video)
+        if error is None and info is not None and t["frames"] != len(sample_frames(info, config.sampling)):
+            error = f"{t['frames']} of {len(sample_frames(info, config.sampling))} sampled frames committed"
+        rows.append(
+            {
+                "video": v.video,
+                "path": v.path,
+                "status": "failed" if error else "done",
+                "error": error,
+                "frames_total": info.frames_total if info else None,
+                "frames_processed": t["frames"],
+                "fps": info.fps if info else None,
+                "duration_s": info.duration_s if info else None,
+                "width": info.width if info else None,
+                "height": info.height if info else None,
+                "faces": t["faces"],
+                "masked": t["masked"],
+                "unmasked": t["unmasked"],
+                "compliance": (t["masked"] / t["faces"]) if t["faces"] else None,
+            }
+        )
+    return rows
+
+
+def _job_record(config: JobConfig, weights: WeightsPayload, videos: list[VideoInput], started: str) -> dict[str, Any]:
+    import platform
+
+    import pyarrow
+    import ray
+    import torch
+
+    return {
+        "config": config.to_dict(),
+        "weights": {"path": weights.path, "format": weights.format, "sha256": weights.sha256,
+                    "input_size": weights.spec.input_size},
+        "inputs": len(videos),
+        "versions": {
+            "maskjobs": _version(), "python": platform.python_version(), "ray": ray.__version__,
+            "torch": torch.__version__, "pyarrow": pyarrow.__version__,
+        },
+        "started": started,
+        "host": os.uname().nodename,
+    }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("maskjobs")
+    except PackageNotFoundError:
+        return "unknown"

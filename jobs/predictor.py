@@ -1,0 +1,76 @@
+"""The detector as a Ray actor: loads the model once, maps a batch dict to a batch dict."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from detector.model import AizooSSD
+from detector.predictor import FaceMaskDetector
+from detector.spec import ModelSpec
+from detector.weights import LoadedWeights
+from jobs.config import DetectorConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WeightsPayload:
+    """Weights as plain arrays (never a pickled module), shipped once to every actor."""
+
+    spec: ModelSpec
+    state: dict[str, np.ndarray]
+    sha256: str
+    format: str
+    path: str
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedWeights) -> WeightsPayload:
+        state = {k: v.detach().cpu().numpy() for k, v in loaded.model.state_dict().items()}
+        return cls(loaded.spec, state, loaded.sha256, loaded.format, str(loaded.path))
+
+    def to_loaded(self) -> LoadedWeights:
+        model = AizooSSD(self.spec)
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.state.items()}, strict=True)
+        return LoadedWeights(model.eval(), self.spec, self.path, self.format, self.sha256)
+
+
+class DetectorActor:
+    """Ray actor body. ``__call__`` takes a decoded batch and returns its detections:
+    ``{video, frame, time_s (B,), counts (B,), labels (K,), scores (K,), boxes (K, 4)}``."""
+
+    def __init__(self, weights: WeightsPayload, config: DetectorConfig, *, threads: int | None, use_gpu: bool) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        device = config.device
+        if device == "auto":
+            device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.detector = FaceMaskDetector(
+            weights.to_loaded(),
+            device=device,
+            half=config.half,
+            score_threshold=config.score_threshold,
+            iou_threshold=config.iou_threshold,
+        )
+        logger.info("detector actor ready on %s (threads=%s)", device, torch.get_num_threads())
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        sizes = list(zip(batch["width"].tolist(), batch["height"].tolist()))
+        dets = self.detector.detect_prepared(batch["frames"], sizes)
+        counts = np.array([len(d) for d in dets], dtype=np.int32)
+        return {
+            "video": batch["video"],
+            "frame": batch["frame"],
+            "time_s": batch["time_s"],
+            "counts": counts,
+            "labels": np.concatenate([d.labels for d in dets]) if dets else np.zeros(0, np.int64),
+            "scores": np.concatenate([d.scores for d in dets]) if dets else np.zeros(0, np.float32),
+            "boxes": np.concatenate([d.boxes for d in dets]) if dets else np.zeros((0, 4), np.float32),
+        }
+
+    def ping(self) -> str:
+        return self.detector.device.type

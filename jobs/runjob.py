@@ -1,0 +1,54 @@
+"""``maskjobs run`` end to end: inputs, weights, Ray, the job, the summary."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from detector.weights import load_weights
+from jobs.config import JobConfig
+from jobs.inputs import discover
+from jobs.pipeline import JobResult, run_job
+from jobs.predictor import WeightsPayload
+from jobs.progress import Progress
+from jobs.raycluster import ray_session
+from jobs.weights import resolve_weights
+from sinks.parquet import FrameSink
+
+logger = logging.getLogger(__name__)
+
+
+def run_command(inputs: list[str], out: Path, config: JobConfig, *, overwrite: bool) -> int:
+    """Runs the job; returns the exit code (0 all done, 1 some videos failed)."""
+    videos = discover(inputs)
+    weights = WeightsPayload.from_loaded(load_weights(resolve_weights(config.detector.weights)))
+    sink = FrameSink(out)
+    progress = Progress()
+    with ray_session(config.ray) as ray:
+        result = run_job(
+            ray, videos, config, weights, sink, overwrite=overwrite,
+            on_plan=progress.start, on_frames=progress.advance,
+        )
+    fps = progress.close()
+    print_summary(result, fps)
+    for v in result.failed:
+        sys.stderr.write(f"error: {v['path']}: {v['error']}\n")
+    return 1 if result.failed else 0
+
+
+def print_summary(result: JobResult, fps: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rate = f", {fps:.1f} frames/s" if fps > 0 else ", nothing left to process"
+    table = Table(title=f"maskjobs run: {len(result.videos)} videos{rate}")
+    for col in ("video", "status", "frames", "faces", "masked", "unmasked", "compliance"):
+        table.add_column(col, justify="left" if col in ("video", "status") else "right")
+    for v in result.videos:
+        comp = "-" if v["compliance"] is None else f"{v['compliance']:.1%}"
+        table.add_row(
+            v["video"], v["status"], str(v["frames_processed"]), str(v["faces"]), str(v["masked"]),
+            str(v["unmasked"]), comp,
+        )
+    Console(width=120).print(table)

@@ -1,0 +1,97 @@
+"""The Parquet schemas of a job's output, and building frame tables from detector output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+DETECTION_TYPE = pa.struct(
+    [
+        ("label", pa.string()),
+        ("score", pa.float32()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+        ("x2", pa.float32()),
+        ("y2", pa.float32()),
+    ]
+)
+
+FRAMES_SCHEMA = pa.schema(
+    [
+        ("video", pa.string()),
+        ("frame", pa.int64()),
+        ("time_s", pa.float64()),
+        ("faces", pa.int32()),
+        ("masked", pa.int32()),
+        ("unmasked", pa.int32()),
+        ("compliance", pa.float32()),
+        ("detections", pa.list_(DETECTION_TYPE)),
+    ]
+)
+
+VIDEOS_SCHEMA = pa.schema(
+    [
+        ("video", pa.string()),
+        ("path", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("frames_total", pa.int64()),
+        ("frames_processed", pa.int64()),
+        ("fps", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("faces", pa.int64()),
+        ("masked", pa.int64()),
+        ("unmasked", pa.int64()),
+        ("compliance", pa.float32()),
+    ]
+)
+
+
+def frames_table(
+    video: np.ndarray,
+    frame: np.ndarray,
+    time_s: np.ndarray,
+    counts: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    boxes: np.ndarray,
+    class_names: tuple[str, ...],
+    mask_label: int = 0,
+) -> pa.Table:
+    """One row per frame.
+
+    Args:
+        video, frame, time_s, counts: (F,) per frame; ``counts`` faces per frame.
+        labels (K,) int, scores (K,) float, boxes (K, 4) float: every face, frame after frame.
+    """
+    counts = np.asarray(counts, dtype=np.int32)
+    labels = np.asarray(labels, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    is_masked = (labels == mask_label).astype(np.int32)
+    masked = np.add.reduceat(is_masked, offsets[:-1]) if len(labels) else np.zeros(len(counts), np.int32)
+    masked = np.where(counts > 0, masked, 0).astype(np.int32)
+    unmasked = counts - masked
+    with np.errstate(invalid="ignore", divide="ignore"):
+        compliance = np.where(counts > 0, masked / np.maximum(counts, 1), np.nan).astype(np.float32)
+    names = pa.array(np.asarray(class_names, dtype=object)[labels] if len(labels) else [], pa.string())
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    structs = pa.StructArray.from_arrays(
+        [names, pa.array(np.asarray(scores, np.float32)), *(pa.array(boxes[:, i]) for i in range(4))],
+        fields=list(DETECTION_TYPE),
+    )
+    detections = pa.ListArray.from_arrays(pa.array(offsets), structs, type=pa.list_(DETECTION_TYPE))
+    return pa.Table.from_arrays(
+        [
+            pa.array(video, pa.string()),
+            pa.array(np.asarray(frame, np.int64)),
+            pa.array(np.asarray(time_s, np.float64)),
+            pa.array(counts),
+            pa.array(masked),
+            pa.array(unmasked.astype(np.int32)),
+            pa.array(compliance, mask=np.isnan(compliance)),
+            detections,
+        ],
+        schema=FRAMES_SCHEMA,
+    )
