@@ -1,8 +1,9 @@
 """Every weight format, loaded, equals the reference runtime (OpenCV DNN on the Caffe model)
-on the detector parity test's inputs."""
+on the detector parity test's inputs; the parity checks of ``maskjobs models verify`` work."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from detector.predictor import FaceMaskDetector
-from detector.weights import IMPORTERS
+from detector.weights import IMPORTERS, load_weights, read_weights
+from detector.weights.verify import builtin_inputs, self_consistency
 from tests.detector.test_parity import INPUTS, TOLERANCE
 from tests.detector.weight_files import build_weight_files
 
@@ -54,3 +56,21 @@ def test_every_format_matches_the_reference(
     assert scores.shape == ref_scores.shape == (len(INPUTS), 5972, 2)
     np.testing.assert_allclose(loc, ref_loc, atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(scores, ref_scores, atol=TOLERANCE, rtol=0)
+
+
+def test_builtin_inputs_are_deterministic_pictures() -> None:
+    a, b = builtin_inputs(260), builtin_inputs(260)
+    assert a.shape == (8, 260, 260, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a[0], a[5])  # two different noise pictures
+    assert a[3].max() == 0 and a[4].min() == 255
+
+
+def test_self_consistency_checks_the_batchnorm_folding(aizoo_dir: Path) -> None:
+    """The 360 model has no reference runtime: the float64 unfolded forward is its check."""
+    raw = read_weights(aizoo_dir / "model360.pth")
+    loaded = load_weights(aizoo_dir / "model360.pth")
+    batch = builtin_inputs(360, count=2)
+    report = self_consistency(loaded.model, raw, batch)
+    assert loaded.spec.input_size == 360 and report.passed(), report
+    wrong_eps = dataclasses.replace(raw, bn_eps=1e-1)
+    assert not self_consistency(loaded.model, wrong_eps, batch[:1]).passed()
