@@ -101,3 +101,8 @@ def detect(
         typer.echo(f"error: {exc}", err=True)
     if errors:
         raise typer.Exit(2)
+
+
+from jobs.cli_models import models_app  # noqa: E402  (below: it uses errors_to_exit_codes)
+
+app.add_typer(models_app, name="models")
