@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import WeightsError
+from detector.weights._bytes import ByteReader
 from detector.weights.convert import RawWeights
 
 _LIST_MAGIC = 0x112
@@ -36,23 +37,7 @@ _NAME_PATTERNS = (
 )
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
-        self.pos = 0
-
-    def take(self, size: int) -> memoryview:
-        if size < 0 or self.pos + size > len(self.data):
-            raise ValueError(f"the file ends at byte {len(self.data)}, {size} more bytes were expected at {self.pos}")
-        out = self.data[self.pos : self.pos + size]
-        self.pos += size
-        return out
-
-    def unpack(self, fmt: str) -> int:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
-
-
-def _array(r: _Reader) -> np.ndarray:
+def _array(r: ByteReader) -> np.ndarray:
     magic = r.unpack("<I")
     version = _ARRAY_MAGICS.get(magic)
     if version is None:
@@ -82,7 +67,7 @@ def _aizoo_key(name: str) -> str | None:
 
 def load_ndarray_list(path: Path) -> dict[str, np.ndarray]:
     """Every named array of an MXNet ``.params`` / ``nd.save`` file."""
-    r = _Reader(path.read_bytes())
+    r = ByteReader(path.read_bytes())
     try:
         if r.unpack("<Q") != _LIST_MAGIC:
             raise WeightsError(path, "not an MXNet NDArray list (bad magic number)")

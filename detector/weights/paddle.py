@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import WeightsError
+from detector.weights._bytes import ByteReader
 from detector.weights import _protobuf as pb
 from detector.weights.convert import RawWeights
 
@@ -97,23 +98,7 @@ def _program(data: bytes) -> tuple[list[_Var], int | None]:
     return variables, side
 
 
-class _Stream:
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
-        self.pos = 0
-
-    def take(self, size: int) -> memoryview:
-        if size < 0 or self.pos + size > len(self.data):
-            raise ValueError(f"the file ends at byte {len(self.data)}, {size} more bytes were expected at {self.pos}")
-        out = self.data[self.pos : self.pos + size]
-        self.pos += size
-        return out
-
-    def unpack(self, fmt: str) -> int:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
-
-
-def _lod_tensor_header(s: _Stream) -> tuple[int, list[int]]:
+def _lod_tensor_header(s: ByteReader) -> tuple[int, list[int]]:
     """One LoDTensor record's header: ``(dtype, dims)``; the stream is left at its data."""
     if (version := s.unpack("<I")) != 0:
         raise ValueError(f"LoDTensor version {version} at byte {s.pos - 4}")
@@ -145,7 +130,7 @@ def sniff(head: bytes, path: Path) -> bool:
         if [f[:2] for f in block] == [(1, pb.VARINT), (2, pb.VARINT)] and block[0][2] == 0:
             return True
     try:
-        _lod_tensor_header(_Stream(head))
+        _lod_tensor_header(ByteReader(head))
     except (ValueError, struct.error):  # ProtobufError is a ValueError
         return False
     return True
@@ -163,7 +148,7 @@ def read(path: Path) -> RawWeights:
     stored = sorted((v for v in variables if v.persistable and v.lod_tensor), key=lambda v: v.name)
     if not stored:
         raise WeightsError(model_path, "the Paddle program declares no persistable tensors")
-    stream = _Stream(params_path.read_bytes())
+    stream = ByteReader(params_path.read_bytes())
     tensors: dict[str, np.ndarray] = {}
     for var in stored:
         try:
