@@ -95,7 +95,7 @@ def read(path: Path) -> RawWeights:
                     key = aizoo_key(weight_name)
                     if key is not None:
                         tensors[key] = np.asarray(layer_group[weight_name], dtype=np.float32)
-    except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:  # h5py reports corruption as OSError/KeyError
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:  # h5py: corruption
         raise WeightsError(h5_path, f"not a readable Keras HDF5 file ({str(exc).splitlines()[0][:160]})") from None
     if not tensors:
         raise WeightsError(h5_path, "the Keras file holds no AIZOO layer weights")
