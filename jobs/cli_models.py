@@ -87,7 +87,7 @@ def verify(
         ),
     ] = None,
 ) -> None:
-    """Compare the loaded model's raw outputs with OpenCV DNN on the Caffe model (else a self-check); exit 1 over 1e-4."""
+    """Compare raw outputs with OpenCV DNN on the Caffe model (else a self-check); exit 1 over 1e-4."""
     from detector.weights import from_raw, read_weights
     from detector.weights.verify import TOLERANCE, opencv_available, opencv_parity, self_consistency
     from jobs.weights import find_caffe_reference, resolve_weights
@@ -115,7 +115,9 @@ def verify(
 @errors_to_exit_codes
 def export(
     file: FileArg = None,
-    onnx: Annotated[Path, typer.Option("--onnx", help="ONNX file to write (input 'images', outputs 'loc', 'scores').")] = ...,
+    onnx: Annotated[
+        Path, typer.Option("--onnx", help="ONNX file to write (input 'images', outputs 'loc', 'scores').")
+    ] = ...,
 ) -> None:
     """Export the model to ONNX: NCHW float input in [0, 1], dynamic batch."""
     from detector.weights import load_weights
@@ -137,7 +139,9 @@ def fetch(
     all_formats: Annotated[bool, typer.Option("--all", help="Download every published format.")] = False,
     base_url: Annotated[
         str | None,
-        typer.Option("--base-url", help="Mirror of the AIZOO repository (default: $MASKJOBS_WEIGHTS_URL, then GitHub)."),
+        typer.Option(
+            "--base-url", help="Mirror of the AIZOO repository (default: $MASKJOBS_WEIGHTS_URL, then GitHub)."
+        ),
     ] = None,
 ) -> None:
     """Download AIZOO's published weights at a pinned commit, check their SHA-256, cache them (default: caffe)."""

@@ -124,7 +124,11 @@ def _download(url: str, dest: Path, expected_sha256: str) -> None:
     """Streams ``url`` into a temporary file beside ``dest``; renames it only if the digest matches."""
     h = hashlib.sha256()
     try:
-        with atomic_output(dest) as tmp, open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
+        with (
+            atomic_output(dest) as tmp,
+            open(tmp, "wb") as out,
+            urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response,
+        ):
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 h.update(chunk)
                 out.write(chunk)

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import re
 
-_SCOPE = re.compile(
-    r"^(?P<layer>conv2d_\d+|(?:cls|loc)_\d+_(?:insert_conv2d|conv))(?P<bn>_bn)?(?:_\d+)?$"
-)
+_SCOPE = re.compile(r"^(?P<layer>conv2d_\d+|(?:cls|loc)_\d+_(?:insert_conv2d|conv))(?P<bn>_bn)?(?:_\d+)?$")
 _CONV_VARS = {"kernel": "weight", "bias": "bias", "convolution_bias": "bias"}
 _BN_VARS = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 

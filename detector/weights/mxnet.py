@@ -78,7 +78,7 @@ def load_ndarray_list(path: Path) -> dict[str, np.ndarray]:
         raise WeightsError(path, f"not a valid MXNet .params file ({exc}); is the file truncated?") from None
     if len(names) != len(arrays):
         raise WeightsError(path, f"the file holds {len(arrays)} arrays but {len(names)} names")
-    return dict(zip(names, arrays))
+    return dict(zip(names, arrays, strict=True))
 
 
 def sniff(head: bytes, path: Path) -> bool:

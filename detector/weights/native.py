@@ -77,18 +77,21 @@ def read(path: Path) -> RawWeights:
             metadata = dict(f.metadata() or {})
             tensors = {key: np.asarray(f.get_tensor(key), dtype=np.float32) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(path, f"not a valid safetensors file ({str(exc).splitlines()[0][:160]}); is it truncated?") from None
+        raise WeightsError(
+            path, f"not a valid safetensors file ({str(exc).splitlines()[0][:160]}); is it truncated?"
+        ) from None
     version = metadata.get("format_version", str(FORMAT_VERSION))
     if metadata.get("maskjobs_format", FORMAT_NAME) != FORMAT_NAME or version != str(FORMAT_VERSION):
-        raise WeightsError(
-            path, f"metadata says {metadata.get('maskjobs_format')!r} version {version}, expected {FORMAT_NAME!r} {FORMAT_VERSION}"
-        )
+        found = f"{metadata.get('maskjobs_format')!r} version {version}"
+        raise WeightsError(path, f"metadata says {found}, expected {FORMAT_NAME!r} version {FORMAT_VERSION}")
     try:
         input_size = int(metadata["input_size"]) if "input_size" in metadata else None
         spec_fields(metadata)  # fail here, naming the file, rather than when the model is built
     except (ValueError, TypeError) as exc:
         raise WeightsError(path, f"unreadable metadata ({exc})") from None
-    return RawWeights(path=path, format="native", tensors=tensors, layout="OIHW", input_size=input_size, metadata=metadata)
+    return RawWeights(
+        path=path, format="native", tensors=tensors, layout="OIHW", input_size=input_size, metadata=metadata
+    )
 
 
 def write(tensors: dict[str, np.ndarray], metadata: dict[str, str], out: Path) -> Path:
@@ -96,5 +99,7 @@ def write(tensors: dict[str, np.ndarray], metadata: dict[str, str], out: Path) -
     from safetensors.numpy import save_file
 
     with atomic_output(Path(out)) as tmp:
-        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file(
+            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(tmp), metadata=metadata
+        )
     return Path(out)

@@ -61,6 +61,8 @@ def export_onnx(model: AizooSSD, out: Path | str) -> Path:
                 verbose=False,
             )
     except (RuntimeError, ValueError, ImportError) as exc:  # the exporter's failures
-        raise WeightsError(out, f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        raise WeightsError(
+            out, f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        ) from None
     logger.info("exported %s (input %d, dynamic batch)", out, size)
     return out

@@ -167,5 +167,7 @@ def read(path: Path) -> RawWeights:
             if var.name.endswith(suffix):
                 tensors[f"{var.name[: -len(suffix)]}.{leaf}"] = array.astype(np.float32)
     if stream.pos != len(stream.data):
-        raise WeightsError(params_path, f"{len(stream.data) - stream.pos} bytes follow the last tensor the program declares")
+        raise WeightsError(
+            params_path, f"{len(stream.data) - stream.pos} bytes follow the last tensor the program declares"
+        )
     return RawWeights(path=params_path, format="paddle", tensors=tensors, layout="OIHW", input_size=input_size)

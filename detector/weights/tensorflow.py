@@ -130,7 +130,9 @@ def read(path: Path) -> RawWeights:
             elif op in _BATCH_NORM_OPS:
                 bits = _attr(attrs, "epsilon", 4)
                 eps.add(float(np.array([bits], "<u4").view("<f4")[0]) if isinstance(bits, int) else _TF_DEFAULT_BN_EPS)
-            elif op == "Placeholder" and input_size is None and isinstance(shape := _attr(attrs, "shape", 7), memoryview):
+            elif (
+                op == "Placeholder" and input_size is None and isinstance(shape := _attr(attrs, "shape", 7), memoryview)
+            ):
                 dims = _shape(shape)
                 if len(dims) == 4 and dims[1] == dims[2] > 0:
                     input_size = dims[1]

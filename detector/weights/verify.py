@@ -59,7 +59,9 @@ def builtin_inputs(size: int, count: int = 8) -> np.ndarray:
     cell = -(-size // 10)
     makers = (
         lambda: rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-        lambda: np.kron(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8), np.ones((cell, cell, 1), np.uint8))[:size, :size],
+        lambda: np.kron(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8), np.ones((cell, cell, 1), np.uint8))[
+            :size, :size
+        ],
         lambda: np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], ramp[::-1, None]), -1).astype(np.uint8),
         lambda: np.zeros((size, size, 3), np.uint8),
         lambda: np.full((size, size, 3), 255, np.uint8),
@@ -75,7 +77,10 @@ def _run_port(model: AizooSSD, batch: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def _report(reference: str, port: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray]) -> ParityReport:
     if port[0].shape != ref[0].shape or port[1].shape != ref[1].shape:
-        raise WeightsError(reference, f"outputs of shapes {ref[0].shape}/{ref[1].shape}, the port gives {port[0].shape}/{port[1].shape}")
+        raise WeightsError(
+            reference,
+            f"outputs of shapes {ref[0].shape}/{ref[1].shape}, the port gives {port[0].shape}/{port[1].shape}",
+        )
     return ParityReport(
         reference=reference,
         inputs=len(port[0]),
@@ -98,7 +103,9 @@ def opencv_parity(model: AizooSSD, prototxt: Path, caffemodel: Path, batch: np.n
     try:
         net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
     except cv2.error as exc:
-        raise WeightsError(caffemodel, f"OpenCV cannot read the Caffe pair ({str(exc).strip().splitlines()[-1][:160]})") from None
+        raise WeightsError(
+            caffemodel, f"OpenCV cannot read the Caffe pair ({str(exc).strip().splitlines()[-1][:160]})"
+        ) from None
     locs, scores = [], []
     for picture in batch:
         net.setInput(cv2.dnn.blobFromImage(picture, scalefactor=1 / 255.0, size=(size, size)))
@@ -116,8 +123,14 @@ def _reference_forward(raw: RawWeights, model: AizooSSD, x: torch.Tensor) -> tup
     def conv(name: str, h: torch.Tensor, padding: int) -> torch.Tensor:
         w = torch.from_numpy(convert_layout(np.asarray(raw.tensors[f"{name}.weight"], np.float64), raw.layout))
         b = raw.tensors.get(f"{name}.bias")
-        h = F.conv2d(h, w, None if b is None else torch.from_numpy(np.asarray(b, np.float64).reshape(-1)), padding=padding)
-        bn = {k.split(".", 1)[1]: torch.from_numpy(np.asarray(v, np.float64)) for k, v in raw.tensors.items() if k.startswith(f"{name}_bn.")}
+        h = F.conv2d(
+            h, w, None if b is None else torch.from_numpy(np.asarray(b, np.float64).reshape(-1)), padding=padding
+        )
+        bn = {
+            k.split(".", 1)[1]: torch.from_numpy(np.asarray(v, np.float64))
+            for k, v in raw.tensors.items()
+            if k.startswith(f"{name}_bn.")
+        }
         if bn:
             h = F.batch_norm(h, bn["running_mean"], bn["running_var"], bn.get("weight"), bn.get("bias"), eps=raw.bn_eps)
         return h

@@ -35,7 +35,9 @@ def outputs_by_weights() -> dict[bytes, tuple[np.ndarray, np.ndarray]]:
     return {}
 
 
-def _port_outputs(detector: FaceMaskDetector, cache: dict[bytes, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def _port_outputs(
+    detector: FaceMaskDetector, cache: dict[bytes, tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
     digest = hashlib.sha256()
     for name, tensor in detector.model.state_dict().items():
         digest.update(name.encode() + tensor.float().contiguous().numpy().tobytes())

@@ -28,7 +28,12 @@ PUBLISHED: dict[str, tuple[str, ...]] = {
 }
 GENERATED = ("keras", "native")
 
-_KERAS_BN_VARS = (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"), ("moving_variance", "running_var"))
+_KERAS_BN_VARS = (
+    ("gamma", "weight"),
+    ("beta", "bias"),
+    ("moving_mean", "running_mean"),
+    ("moving_variance", "running_var"),
+)
 
 
 def write_keras_hdf5(pth: Path, architecture_json: Path, out: Path) -> Path:

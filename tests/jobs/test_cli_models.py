@@ -114,7 +114,9 @@ def _diffs(stdout: str) -> tuple[float, float]:
     return float(lines["loc max abs diff"]), float(lines["scores max abs diff"])
 
 
-def test_verify_finds_the_caffe_pair_beside_the_file(runner: CliRunner, weight_files: dict[str, Path], cache: Path) -> None:
+def test_verify_finds_the_caffe_pair_beside_the_file(
+    runner: CliRunner, weight_files: dict[str, Path], cache: Path
+) -> None:
     result = runner.invoke(app, ["models", "verify", str(weight_files["tensorflow"])])
     assert result.exit_code == 0, result.output
     assert "OpenCV" in result.stdout and "face_mask_detection.caffemodel" in result.stdout
@@ -138,7 +140,9 @@ def test_verify_fails_with_exit_1_over_the_tolerance(
     with torch.no_grad():
         loaded.model.cls_heads[0].out.bias[1] += 1e-2
     bad = save_native(loaded, tmp_path / "perturbed.safetensors")
-    result = runner.invoke(app, ["models", "verify", str(bad), "--reference", str(aizoo_dir / "face_mask_detection.caffemodel")])
+    result = runner.invoke(
+        app, ["models", "verify", str(bad), "--reference", str(aizoo_dir / "face_mask_detection.caffemodel")]
+    )
     assert "exceeds 0.0001" in _one_line_error(result, bad, code=1)
     assert max(_diffs(result.stdout)) > TOLERANCE
 
@@ -202,17 +206,42 @@ def _patch(path: Path, offset: int, data: bytes) -> None:
 
 
 BAD_FILES = {  # format, how to break a copy of its file, which file, what the error says
-    "tflite-truncated": ("tflite", lambda p: p.write_bytes(p.read_bytes()[: 2_000_000]), None, "not a valid TensorFlow Lite"),
-    "mxnet-bad-dtype": ("mxnet", lambda p: _patch(p, 76, (99).to_bytes(4, "little")), None, "unknown NDArray dtype flag 99"),
+    "tflite-truncated": (
+        "tflite",
+        lambda p: p.write_bytes(p.read_bytes()[:2_000_000]),
+        None,
+        "not a valid TensorFlow Lite",
+    ),
+    "mxnet-bad-dtype": (
+        "mxnet",
+        lambda p: _patch(p, 76, (99).to_bytes(4, "little")),
+        None,
+        "unknown NDArray dtype flag 99",
+    ),
     "paddle-params-of-another-model": (
         "paddle",
         lambda p: _patch(p, 22, b"\x10\x07"),  # the first tensor's dims (8,) -> (7,)
         "__params__",
         "stored with dims (7,), the program declares (8,)",
     ),
-    "pickle-naming-an-unknown-class": ("pytorch", _evil_pickle, None, "refusing to load: the pickle names class 'posix.system'"),
-    "keras-wrong-tensor-shape": ("keras", _keras_with_an_unconverted_kernel, None, "layer 'cls_0_conv' has shape (3, 3, 8, 64)"),
-    "tensorflow-wrong-tensor-size": ("tensorflow", _tf_kernel_of_the_wrong_shape, None, "shape [3, 3, 3, 31] holds 3456 bytes"),
+    "pickle-naming-an-unknown-class": (
+        "pytorch",
+        _evil_pickle,
+        None,
+        "refusing to load: the pickle names class 'posix.system'",
+    ),
+    "keras-wrong-tensor-shape": (
+        "keras",
+        _keras_with_an_unconverted_kernel,
+        None,
+        "layer 'cls_0_conv' has shape (3, 3, 8, 64)",
+    ),
+    "tensorflow-wrong-tensor-size": (
+        "tensorflow",
+        _tf_kernel_of_the_wrong_shape,
+        None,
+        "shape [3, 3, 3, 31] holds 3456 bytes",
+    ),
 }
 
 
