@@ -135,3 +135,8 @@ def run(
     )
     code = run_command(inputs, out, cfg, overwrite=overwrite)
     raise typer.Exit(code)
+
+
+from jobs.cli_models import models_app  # noqa: E402  (below: it uses errors_to_exit_codes)
+
+app.add_typer(models_app, name="models")

@@ -7,6 +7,7 @@ into the model's state dict.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -17,8 +18,8 @@ from pathlib import Path
 from detector.errors import WeightsError
 from detector.model import AizooSSD
 from detector.spec import ModelSpec, spec_for_input_size
-from detector.weights import caffe, pytorch
-from detector.weights.convert import RawWeights, build_model
+from detector.weights import caffe, keras, mxnet, native, paddle, pytorch, tensorflow, tflite
+from detector.weights.convert import RawWeights, build_model, from_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,14 @@ class Importer:
 IMPORTERS: dict[str, Importer] = {
     imp.name: imp
     for imp in (
+        Importer("native", "maskjobs .safetensors with model metadata", native.sniff, native.read),
         Importer("pytorch", "PyTorch .pth (MMdnn whole-module pickle or state dict)", pytorch.sniff, pytorch.read),
         Importer("caffe", "Caffe .prototxt + .caffemodel", caffe.sniff, caffe.read),
+        Importer("tensorflow", "TensorFlow 1.x frozen graph .pb", tensorflow.sniff, tensorflow.read),
+        Importer("tflite", "TensorFlow Lite .tflite", tflite.sniff, tflite.read),
+        Importer("mxnet", "MXNet Gluon .params (NDArray list)", mxnet.sniff, mxnet.read),
+        Importer("paddle", "PaddlePaddle __model__ + __params__", paddle.sniff, paddle.read),
+        Importer("keras", "Keras 2.x .hdf5 (+ architecture .json)", keras.sniff, keras.read),
     )
 }
 
@@ -53,6 +60,7 @@ class LoadedWeights:
     path: Path
     format: str
     sha256: str
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def sha256_of(path: Path) -> str:
@@ -86,11 +94,8 @@ def _declared_input_size(path: Path) -> int | None:
     if not sidecar.is_file():
         return None
     try:
-        config = json.loads(sidecar.read_text())
-        for layer in config["config"]["layers"]:
-            if layer.get("class_name") == "InputLayer":
-                return int(layer["config"]["batch_input_shape"][1])
-    except (ValueError, KeyError, TypeError, IndexError):
+        return keras.architecture(json.loads(sidecar.read_text()))[0]
+    except (ValueError, AttributeError, TypeError):
         logger.warning("%s: ignoring an unreadable Keras JSON beside the weights", sidecar)
     return None
 
@@ -106,10 +111,28 @@ def load_weights(path: Path | str, *, input_size: int | None = None) -> LoadedWe
     The input side is ``input_size`` if given, else what the file (or a Keras JSON with
     the same stem) declares, else 260.
     """
-    path = Path(path)
-    raw = read_weights(path)
-    size = input_size or raw.input_size or _declared_input_size(path) or 260
-    spec = spec_for_input_size(size)
+    return from_raw(read_weights(Path(path)), input_size=input_size)
+
+
+def from_raw(raw: RawWeights, *, input_size: int | None = None) -> LoadedWeights:
+    """A ready model from tensors already read (see :func:`load_weights`)."""
+    size = input_size or raw.input_size or _declared_input_size(raw.path) or 260
+    spec = dataclasses.replace(spec_for_input_size(size), **native.spec_fields(raw.metadata))
     model = build_model(raw, spec)
     logger.info("loaded %s weights from %s (input %d)", raw.format, raw.path, size)
-    return LoadedWeights(model=model, spec=spec, path=raw.path, format=raw.format, sha256=sha256_of(raw.path))
+    return LoadedWeights(
+        model=model, spec=spec, path=raw.path, format=raw.format, sha256=sha256_of(raw.path), metadata=raw.metadata
+    )
+
+
+def save_native(loaded: LoadedWeights, out: Path | str) -> Path:
+    """Writes ``loaded`` as a native ``.safetensors`` file (atomically) and returns its path."""
+    metadata = native.metadata_for(
+        loaded.spec,
+        source_format=loaded.format,
+        source_file=loaded.path.name,
+        source_sha256=loaded.sha256,
+    )
+    if loaded.format == "native":  # re-saving a native file keeps the original source's identity
+        metadata.update({k: v for k, v in loaded.metadata.items() if k.startswith("source_")})
+    return native.write(from_state_dict(loaded.model), metadata, Path(out))

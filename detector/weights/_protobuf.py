@@ -92,3 +92,38 @@ def floats(values: list[int | memoryview]) -> np.ndarray:
         else:
             parts.append(np.array([v], dtype="<u4").view("<f4"))
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+def leading_fields(data: bytes | memoryview, limit: int) -> list[tuple[int, int, int | memoryview]]:
+    """Up to ``limit`` leading fields of ``data``, for sniffing a file's first bytes.
+
+    A length-delimited field that the end of ``data`` cuts short is returned with the
+    bytes present; anything unparsable ends the list instead of raising.
+    """
+    buf = memoryview(data)
+    out: list[tuple[int, int, int | memoryview]] = []
+    pos = 0
+    try:
+        while pos < len(buf) and len(out) < limit:
+            key, pos = _varint(buf, pos)
+            number, wire = key >> 3, key & 7
+            if number == 0:
+                break
+            if wire == VARINT:
+                value, pos = _varint(buf, pos)
+                out.append((number, wire, value))
+            elif wire == LEN:
+                length, pos = _varint(buf, pos)
+                out.append((number, wire, buf[pos : pos + length]))
+                pos += length
+            elif wire in (I64, I32):
+                size = 8 if wire == I64 else 4
+                if pos + size > len(buf):
+                    break
+                out.append((number, wire, int.from_bytes(buf[pos : pos + size], "little")))
+                pos += size
+            else:
+                break
+    except ProtobufError:
+        pass
+    return out

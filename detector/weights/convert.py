@@ -110,6 +110,16 @@ def to_state_dict(raw: RawWeights, spec: ModelSpec) -> dict[str, torch.Tensor]:
     return out
 
 
+def from_state_dict(model: AizooSSD) -> dict[str, np.ndarray]:
+    """The inverse of :func:`to_state_dict`: a model's tensors under AIZOO's names (OIHW, BN folded)."""
+    names = {dst: src for src, dst in aizoo_layer_names(model.spec).items()}
+    out = {}
+    for key, tensor in model.state_dict().items():
+        module, kind = key.rsplit(".", 1)
+        out[f"{names[module]}.{kind}"] = tensor.detach().cpu().numpy().astype(np.float32)
+    return out
+
+
 def build_model(raw: RawWeights, spec: ModelSpec) -> AizooSSD:
     """A model in eval mode with ``raw``'s weights, loaded strictly."""
     model = AizooSSD(spec)

@@ -13,30 +13,39 @@ import torch
 
 from detector.errors import WeightsError
 from detector.weights import IMPORTERS, detect_format, load_weights, read_weights
+from tests.detector.weight_files import GENERATED, PUBLISHED, build_weight_files, copy_format
 
-PUBLISHED = {
-    "caffe": "face_mask_detection.caffemodel",
-    "pytorch": "face_mask_detection.pth",
-}
+
+@pytest.fixture(scope="session")
+def weight_files(aizoo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_weight_files(aizoo_dir, tmp_path_factory.getbasetemp() / "weight-files")
+
+
+def test_every_importer_has_a_test_file() -> None:
+    assert sorted(IMPORTERS) == sorted([*PUBLISHED, *GENERATED])
 
 
 @pytest.mark.parametrize("fmt", sorted(IMPORTERS))
-def test_every_importer_loads_its_published_file(fmt: str, aizoo_dir: Path) -> None:
-    path = aizoo_dir / PUBLISHED[fmt]
+def test_every_importer_loads_its_published_file(fmt: str, weight_files: dict[str, Path]) -> None:
+    path = weight_files[fmt]
     assert detect_format(path).name == fmt
     loaded = load_weights(path)
     assert loaded.format == fmt and loaded.spec.input_size == 260
     assert sum(p.numel() for p in loaded.model.parameters()) > 1_000_000
 
 
+@pytest.mark.parametrize("fmt", sorted(IMPORTERS))
+def test_format_is_detected_from_content_under_any_name(
+    fmt: str, weight_files: dict[str, Path], aizoo_dir: Path, tmp_path: Path
+) -> None:
+    main = copy_format(weight_files, fmt, aizoo_dir, tmp_path)
+    disguised = main.with_name("weights.bin") if fmt != "paddle" else main  # paddle pairs by file name
+    main.rename(disguised)
+    assert detect_format(disguised).name == fmt
+
+
 def test_prototxt_path_finds_its_caffemodel(aizoo_dir: Path) -> None:
     assert load_weights(aizoo_dir / "face_mask_detection.prototxt").format == "caffe"
-
-
-def test_format_is_detected_from_content_not_extension(aizoo_dir: Path, tmp_path: Path) -> None:
-    disguised = tmp_path / "weights.bin"
-    disguised.write_bytes((aizoo_dir / "face_mask_detection.pth").read_bytes())
-    assert detect_format(disguised).name == "pytorch"
 
 
 def test_360_model_takes_its_input_size_from_the_keras_json(aizoo_dir: Path) -> None:
@@ -44,9 +53,9 @@ def test_360_model_takes_its_input_size_from_the_keras_json(aizoo_dir: Path) -> 
     assert loaded.spec.input_size == 360 and loaded.spec.num_anchors == 11000
 
 
-def test_pth_and_caffe_agree(aizoo_dir: Path) -> None:
-    a = load_weights(aizoo_dir / PUBLISHED["caffe"]).model
-    b = load_weights(aizoo_dir / PUBLISHED["pytorch"]).model
+def test_pth_and_caffe_agree(weight_files: dict[str, Path]) -> None:
+    a = load_weights(weight_files["caffe"]).model
+    b = load_weights(weight_files["pytorch"]).model
     x = torch.rand(2, 3, 260, 260)
     with torch.inference_mode():
         for ya, yb in zip(a(x), b(x)):
@@ -78,20 +87,27 @@ def test_wrong_format(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", sorted(IMPORTERS))
 @pytest.mark.parametrize("keep", [0.3, 0.9])
-def test_truncated_file(fmt: str, keep: float, aizoo_dir: Path, tmp_path: Path) -> None:
-    data = (aizoo_dir / PUBLISHED[fmt]).read_bytes()
-    p = tmp_path / PUBLISHED[fmt]
+def test_truncated_file(fmt: str, keep: float, weight_files: dict[str, Path], aizoo_dir: Path, tmp_path: Path) -> None:
+    main = copy_format(weight_files, fmt, aizoo_dir, tmp_path)
+    p = main.with_name("__params__") if fmt == "paddle" else main  # the paddle file with the tensors
+    data = p.read_bytes()
     p.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(WeightsError) as info:
-        load_weights(p)
+        load_weights(main)
     assert str(p) in str(info.value) and "\n" not in str(info.value)
 
 
-def test_caffe_model_with_a_missing_layer(aizoo_dir: Path, tmp_path: Path) -> None:
-    raw = read_weights(aizoo_dir / PUBLISHED["caffe"])
+def test_truncated_paddle_program(aizoo_dir: Path, weight_files: dict[str, Path], tmp_path: Path) -> None:
+    main = copy_format(weight_files, "paddle", aizoo_dir, tmp_path)
+    main.write_bytes(main.read_bytes()[:100_000])
+    _assert_one_line_error(main, "not a valid Paddle program")
+
+
+def test_caffe_model_with_a_missing_layer(weight_files: dict[str, Path], tmp_path: Path) -> None:
+    raw = read_weights(weight_files["caffe"])
     assert "loc_4_conv.weight" in raw.tensors
     # Rename one layer in the protobuf bytes: same length, so the file stays valid.
-    data = (aizoo_dir / PUBLISHED["caffe"]).read_bytes().replace(b"loc_4_conv", b"loc_4_xxxx")
+    data = weight_files["caffe"].read_bytes().replace(b"loc_4_conv", b"loc_4_xxxx")
     p = tmp_path / "broken.caffemodel"
     p.write_bytes(data)
     _assert_one_line_error(p, "layer 'loc_4_conv' is missing")
@@ -132,8 +148,8 @@ def test_wrong_tensor_shapes(tmp_path: Path) -> None:
     _assert_one_line_error(p, r"layer 'conv2d_2' has shape \(64, 32, 5, 5\)")
 
 
-def test_legacy_storage_size_mismatch(aizoo_dir: Path, tmp_path: Path) -> None:
-    data = bytearray((aizoo_dir / PUBLISHED["pytorch"]).read_bytes())
+def test_legacy_storage_size_mismatch(weight_files: dict[str, Path], tmp_path: Path) -> None:
+    data = bytearray(weight_files["pytorch"].read_bytes())
     stream = io.BytesIO(bytes(data))
     for _ in range(5):  # magic, protocol, sys info, the module, the storage keys
         for _op in pickletools.genops(stream):
