@@ -23,7 +23,7 @@ from detector.weights import LoadedWeights, load_weights
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "fused", "eager")
-DEFAULT_MICRO_BATCH = 4
+DEFAULT_MICRO_BATCH = 1
 
 _Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -44,8 +44,9 @@ class FaceMaskDetector:
             intra-op threads, restored afterwards; a batch of several micro-batches instead
             runs them on ``n`` worker threads of one intra-op thread each (whole frames in
             parallel, no synchronisation inside a layer). Never more than ``n`` busy threads.
-        micro_batch: frames per model call on CPU. Batch 16 in one call spills the
-            intermediate maps out of cache and runs at ~2/3 the speed of 2 to 4 frames.
+        micro_batch: frames per model call on CPU (default 1). The maps of one 260x260
+            frame are ~17 MB; batch 16 in one call spills them out of cache and runs at
+            ~2/3 the speed, 4 at a time already loses ~1/3 on a 2-core Xeon.
 
     ``model`` is the plain :class:`~detector.model.AizooSSD` (channels-last on CPU) whatever
     the backend; the fused graph is built from it once, on first use.
@@ -133,33 +134,34 @@ class FaceMaskDetector:
     @torch.inference_mode()
     def raw(self, batch: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S, S, 3) uint8 inputs -> raw ``(loc (B, A, 4), scores (B, A, C))`` in float32."""
-        x = to_tensor(batch).to(self.device, non_blocking=True)
-        if x.shape[0] == 0:
+        frames = torch.as_tensor(batch)
+        if frames.shape[0] == 0:
             a = self.spec.num_anchors
             return torch.zeros(0, a, 4), torch.zeros(0, a, self.spec.num_classes)
-        x = x.contiguous(memory_format=torch.channels_last)
-        if self.half:
-            x = x.half()
-        if self.device.type != "cpu":
-            loc, scores = self._forward(x)
+        if self.device.type == "cpu":
+            loc, scores = self._run_cpu(frames)
         else:
-            loc, scores = self._run_cpu(x)
+            x = to_tensor(frames.to(self.device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+            loc, scores = self._forward(x.half() if self.half else x)
         return loc.float(), scores.float()
 
     @torch.inference_mode()
     def detect_prepared(self, batch: np.ndarray | torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         """Detections for prepared inputs; ``image_sizes`` are the sources' ``(width, height)``."""
         loc, scores = self.raw(batch)
-        return postprocess(
-            loc,
-            scores,
-            self.anchors,
-            image_sizes,
-            score_threshold=self.score_threshold,
-            iou_threshold=self.iou_threshold,
-            variances=self.spec.variances,
-            class_names=self.spec.class_names,
-        )
+        # ~1 ms per batch of 16 on one thread; with a thread budget it runs on one, so that
+        # no OpenMP team of this thread spins on a core the next batch's workers need.
+        with _intra_op_threads(None if self.num_threads is None else 1):
+            return postprocess(
+                loc,
+                scores,
+                self.anchors,
+                image_sizes,
+                score_threshold=self.score_threshold,
+                iou_threshold=self.iou_threshold,
+                variances=self.spec.variances,
+                class_names=self.spec.class_names,
+            )
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections for RGB ``(H, W, 3)`` uint8 pictures, boxes in their pixels."""
@@ -183,15 +185,18 @@ class FaceMaskDetector:
                     self._fused = FusedAizooSSD(self.model)
         return self._fused
 
-    def _run_cpu(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Micro-batches of (B, 3, S, S), on the calling thread or on the worker threads."""
-        b = x.shape[0]
+    def _run_cpu(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, S, 3) uint8 in micro-batches, on the calling thread or on the worker threads.
+
+        Each micro-batch is converted to float where it runs: in a worker, on its one thread.
+        """
+        b = frames.shape[0]
         workers = self.num_threads or 1
         size = self.micro_batch if workers == 1 else min(self.micro_batch, -(-b // workers))
-        chunks = x.split(size)
+        chunks = frames.split(size)
         if workers == 1 or len(chunks) == 1:
             with _intra_op_threads(self.num_threads):
-                outs = [self._forward(c) for c in chunks]
+                outs = [self._forward_frames(c) for c in chunks]
         else:
             outs = list(self._worker_pool().map(self._forward_single_threaded, chunks))
             # The workers' torch.set_num_threads(1) also set the default new threads start from.
@@ -200,12 +205,16 @@ class FaceMaskDetector:
             return outs[0]
         return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
-    def _forward_single_threaded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, S, S, 3) uint8 -> one model call."""
+        return self._forward(to_tensor(frames).contiguous(memory_format=torch.channels_last))
+
+    def _forward_single_threaded(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Runs in a worker thread: one intra-op thread (a per-thread OpenMP setting)."""
         if torch.get_num_threads() != 1:
             torch.set_num_threads(1)
         with torch.inference_mode():
-            return self._forward(x)
+            return self._forward_frames(frames)
 
     def _worker_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:

@@ -130,8 +130,11 @@ def test_num_threads_splits_a_batch_over_single_threaded_workers(caffe_weights: 
 def test_num_threads_on_the_calling_thread_is_restored(caffe_weights: Path, num_threads: int, batch: int) -> None:
     before = torch.get_num_threads()
     det = _Spy(caffe_weights, num_threads=num_threads, micro_batch=8)
-    det.raw(_frames(det, batch))  # one micro-batch: runs here, with num_threads intra-op threads
+    frames = _frames(det, batch)
+    det.raw(frames)  # one micro-batch: runs here, with num_threads intra-op threads
     assert det.calls == [(threading.current_thread().name, num_threads, batch)]
+    assert torch.get_num_threads() == before
+    det.detect_prepared(frames, [(260, 260)] * batch)  # post-processing runs on one thread
     assert torch.get_num_threads() == before
 
 
