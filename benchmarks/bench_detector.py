@@ -6,7 +6,8 @@ Every row runs the same frames (the shared photos panned and zoomed into 260x260
 frames, or random frames) for ``--seconds`` per round; rounds interleave all rows in a
 rotating order, and the table reports medians over rounds: frames/s (wall clock), frames
 per CPU-second of the process (less sensitive to other processes on a shared machine) and
-the ratio to OpenCV DNN at the same batch size (median of the per-round ratios). OpenCV
+the ratio to OpenCV DNN at the same batch size (median of the per-round ratios), for
+``detect_prepared`` also to OpenCV DNN followed by the same post-processing. OpenCV
 runs the published Caffe pair with ``cv2.setNumThreads`` equal to ``--threads``; every
 torch row uses the same number of threads.
 """
@@ -187,7 +188,8 @@ class Row:
     run: Callable[[np.ndarray], object]
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
-    ratios: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)  # vs OpenCV DNN's forward, same round
+    ratios_post: list[float] = field(default_factory=list)  # vs OpenCV DNN + post-processing, same round
     check: str = ""
 
 
@@ -233,22 +235,31 @@ def build_rows(args: argparse.Namespace, reference: OpenCVDNN, batch: np.ndarray
 
     ref_out = reference(batch)
     sizes = [FRAME_SOURCE_SIZE] * len(batch)
-    rows = [Row("OpenCV DNN", "forward", reference)]
+    default = FaceMaskDetector(weights)
+    a, c = default.spec.num_anchors, default.spec.num_classes
+
+    def post(loc: torch.Tensor, scores: torch.Tensor) -> list[Detections]:
+        return postprocess(loc, scores, default.anchors, sizes, score_threshold=default.score_threshold,
+                           iou_threshold=default.iou_threshold, variances=default.spec.variances,
+                           class_names=default.spec.class_names)
+
+    def reference_detect(x: np.ndarray) -> list[Detections]:
+        loc, cls = reference(x)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # else torch's idle OpenMP team spins on the cores OpenCV's pool needs next
+        try:
+            return post(torch.from_numpy(loc).reshape(len(x), a, 4), torch.from_numpy(cls).reshape(len(x), a, c))
+        finally:
+            torch.set_num_threads(threads)
+
+    rows = [Row("OpenCV DNN", "forward", reference), Row("OpenCV DNN + our post-processing", "detect", reference_detect)]
     for name, det in detectors.items():
         rows.append(Row(name, "raw", det.raw, check=f"max |diff| {_max_diff(det.raw(batch), ref_out):.1e}"))
         rows.append(Row(name, "detect_prepared", lambda x, det=det: det.detect_prepared(x, sizes)))
         if isinstance(det, PerShapeGraph):
             rows[-1].check = "built in " + ", ".join(f"{s:.1f} s" for s in det.build_seconds.values())
-
-    default = FaceMaskDetector(weights)
-    loc, scores = default.raw(batch)
-
-    def post(_: np.ndarray) -> list[Detections]:
-        return postprocess(loc, scores, default.anchors, sizes, score_threshold=default.score_threshold,
-                           iou_threshold=default.iou_threshold, variances=default.spec.variances,
-                           class_names=default.spec.class_names)
-
-    rows.append(Row("post-processing alone", "postprocess", post))
+    raw_out = default.raw(batch)
+    rows.append(Row("post-processing alone", "postprocess", lambda _: post(*raw_out)))
     built = [d for d in detectors.values() if d not in extra.values()]
     return rows, [*built, default]
 
@@ -269,6 +280,7 @@ def run_batch(args: argparse.Namespace, reference: OpenCVDNN, frames: np.ndarray
             row.cpu.append(cpu)
         for row in rows:
             row.ratios.append(row.wall[-1] / rows[0].wall[-1])
+            row.ratios_post.append(row.wall[-1] / rows[1].wall[-1])
     for det in detectors:
         det.close()
     return rows
@@ -293,10 +305,11 @@ def _machine() -> str:
 
 def _print_table(b: int, rows: list[Row]) -> None:
     print(f"\nbatch {b}")
-    print(f"  {'variant':<42} {'call':<16} {'frames/s':>9} {'frames/CPU-s':>13} {'x OpenCV':>9}  check")
+    print(f"  {'variant':<42} {'call':<16} {'frames/s':>9} {'frames/CPU-s':>13} {'x OpenCV':>9} {'x OpenCV+post':>14}  check")
     for row in rows:
         wall, cpu, ratio = (statistics.median(v) for v in (row.wall, row.cpu, row.ratios))
-        print(f"  {row.variant:<42} {row.call:<16} {wall:9.1f} {cpu:13.1f} {ratio:9.2f}  {row.check}")
+        post = f"{statistics.median(row.ratios_post):14.2f}" if row.call in ("detect", "detect_prepared") else " " * 14
+        print(f"  {row.variant:<42} {row.call:<16} {wall:9.1f} {cpu:13.1f} {ratio:9.2f} {post}  {row.check}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -149,9 +149,10 @@ class FaceMaskDetector:
     def detect_prepared(self, batch: np.ndarray | torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         """Detections for prepared inputs; ``image_sizes`` are the sources' ``(width, height)``."""
         loc, scores = self.raw(batch)
-        # ~1 ms per batch of 16 on one thread; with a thread budget it runs on one, so that
-        # no OpenMP team of this thread spins on a core the next batch's workers need.
-        with _intra_op_threads(None if self.num_threads is None else 1):
+        # ~1 ms per batch of 16 on one thread. After a batch split over the workers it runs on
+        # one, so that no OpenMP team of this thread spins on a core the next batch's workers need.
+        _, on_workers = self._plan(len(loc))
+        with _intra_op_threads(1 if on_workers else self.num_threads):
             return postprocess(
                 loc,
                 scores,
@@ -190,11 +191,9 @@ class FaceMaskDetector:
 
         Each micro-batch is converted to float where it runs: in a worker, on its one thread.
         """
-        b = frames.shape[0]
-        workers = self.num_threads or 1
-        size = self.micro_batch if workers == 1 else min(self.micro_batch, -(-b // workers))
+        size, on_workers = self._plan(frames.shape[0])
         chunks = frames.split(size)
-        if workers == 1 or len(chunks) == 1:
+        if not on_workers:
             with _intra_op_threads(self.num_threads):
                 outs = [self._forward_frames(c) for c in chunks]
         else:
@@ -204,6 +203,14 @@ class FaceMaskDetector:
         if len(outs) == 1:
             return outs[0]
         return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+    def _plan(self, batch: int) -> tuple[int, bool]:
+        """(frames per model call, whether the calls go to the worker threads) for a batch."""
+        workers = self.num_threads or 1
+        if workers == 1 or self.device.type != "cpu":
+            return self.micro_batch, False
+        size = min(self.micro_batch, -(-batch // workers))
+        return size, -(-batch // size) > 1
 
     def _forward_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, S, S, 3) uint8 -> one model call."""
