@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,8 +24,6 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "fused", "eager")
 DEFAULT_MICRO_BATCH = 1
-
-_Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class FaceMaskDetector:
