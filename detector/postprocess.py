@@ -56,6 +56,44 @@ def batched_nms(boxes: torch.Tensor, valid: torch.Tensor, *, iou_threshold: floa
     return keep
 
 
+def best_class(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores.max(dim=-1)``: (..., C) -> best score (...), its class (...) int64.
+
+    Ties go to the lower class, as ``max`` does. Two classes (the AIZOO model) take an
+    elementwise maximum: ``max`` over a last dimension of 2 is a slow reduction.
+    """
+    if scores.shape[-1] != 2:
+        values, indices = scores.max(dim=-1)
+        return values, indices
+    first, second = scores.unbind(-1)
+    return torch.maximum(first, second), (second > first).long()
+
+
+def _candidates_by_score(
+    best: torch.Tensor, candidate: torch.Tensor, counts: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's candidates by descending score (ties: lower anchor first), padded to ``k``.
+
+    Args:
+        best: (B, A) scores; candidate: (B, A) bool; counts: (B,) candidates per row.
+    Returns:
+        ``order`` (B, k) anchor indices (padding: anchor 0) and ``valid`` (B, k) bool.
+
+    Sorts only the candidates, not all A anchors of every row.
+    """
+    rows, cols = candidate.nonzero(as_tuple=True)  # row-major: by row, then anchor
+    by_score = torch.argsort(best[rows, cols], descending=True, stable=True)
+    by_row = by_score[torch.argsort(rows[by_score], stable=True)]
+    rows, cols = rows[by_row], cols[by_row]
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(rows), device=best.device) - starts[rows]
+    order = torch.zeros(best.shape[0], k, dtype=torch.long, device=best.device)
+    order[rows, slot] = cols
+    valid = torch.zeros(best.shape[0], k, dtype=torch.bool, device=best.device)
+    valid[rows, slot] = True
+    return order, valid
+
+
 def postprocess(
     loc: torch.Tensor,
     scores: torch.Tensor,
@@ -80,13 +118,13 @@ def postprocess(
     if len(image_sizes) != batch:
         raise ValueError(f"{len(image_sizes)} image sizes for a batch of {batch}")
     loc = loc.float()
-    best, labels = scores.float().max(dim=-1)  # (B, A)
+    best, labels = best_class(scores.float())  # (B, A)
     candidate = best > score_threshold
-    k = int(candidate.sum(dim=1).max()) if batch else 0
+    counts = candidate.sum(dim=1)
+    k = int(counts.max()) if batch else 0
     if k == 0:
         return [Detections.empty(class_names) for _ in range(batch)]
-    order = torch.where(candidate, best, torch.full_like(best, -1.0)).argsort(dim=1, descending=True, stable=True)[:, :k]
-    valid = candidate.gather(1, order)
+    order, valid = _candidates_by_score(best, candidate, counts, k)  # (B, k)
     cand_loc = loc.gather(1, order[:, :, None].expand(-1, -1, 4))
     boxes = decode_boxes(cand_loc, anchors.to(loc.device)[order], variances)  # (B, k, 4)
     keep = batched_nms(boxes, valid, iou_threshold=iou_threshold)

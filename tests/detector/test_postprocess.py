@@ -83,3 +83,23 @@ def test_detections_validate_shapes() -> None:
         Detections(np.zeros((2, 3), np.float32), np.zeros(2, np.float32), np.zeros(2, np.int64))
     with pytest.raises(ValueError):
         Detections(np.zeros((1, 4), np.float32), np.zeros(1, np.float32), np.array([5]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_candidates_are_ordered_like_a_stable_sort_of_every_anchor(seed: int) -> None:
+    """Only candidates are sorted; ties (here: scores on a 0.05 grid) go to the lower anchor."""
+    from detector.postprocess import _candidates_by_score, best_class
+
+    rng = np.random.default_rng(seed)
+    scores = torch.from_numpy((np.round(rng.beta(0.3, 3, size=(5, 997, 2)) * 20) / 20).astype(np.float32))
+    scores[1] = 0.1  # a frame without candidates
+    best, labels = best_class(scores)
+    ref_best, ref_labels = scores.max(dim=-1)
+    assert torch.equal(best, ref_best) and torch.equal(labels, ref_labels)
+    candidate = best > 0.5
+    counts = candidate.sum(1)
+    k = int(counts.max())
+    order, valid = _candidates_by_score(best, candidate, counts, k)
+    full = torch.where(candidate, best, torch.full_like(best, -1.0)).argsort(dim=1, descending=True, stable=True)[:, :k]
+    assert torch.equal(valid, candidate.gather(1, full))
+    assert torch.equal(order[valid], full[valid])
