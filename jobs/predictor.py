@@ -44,8 +44,6 @@ class DetectorActor:
     ``{video, frame, time_s (B,), counts (B,), labels (K,), scores (K,), boxes (K, 4)}``."""
 
     def __init__(self, weights: WeightsPayload, config: DetectorConfig, *, threads: int | None, use_gpu: bool) -> None:
-        if threads:
-            torch.set_num_threads(threads)
         device = config.device
         if device == "auto":
             device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
@@ -55,8 +53,9 @@ class DetectorActor:
             half=config.half,
             score_threshold=config.score_threshold,
             iou_threshold=config.iou_threshold,
+            num_threads=threads if device == "cpu" else None,
         )
-        logger.info("detector actor ready on %s (threads=%s)", device, torch.get_num_threads())
+        logger.info("detector actor ready on %s (threads=%s)", device, threads)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         sizes = list(zip(batch["width"].tolist(), batch["height"].tolist()))
