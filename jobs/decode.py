@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from detector.preprocess import resize_rgb
+from jobs.errors import first_line
 from jobs.plan import Shard
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def decode_shard(shard: Shard, *, input_size: int, batch_size: int, threads: int
         try:
             reader = decord.VideoReader(seg.path, ctx=decord.cpu(0), num_threads=threads)
         except (decord.DECORDError, RuntimeError) as exc:
-            raise DecodeError(f"{seg.video}: cannot open the video ({_first_line(exc)})") from None
+            raise DecodeError(f"{seg.video}: cannot open the video ({first_line(exc)})") from None
         frames = np.asarray(seg.frames, dtype=np.int64)
         for start in range(0, len(frames), batch_size):
             idx = frames[start : start + batch_size]
@@ -61,7 +62,7 @@ def decode_shard(shard: Shard, *, input_size: int, batch_size: int, threads: int
                 images = reader.get_batch(idx.tolist()).asnumpy()
                 stamps = reader.get_frame_timestamp(idx.tolist())[:, 0]
             except (decord.DECORDError, RuntimeError, IndexError) as exc:
-                raise DecodeError(f"{seg.video}: decoding failed at frame {int(idx[0])} ({_first_line(exc)})") from None
+                raise DecodeError(f"{seg.video}: decoding failed at frame {int(idx[0])} ({first_line(exc)})") from None
             height, width = images.shape[1:3]
             small = np.stack([resize_rgb(im, input_size) for im in images])
             n = len(idx)
@@ -75,7 +76,3 @@ def decode_shard(shard: Shard, *, input_size: int, batch_size: int, threads: int
             }
         del reader
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from detector.errors import ImageReadError, InputError, MaskjobsError, WeightsError
 
-__all__ = ["ConfigError", "ImageReadError", "InputError", "JobFailedError", "MaskjobsError", "WeightsError"]
+__all__ = ["first_line", "ConfigError", "ImageReadError", "InputError", "JobFailedError", "MaskjobsError", "WeightsError"]
 
 
 class ConfigError(InputError):
@@ -15,3 +15,9 @@ class JobFailedError(MaskjobsError):
     """The job ran but some inputs failed: exit code 1."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (at most 200 characters)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]

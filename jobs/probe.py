@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jobs.errors import first_line
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,7 +53,7 @@ def probe_video(path: str) -> VideoInfo:
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     except (decord.DECORDError, RuntimeError) as exc:
-        raise ProbeError(f"not a readable video ({_first_line(exc)})") from None
+        raise ProbeError(f"not a readable video ({first_line(exc)})") from None
     total = len(reader)
     if total <= 0:
         raise ProbeError("the video has no frames")
@@ -72,7 +74,3 @@ def probe_video(path: str) -> VideoInfo:
         keyframes=keyframes,
     )
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]

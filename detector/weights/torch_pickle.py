@@ -3,7 +3,7 @@
 AIZOO published ``face_mask_detection.pth`` as a PyTorch 0.4-era *legacy* pickle of a
 whole MMdnn-generated module (``MainModel.KitModel``), with the class's source code
 embedded. ``torch.load(weights_only=True)`` refuses such a file and
-``weights_only=False`` would import and run code named in it. This module reads it with
+turning ``weights_only`` off would import and run code named in it. This module reads it with
 a restricted unpickler that resolves only an allow-list of names, each mapped to an
 inert stand-in (no user class is ever imported), then reads the raw storages that
 follow the pickle. The result is a flat ``{dotted.name: np.ndarray}`` state dict.
