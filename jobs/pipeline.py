@@ -354,8 +354,9 @@ def _video_rows(
         info = infos.get(v.video)
         t = totals.get(v.video, {"frames": 0, "faces": 0, "masked": 0, "unmasked": 0})
         error = failures.get(v.video)
-        if error is None and info is not None and t["frames"] != len(sample_frames(info, config.sampling)):
-            error = f"{t['frames']} of {len(sample_frames(info, config.sampling))} sampled frames committed"
+        sampled = len(sample_frames(info, config.sampling)) if info is not None else 0
+        if error is None and info is not None and t["frames"] != sampled:
+            error = f"{t['frames']} of {sampled} sampled frames committed"
         rows.append(
             {
                 "video": v.video,
