@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # decode workers resize frames without paying for importing torch
+    import torch
 
 
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
@@ -18,5 +22,7 @@ def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
 
 def to_tensor(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(B, S, S, 3) uint8 RGB -> (B, 3, S, S) float32 in [0, 1], channels-last in memory."""
+    import torch
+
     t = torch.as_tensor(batch)
     return t.permute(0, 3, 1, 2).float().div_(255.0)

@@ -41,6 +41,41 @@ class DecodeError(RuntimeError):
     """A segment could not be decoded; the message names the video and the cause."""
 
 
+class _DLPack:
+    """Lets numpy view a decord frame through DLPack instead of copying it (``asnumpy``)."""
+
+    __slots__ = ("_nd",)
+
+    def __init__(self, nd: Any) -> None:
+        self._nd = nd
+
+    def __dlpack__(self, **_: Any) -> Any:
+        return self._nd.to_dlpack()
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU
+
+
+def read_frames(reader: Any, frames: np.ndarray, keyframes: np.ndarray) -> Iterator[np.ndarray]:
+    """Yields the (H, W, 3) uint8 RGB frames at ascending indices ``frames``, decoding forward.
+
+    Frames between two wanted ones are skipped (decoded, not converted to RGB) unless a
+    keyframe lies between them, in which case the reader seeks to it. This reads each
+    GOP once, where ``get_batch`` seeks and converts per frame: about half the CPU time.
+    The yielded array is only valid until the next one is read.
+    """
+    pos = 0  # the frame the next ``reader.next()`` returns
+    for idx in frames.tolist():
+        if idx != pos:
+            k = int(np.searchsorted(keyframes, idx, side="right")) - 1
+            if idx < pos or (k >= 0 and keyframes[k] > pos):
+                reader.seek_accurate(idx)
+            else:
+                reader.skip_frames(idx - pos)
+        yield np.from_dlpack(_DLPack(reader.next()))
+        pos = idx + 1
+
+
 def decode_shard(shard: Shard, *, input_size: int, batch_size: int, threads: int = 1) -> Iterator[dict[str, Any]]:
     """Yields ``STARTED`` once the task runs, then batches ``{video (B,), frame (B,),
     time_s (B,), width (B,), height (B,), frames (B, S, S, 3) uint8 RGB}`` for the shard's
@@ -53,26 +88,28 @@ def decode_shard(shard: Shard, *, input_size: int, batch_size: int, threads: int
         _inject_fault(seg.path)
         try:
             reader = decord.VideoReader(seg.path, ctx=decord.cpu(0), num_threads=threads)
+            keyframes = np.asarray(reader.get_key_indices(), dtype=np.int64)
         except (decord.DECORDError, RuntimeError) as exc:
             raise DecodeError(f"{seg.video}: cannot open the video ({first_line(exc)})") from None
         frames = np.asarray(seg.frames, dtype=np.int64)
+        stream = read_frames(reader, frames, keyframes)
         for start in range(0, len(frames), batch_size):
             idx = frames[start : start + batch_size]
+            small = np.empty((len(idx), input_size, input_size, 3), np.uint8)
             try:
-                images = reader.get_batch(idx.tolist()).asnumpy()
+                for j in range(len(idx)):
+                    image = next(stream)
+                    small[j] = resize_rgb(image, input_size)
                 stamps = reader.get_frame_timestamp(idx.tolist())[:, 0]
-            except (decord.DECORDError, RuntimeError, IndexError) as exc:
+            except (decord.DECORDError, RuntimeError, IndexError, StopIteration) as exc:
                 raise DecodeError(f"{seg.video}: decoding failed at frame {int(idx[0])} ({first_line(exc)})") from None
-            height, width = images.shape[1:3]
-            small = np.stack([resize_rgb(im, input_size) for im in images])
             n = len(idx)
             yield {
                 "video": np.array([seg.video] * n, dtype=object),
                 "frame": idx,
                 "time_s": np.asarray(stamps, dtype=np.float64),
-                "width": np.full(n, width, np.int32),
-                "height": np.full(n, height, np.int32),
+                "width": np.full(n, image.shape[1], np.int32),
+                "height": np.full(n, image.shape[0], np.int32),
                 "frames": small,
             }
-        del reader
-
+        del stream, reader

@@ -113,7 +113,8 @@ class _Runner:
         ray: Any,
         config: JobConfig,
         make_actor: Callable[[], Any],
-        workers: int,
+        actors: list[Any],
+        max_decoders: int,
         input_size: int,
         class_names: tuple[str, ...],
         sink: FrameSink,
@@ -122,8 +123,8 @@ class _Runner:
         self.ray = ray
         self.cfg = config
         self.make_actor = make_actor
-        self.actors = [make_actor() for _ in range(workers)]
-        self.load = [0] * workers
+        self.actors = actors
+        self.load = [0] * len(actors)
         self.input_size = input_size
         self.class_names = class_names
         self.sink = sink
@@ -139,8 +140,7 @@ class _Runner:
         self.queue: deque[tuple[Shard, int]] = deque()
         self.active: dict[str, _Attempt] = {}
         self.actor_of: dict[Any, int] = {}
-        cpus = ray.available_resources().get("CPU", 1.0)
-        self.max_active = max(2, int(cpus // max(res.decode_cpus, 0.25)))
+        self.max_decoders = max_decoders
 
     # -- life of a shard ------------------------------------------------------------------
     def _start(self, shard: Shard, attempt: int) -> None:
@@ -225,7 +225,9 @@ class _Runner:
         self.queue.extend((s, 0) for s in shards)
         timeout = self.cfg.planning.shard_timeout_s
         while self.queue or self.active:
-            while self.queue and len(self.active) < self.max_active:
+            # a shard whose frames are all decoded only waits for detections: the next
+            # one starts decoding meanwhile, so the detectors never wait at a boundary
+            while self.queue and sum(not r.exhausted for r in self.active.values()) < self.max_decoders:
                 self._start(*self.queue.popleft())
             runs = list(self.active.values())
             gens = [r.gen for r in runs if not r.exhausted]
@@ -276,6 +278,37 @@ class _Runner:
                     self._fail(run, f"no progress for {timeout:g} s (decoder hung or crashed repeatedly)")
 
 
+@dataclass(frozen=True)
+class Sizing:
+    """How the job uses the cluster: detector actors, their threads, concurrent decoders."""
+
+    detector_workers: int
+    detector_threads: int | None  # torch threads per CPU actor; None on GPU
+    decoders: int  # decode tasks running at once
+
+
+def size_job(cluster: dict[str, float], config: JobConfig) -> Sizing:
+    """Resolves the ``null`` (auto) resource settings against the cluster's resources.
+
+    On CPUs a frame costs about 1.5x as much to detect as to decode and resize (1080p
+    H.264), so ~60 % of the CPUs go to detector actors of 2 threads each and the rest to
+    decode tasks of one thread; on 2 CPUs that is one actor with 2 threads beside one
+    decode task, and the OS shares the cores between whichever has work. With GPUs there
+    is one actor per ``detector_gpus`` and every CPU decodes.
+    """
+    res, det = config.resources, config.detector
+    cpus = max(1.0, cluster.get("CPU", 1.0))
+    if res.detector_gpus > 0:
+        workers = res.detector_workers or max(1, int(cluster.get("GPU", 0) // res.detector_gpus))
+        threads = det.threads
+    else:
+        threads = det.threads or int(min(2, cpus))
+        workers = res.detector_workers or max(1, round(cpus * 0.6 / threads))
+    free = cpus - workers * res.detector_cpus
+    decoders = max(1, int(free // res.decode_cpus)) if res.decode_cpus > 0 else max(1, int(cpus))
+    return Sizing(workers, threads, decoders)
+
+
 def run_job(
     ray: Any,
     videos: list[VideoInput],
@@ -286,58 +319,71 @@ def run_job(
     overwrite: bool,
     on_plan: Callable[[int], None] = lambda n: None,
     on_frames: Callable[[int], None] = lambda n: None,
+    timings: dict[str, float] | None = None,
 ) -> JobResult:
-    """Runs the whole job on the connected Ray cluster and commits its output."""
+    """Runs the whole job on the connected Ray cluster and commits its output.
+
+    ``timings`` (seconds of phases the caller measured, e.g. Ray's start) go to job.json
+    beside this function's own.
+    """
+    timings = dict(timings or {})
     started = datetime.now(timezone.utc).isoformat()
     job = _job_record(config, weights, videos, started)
     committed = sink.start(job, fingerprint=config.result_fingerprint(weights.sha256), overwrite=overwrite)
 
+    res = config.resources
+    sizing = size_job(ray.cluster_resources(), config)
+    # Ray does not restart these actors: the runner replaces a dead one itself and
+    # retries the shards it was working on, so no frame is lost or doubled.
+    actor_cls = ray.remote(DetectorActor).options(
+        num_cpus=res.detector_cpus, num_gpus=res.detector_gpus, max_restarts=0, max_task_retries=0,
+    )
+    payload = ray.put(weights)
+    use_gpu = res.detector_gpus > 0
+
+    def make_actor() -> Any:
+        return actor_cls.remote(payload, config.detector, threads=sizing.detector_threads, use_gpu=use_gpu)
+
+    # the actors load the model while the videos are probed
+    actors = [make_actor() for _ in range(sizing.detector_workers)]
+    t0 = time.monotonic()
     infos, failures = _probe_all(ray, videos, config.planning.probe_timeout_s)
+    timings["probe_s"] = time.monotonic() - t0
     probed = [(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]
     shards = plan_shards(
         probed, config.sampling, shard_frames=config.planning.shard_frames,
         pack_frames=config.planning.pack_frames, committed=committed,
     )
     on_plan(sum(s.num_frames for s in shards))
-    logger.info("%d videos, %d shards to run (%d probe failures)", len(videos), len(shards), len(failures))
+    logger.info(
+        "%d videos, %d shards to run (%d probe failures); %s",
+        len(videos), len(shards), len(failures), sizing,
+    )
 
-    if shards:
-        res = config.resources
-        workers = res.detector_workers or _default_detector_workers(ray, res.detector_gpus)
-        # Ray does not restart these actors: the runner replaces a dead one itself and
-        # retries the shards it was working on, so no frame is lost or doubled.
-        actor_cls = ray.remote(DetectorActor).options(
-            num_cpus=res.detector_cpus, num_gpus=res.detector_gpus, max_restarts=0, max_task_retries=0,
-        )
-        threads = config.detector.threads or max(1, int(res.detector_cpus))
-        payload = ray.put(weights)
-        use_gpu = res.detector_gpus > 0
-
-        def make_actor() -> Any:
-            return actor_cls.remote(payload, config.detector, threads=threads, use_gpu=use_gpu)
-
-        runner = _Runner(ray, config, make_actor, workers, weights.spec.input_size, weights.spec.class_names, sink, on_frames)
-        try:
+    t0 = time.monotonic()
+    runner = _Runner(
+        ray, config, make_actor, actors, sizing.decoders, weights.spec.input_size, weights.spec.class_names,
+        sink, on_frames,
+    )
+    try:
+        if shards:
             runner.run(shards)
-        finally:
-            runner.close()
-        failures.update({k: v for k, v in runner.failures.items() if k not in failures})
+    finally:
+        runner.close()
+    timings["run_s"] = time.monotonic() - t0
+    failures.update({k: v for k, v in runner.failures.items() if k not in failures})
 
     rows = _video_rows(videos, infos, failures, sink.frame_totals(), config)
     job.update(
         status="done" if not any(r["status"] != "done" for r in rows) else "failed",
         finished=datetime.now(timezone.utc).isoformat(),
         fingerprint=config.result_fingerprint(weights.sha256),
+        sizing={"detector_workers": sizing.detector_workers, "detector_threads": sizing.detector_threads,
+                "decoders": sizing.decoders},
+        timings={k: round(v, 3) for k, v in timings.items()},
     )
     sink.commit(rows, job)
     return JobResult(rows)
-
-
-def _default_detector_workers(ray: Any, gpus_per_actor: float) -> int:
-    total = ray.cluster_resources()
-    if gpus_per_actor > 0:
-        return max(1, int(total.get("GPU", 0) // gpus_per_actor))
-    return max(1, int(total.get("CPU", 2) // 2))
 
 
 def _video_rows(

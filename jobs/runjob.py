@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 from detector.weights import load_weights
@@ -25,10 +26,13 @@ def run_command(inputs: list[str], out: Path, config: JobConfig, *, overwrite: b
     weights = WeightsPayload.from_loaded(load_weights(resolve_weights(config.detector.weights)))
     sink = FrameSink(out)
     progress = Progress()
+    t0 = time.monotonic()
     with ray_session(config.ray) as ray:
+        ray_start_s = time.monotonic() - t0
+        logger.info("Ray ready in %.2f s", ray_start_s)
         result = run_job(
             ray, videos, config, weights, sink, overwrite=overwrite,
-            on_plan=progress.start, on_frames=progress.advance,
+            on_plan=progress.start, on_frames=progress.advance, timings={"ray_start_s": ray_start_s},
         )
     fps = progress.close()
     print_summary(result, fps)

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 _POLL_S = 0.5
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
+def stat(pid: int) -> tuple[int, int] | None:
     """``(ppid, start_time)`` of a live process, or None."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
@@ -32,12 +32,13 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[19])
 
 
-def _descendants(root: int) -> dict[int, int]:
+def descendants(root: int) -> dict[int, int]:
+    """``{pid: start_time}`` of every live descendant of ``root``."""
     children: dict[int, list[int]] = {}
     starts: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            st = _stat(int(entry))
+            st = stat(int(entry))
             if st is not None:
                 children.setdefault(st[0], []).append(int(entry))
                 starts[int(entry)] = st[1]
@@ -54,12 +55,12 @@ def _descendants(root: int) -> dict[int, int]:
 def watch(driver: int) -> None:
     """Blocks until ``driver`` exits, then kills what was left of its process tree."""
     seen: dict[int, int] = {}
-    while _stat(driver) is not None:
-        seen.update(_descendants(driver))
-        seen = {pid: start for pid, start in seen.items() if (_stat(pid) or (0, -1))[1] == start}
+    while stat(driver) is not None:
+        seen.update(descendants(driver))
+        seen = {pid: start for pid, start in seen.items() if (stat(pid) or (0, -1))[1] == start}
         time.sleep(_POLL_S)
     for pid, start in seen.items():
-        st = _stat(pid)
+        st = stat(pid)
         if st is not None and st[1] == start:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from jobs.cli import app
+from jobs.watchdog import descendants, stat
 from sinks.schema import FRAMES_SCHEMA, VIDEOS_SCHEMA
 from tests.jobs.conftest import VideoSet
 
@@ -186,10 +188,38 @@ def test_crash_and_hang_are_isolated(
     assert set(frames["video"]) == {"ok.mp4"} and len(frames) == 24
 
 
-def _ray_pids() -> set[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
-    keys = ("raylet", "gcs_server", "ray::", "default_worker.py", "plasma_store")
-    return {int(line.split(None, 1)[0]) for line in out.splitlines() if any(k in line for k in keys)}
+def _alive(procs: dict[int, int]) -> set[int]:
+    """The processes of ``{pid: start_time}`` still running (a reused pid is not counted)."""
+    return {pid for pid, start in procs.items() if (stat(pid) or (0, -1))[1] == start}
+
+
+def _run_watching(cmd: list[str], *, until: Callable[[], bool] | None = None, timeout: float = 300) -> tuple[int, dict[int, int]]:
+    """Runs ``cmd``, recording every process it starts (Ray's included); SIGKILLs it once
+    ``until()`` holds. Returns its exit code and ``{pid: start_time}`` of what it started."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        seen.update(descendants(proc.pid))
+        if until is not None and until():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    else:
+        if proc.poll() is None:
+            proc.kill()
+    code = proc.wait()
+    assert seen, "the command started no process"
+    if code not in (0, -signal.SIGKILL):
+        raise AssertionError(proc.stderr.read() if proc.stderr else code)
+    return code, seen
+
+
+def _gone(procs: dict[int, int], timeout: float = 30) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(procs):
+        time.sleep(0.5)
+    return _alive(procs)
 
 
 def test_resume_after_sigkill(video_set: VideoSet, caffe_weights: Path, tmp_path: Path) -> None:
@@ -197,26 +227,22 @@ def test_resume_after_sigkill(video_set: VideoSet, caffe_weights: Path, tmp_path
     frame exactly once."""
     out = tmp_path / "o"
     cfg = _config(tmp_path, "planning:\n  shard_frames: 40\n  pack_frames: 0\n")
-    before = _ray_pids()
     cmd = [sys.executable, "-c", "from jobs.cli import app; app()", "run", str(video_set.root / "long.mp4"),
            "--out", str(out), "--weights", str(caffe_weights), "--config", str(cfg)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((out / "frames").glob("part-*.parquet"))) < 2:
-        time.sleep(0.2)
+
+    def mid_run() -> bool:
+        return len(list((out / "frames").glob("part-*.parquet"))) >= 2
+
+    code, started = _run_watching(cmd, until=mid_run, timeout=120)
+    assert code == -signal.SIGKILL, "the job should be killed mid-run"
     parts = list((out / "frames").glob("part-*.parquet"))
     assert 2 <= len(parts) < 10, "the job should be killed mid-run"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _ray_pids() - before:
-        time.sleep(0.5)
-    assert not (_ray_pids() - before), "Ray processes outlived the killed driver"
+    assert not _gone(started), "Ray processes outlived the killed driver"
 
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    code, started = _run_watching(cmd)
+    assert code == 0
     frames = pd.read_parquet(out / "frames")
     assert len(frames) == 400 and not frames.duplicated(["video", "frame"]).any()
     assert sorted(frames["frame"]) == list(range(400))
     assert not list((out / "frames").glob(".tmp-*"))
-    assert not (_ray_pids() - before)
+    assert not _gone(started), "Ray processes outlived the command"

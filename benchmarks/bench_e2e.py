@@ -1,0 +1,233 @@
+"""End to end: ``maskjobs run`` against the per-frame OpenCV loop, side by side in one run.
+
+    python -m benchmarks.bench_e2e                      # 2,700 frames of 720p and of 1080p H.264
+    python -m benchmarks.bench_e2e --sizes 1080p --rounds 3 --frames 900
+    python -m benchmarks.bench_e2e --help
+
+For each size it generates (once, cached in ``--workdir``) an H.264 video of the shared photos
+panned and zoomed, encoded as cameras and phones do (x264 ``veryfast``: CABAC, B-frames), then
+measures, in this order and interleaved over ``--rounds``:
+
+- **baseline**: the seed's per-frame loop, AIZOO's fastest CPU path: ``cv2.VideoCapture``
+  reads a frame, it goes to RGB, ``cv2.dnn.blobFromImage`` resizes it to 260x260 and scales by
+  1/255, OpenCV DNN runs the published Caffe model, then the same post-processing as ours;
+- **decode alone**: ``jobs.decode.decode_shard`` over the whole video in this process (decord
+  reads, resizes to 260x260): the most frames per second a single decoder can feed;
+- **detector alone**: ``FaceMaskDetector.detect_prepared`` on batches of 16 resized frames of the
+  video against OpenCV DNN plus post-processing per frame, both on all this process's CPUs;
+- **maskjobs run**: the command as a user runs it (``maskjobs run VIDEO --out DIR``, embedded
+  local Ray, every default), wall clock from the process's start to its exit, so Python's
+  start, loading the weights, Ray's start-up and shutdown all count. Ray's own start-up is
+  read from the ``timings`` in the job's ``job.json``.
+
+Its detections are then compared with the baseline's, frame by frame: the same faces with the
+same labels, boxes within 1 px and scores within 1e-3. Ratios are against the baseline of the
+same round; the table gives medians over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmarks.bench_detector import _caffe_pair, _default_weights, _machine
+from detector.detections import Detections
+from detector.postprocess import postprocess
+from benchmarks.videos import SIZES, ensure_video
+from detector.predictor import FaceMaskDetector
+
+logger = logging.getLogger(__name__)
+
+class Reference:
+    """OpenCV DNN on the published Caffe pair plus our post-processing: AIZOO's CPU path."""
+
+    def __init__(self, weights: Path) -> None:
+        prototxt, caffemodel = _caffe_pair(weights)
+        self.net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+        spec_source = FaceMaskDetector(weights)
+        self.spec = spec_source.spec
+        self.anchors = spec_source.anchors
+        self.score_threshold = spec_source.score_threshold
+        self.iou_threshold = spec_source.iou_threshold
+
+    def detect(self, rgb: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[Detections]:
+        s = self.spec.input_size
+        blob = cv2.dnn.blobFromImages(rgb, scalefactor=1 / 255.0, size=(s, s))
+        self.net.setInput(blob)
+        loc, cls = self.net.forward(["loc_branch_concat", "cls_branch_concat"])
+        n, a, c = len(rgb), self.spec.num_anchors, self.spec.num_classes
+        return postprocess(
+            torch.from_numpy(loc).reshape(n, a, 4), torch.from_numpy(cls).reshape(n, a, c), self.anchors, sizes,
+            score_threshold=self.score_threshold, iou_threshold=self.iou_threshold,
+            variances=self.spec.variances, class_names=self.spec.class_names,
+        )
+
+
+def baseline_loop(path: Path, ref: Reference) -> tuple[float, list[Detections]]:
+    """The per-frame loop; returns (seconds, detections per frame)."""
+    out = []
+    t0 = time.perf_counter()
+    cap = cv2.VideoCapture(str(path))
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        out.extend(ref.detect([rgb], [(rgb.shape[1], rgb.shape[0])]))
+    cap.release()
+    return time.perf_counter() - t0, out
+
+
+def _decoded(path: Path, frames: int, batch: int) -> Iterator[dict]:
+    from jobs.decode import STARTED, decode_shard
+    from jobs.plan import Segment, Shard
+
+    shard = Shard("bench", (Segment(path.name, str(path), tuple(range(frames))),))
+    for item in decode_shard(shard, input_size=260, batch_size=batch):
+        if item is not STARTED:
+            yield item
+
+
+def decode_alone(path: Path, frames: int) -> float:
+    """Frames per second of one decode task (decord, resize to 260x260) in this process."""
+    t0 = time.perf_counter()
+    n = sum(len(b["frame"]) for b in _decoded(path, frames, 16))
+    return n / (time.perf_counter() - t0)
+
+
+def detector_alone(path: Path, ref: Reference, weights: Path, seconds: float) -> tuple[float, float]:
+    """(ours, OpenCV DNN + post-processing) frames per second on 256 resized frames of ``path``."""
+    frames = np.concatenate([b["frames"] for b in _decoded(path, 256, 16)])
+    ours = FaceMaskDetector(weights, num_threads=os.cpu_count() or 1)
+    sizes = [(1, 1)] * 16
+
+    def run_ours() -> int:
+        for i in range(0, len(frames), 16):
+            ours.detect_prepared(frames[i : i + 16], sizes)
+        return len(frames)
+
+    def run_ref() -> int:
+        torch.set_num_threads(1)  # torch only post-processes here; keep its OpenMP team off OpenCV's cores
+        for f in frames:
+            ref.detect([f], [(1, 1)])
+        return len(frames)
+
+    def rate(fn) -> float:
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            n += fn()
+        return n / (time.perf_counter() - t0)
+
+    threads = torch.get_num_threads()
+    try:
+        return rate(run_ours), rate(run_ref)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class RunResult:
+    seconds: float
+    ray_start_s: float
+    frames: pd.DataFrame
+
+
+def maskjobs_run(path: Path, out: Path, weights: Path) -> RunResult:
+    exe = shutil.which("maskjobs", path=str(Path(sys.executable).parent)) or "maskjobs"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "MASKJOBS_WEIGHTS": str(weights)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([exe, "run", str(path), "--out", str(out)], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"maskjobs run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    job = json.loads((out / "job.json").read_text())
+    frames = pd.read_parquet(out / "frames").sort_values("frame").reset_index(drop=True)
+    return RunResult(seconds, float(job.get("timings", {}).get("ray_start_s", float("nan"))), frames)
+
+
+def agreement(frames: pd.DataFrame, ref: list[Detections]) -> tuple[int, int]:
+    """(frames whose detections equal the reference's, frames compared)."""
+    same = 0
+    for row in frames.itertuples():
+        want = ref[row.frame]
+        got = row.detections
+        if len(got) != len(want):
+            continue
+        labels = [want.class_names[i] for i in want.labels.tolist()]
+        gb = np.array([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in got], np.float32).reshape(-1, 4)
+        gs = np.array([d["score"] for d in got], np.float32)
+        order = np.lexsort((gb[:, 0], -gs))
+        worder = np.lexsort((want.boxes[:, 0], -want.scores))
+        if (
+            [got[i]["label"] for i in order] == [labels[i] for i in worder]
+            and np.allclose(gb[order], want.boxes[worder], atol=1.0)
+            and np.allclose(gs[order], want.scores[worder], atol=1e-3)
+        ):
+            same += 1
+    return same, len(frames)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", nargs="+", default=["720p", "1080p"], choices=sorted(SIZES))
+    p.add_argument("--frames", type=int, default=2700, help="frames per video (30 fps)")
+    p.add_argument("--rounds", type=int, default=1, help="baseline and maskjobs run, alternated")
+    p.add_argument("--seconds", type=float, default=5.0, help="per detector-alone measurement")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "maskjobs-bench")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    weights = (args.weights or _default_weights()).resolve()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    cv2.setNumThreads(os.cpu_count() or 1)
+    ref = Reference(weights)
+    print(_machine())
+    print(f"weights {weights}; {args.frames} frames per video; {args.rounds} round(s)\n")
+    summary = []
+    for size in args.sizes:
+        video = ensure_video(args.workdir, size, args.frames)
+        base_fps, run_fps, run_ratio, ray_start = [], [], [], []
+        for r in range(args.rounds):
+            secs, ref_dets = baseline_loop(video, ref)
+            base_fps.append(len(ref_dets) / secs)
+            res = maskjobs_run(video, args.workdir / f"out-{size}", weights)
+            run_fps.append(len(res.frames) / res.seconds)
+            run_ratio.append(base_fps[-1] and run_fps[-1] / base_fps[-1])
+            ray_start.append(res.ray_start_s)
+            same, total = agreement(res.frames, ref_dets)
+            print(
+                f"{size} round {r + 1}: baseline {len(ref_dets)} frames in {secs:.1f} s ({base_fps[-1]:.1f} fps); "
+                f"maskjobs run {len(res.frames)} frames in {res.seconds:.1f} s ({run_fps[-1]:.1f} fps, "
+                f"{run_ratio[-1]:.2f}x), Ray start {res.ray_start_s:.2f} s; detections equal on {same}/{total} frames",
+                flush=True,
+            )
+        dec = decode_alone(video, args.frames)
+        ours, theirs = detector_alone(video, ref, weights, args.seconds)
+        summary.append((size, statistics.median(base_fps), dec, ours, theirs, statistics.median(run_fps),
+                        statistics.median(run_ratio), statistics.median(ray_start)))
+    print("\n| video | baseline loop | decode alone | detector alone: ours / OpenCV DNN | maskjobs run (end to end) | x baseline | Ray start |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for size, base, dec, ours, theirs, run, ratio, ray in summary:
+        print(f"| {size} H.264, {args.frames} frames | {base:.1f} fps | {dec:.1f} fps | {ours:.1f} / {theirs:.1f} fps "
+              f"({ours / theirs:.2f}x) | {run:.1f} fps | **{ratio:.2f}x** | {ray:.2f} s |")
+
+
+if __name__ == "__main__":
+    main()

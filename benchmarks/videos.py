@@ -1,0 +1,61 @@
+"""Benchmark videos, generated once into a work folder: the shared photos panned and zoomed."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+SIZES = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}
+
+
+def _ffmpeg() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def ensure_video(
+    workdir: Path, size: str, frames: int, *, fps: float = 30.0, codec: str = "h264-main", first: int = 0,
+    name: str | None = None,
+) -> Path:
+    """An H.264 video of ``frames`` frames at ``size`` (generated once; cached by name).
+
+    ``h264-main`` is x264 ``veryfast`` (CABAC, B-frames), as cameras and phones write it.
+    """
+    from benchmarks.bench_detector import load_photos
+    from tests.videogen import CODECS, Scene, write_video
+
+    path = workdir / (name or f"{codec}-{size}-{frames}{CODECS[codec][1]}")
+    if not path.exists():
+        width, height = SIZES[size]
+        scene = Scene(tuple(load_photos()), width=width, height=height)
+        tmp = path.with_name(f".tmp-{path.name}")
+        print(f"generating {path} ({frames} frames, {width}x{height}, {codec}) ...", flush=True)
+        write_video(tmp, scene, frames, ffmpeg=_ffmpeg(), codec=codec, fps=fps, gop=int(2 * fps), first=first)
+        tmp.rename(path)
+    return path
+
+
+def ensure_repeated(source: Path, times: int) -> Path:
+    """``source`` played ``times`` times in a row, as one video (stream copy, no re-encode)."""
+    path = source.with_name(f"{source.stem}-x{times}{source.suffix}")
+    if not path.exists():
+        listing = source.with_name(f".{source.stem}-x{times}.txt")
+        listing.write_text(f"file '{source.name}'\n" * times)
+        tmp = path.with_name(f".tmp-{path.name}")
+        subprocess.run(
+            [_ffmpeg(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(tmp)],
+            check=True,
+        )
+        listing.unlink()
+        tmp.rename(path)
+    return path
+
+
+def ensure_clips(workdir: Path, count: int, size: str, frames: int, *, fps: float = 30.0) -> Path:
+    """A folder of ``count`` short H.264 clips, each a different stretch of the scene."""
+    folder = workdir / f"clips-{count}x{frames}-{size}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(count):
+        ensure_video(folder, size, frames, fps=fps, first=k * 17, name=f"clip-{k:03d}.mp4")
+    return folder
