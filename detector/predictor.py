@@ -103,10 +103,11 @@ class FaceMaskDetector:
         self._fused: FusedAizooSSD | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._pinned: torch.Tensor | None = None  # CUDA: page-locked staging for uploads
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_fused", "_pool", "_lock"):
+        for key in ("_fused", "_pool", "_lock", "_pinned"):
             state.pop(key)
         return state
 
@@ -139,9 +140,48 @@ class FaceMaskDetector:
         if self.device.type == "cpu":
             loc, scores = self._run_cpu(frames)
         else:
-            x = to_tensor(frames.to(self.device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-            loc, scores = self._forward(x.half() if self.half else x)
+            x = to_tensor(self._upload(frames)).contiguous(memory_format=torch.channels_last)
+            # cuDNN autotunes once per batch shape; fp32 stays fp32 (TF32 would round the
+            # convolutions' inputs to 10-bit mantissas: ~2.5e-2 off the reference on an H200)
+            with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=False):
+                loc, scores = self._forward(x.half() if self.half else x)
         return loc.float(), scores.float()
+
+    def _upload(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames to the GPU through a reused page-locked buffer (an asynchronous DMA,
+        and 4x fewer bytes than uploading floats); the cast and /255 run on the GPU."""
+        if frames.device.type != "cpu" or not torch.cuda.is_available():
+            return frames.to(self.device)
+        n = frames.shape[0]
+        if self._pinned is None or self._pinned.shape[0] < n or self._pinned.shape[1:] != frames.shape[1:]:
+            self._pinned = torch.empty((max(n, 16), *frames.shape[1:]), dtype=torch.uint8).pin_memory()
+        staging = self._pinned[:n]
+        staging.copy_(frames)
+        out = staging.to(self.device, non_blocking=True)
+        # the next batch must not overwrite the buffer while this copy may still read it
+        torch.cuda.current_stream(self.device).synchronize()
+        return out
+
+    def suggested_batch_size(self, *, cpu: int = 16, most: int = 512, memory_share: float = 0.5) -> int:
+        """Frames per batch for this device: ``cpu`` on CPU (larger batches gain nothing
+        there); on CUDA the largest power of two up to ``most`` whose activations fit in
+        ``memory_share`` of the GPU's free memory, measured with a forward pass."""
+        if self.device.type != "cuda":
+            return cpu
+        probe = 8
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        self.raw(np.zeros((probe, self.input_size, self.input_size, 3), np.uint8))
+        torch.cuda.synchronize(self.device)
+        per_frame = max(1, (torch.cuda.max_memory_allocated(self.device) - base) // probe)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        fits = int(free * memory_share // per_frame)
+        size = 16
+        while size * 2 <= min(most, fits):
+            size *= 2
+        logger.info("batch size %d on %s (%.1f MB per frame, %.1f GB free)", size, self.device, per_frame / 1e6, free / 1e9)
+        return size
 
     @torch.inference_mode()
     def detect_prepared(self, batch: np.ndarray | torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:

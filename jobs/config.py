@@ -28,7 +28,7 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class DetectorConfig:
     weights: str | None = None
-    batch_size: int = 16
+    batch_size: int | None = None  # None: 16 on CPU, sized to the card on GPU
     score_threshold: float = 0.5
     iou_threshold: float = 0.4
     device: str = "auto"
@@ -169,7 +169,7 @@ def _validate(cfg: JobConfig) -> None:
     need(s.stride >= 1, f"sampling.stride must be >= 1, got {s.stride}")
     need(s.fps is None or s.fps > 0, f"sampling.fps must be > 0, got {s.fps}")
     need(s.fps is None or s.stride == 1, "sampling: give either stride or fps, not both")
-    need(d.batch_size >= 1, f"detector.batch_size must be >= 1, got {d.batch_size}")
+    need(d.batch_size is None or d.batch_size >= 1, f"detector.batch_size must be >= 1, got {d.batch_size}")
     need(0 <= d.score_threshold <= 1, f"detector.score_threshold must be in [0, 1], got {d.score_threshold}")
     need(0 <= d.iou_threshold <= 1, f"detector.iou_threshold must be in [0, 1], got {d.iou_threshold}")
     need(d.device in ("auto", "cpu", "cuda"), f"detector.device must be auto, cpu or cuda, got {d.device!r}")

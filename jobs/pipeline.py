@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from jobs.config import JobConfig
+from jobs.errors import ConfigError
 from jobs.decode import decode_shard
 from jobs.inputs import VideoInput
 from jobs.plan import Shard, plan_shards, split_pack
@@ -115,6 +116,7 @@ class _Runner:
         make_actor: Callable[[], Any],
         actors: list[Any],
         max_decoders: int,
+        batch_size: int,
         input_size: int,
         class_names: tuple[str, ...],
         sink: FrameSink,
@@ -141,11 +143,12 @@ class _Runner:
         self.active: dict[str, _Attempt] = {}
         self.actor_of: dict[Any, int] = {}
         self.max_decoders = max_decoders
+        self.batch_size = batch_size
 
     # -- life of a shard ------------------------------------------------------------------
     def _start(self, shard: Shard, attempt: int) -> None:
         gen = self.decode.remote(
-            shard, input_size=self.input_size, batch_size=self.cfg.detector.batch_size,
+            shard, input_size=self.input_size, batch_size=self.batch_size,
             threads=self.cfg.resources.decode_threads,
         )
         now = time.monotonic()
@@ -299,6 +302,11 @@ def size_job(cluster: dict[str, float], config: JobConfig) -> Sizing:
     res, det = config.resources, config.detector
     cpus = max(1.0, cluster.get("CPU", 1.0))
     if res.detector_gpus > 0:
+        if cluster.get("GPU", 0) < res.detector_gpus:
+            raise ConfigError(
+                f"resources.detector_gpus is {res.detector_gpus:g} but the Ray cluster has "
+                f"{cluster.get('GPU', 0):g} GPUs (set it to 0 for CPU inference)"
+            )
         workers = res.detector_workers or max(1, int(cluster.get("GPU", 0) // res.detector_gpus))
         threads = det.threads
     else:
@@ -328,11 +336,11 @@ def run_job(
     """
     timings = dict(timings or {})
     started = datetime.now(timezone.utc).isoformat()
+    sizing = size_job(ray.cluster_resources(), config)
     job = _job_record(config, weights, videos, started)
     committed = sink.start(job, fingerprint=config.result_fingerprint(weights.sha256), overwrite=overwrite)
 
     res = config.resources
-    sizing = size_job(ray.cluster_resources(), config)
     # Ray does not restart these actors: the runner replaces a dead one itself and
     # retries the shards it was working on, so no frame is lost or doubled.
     actor_cls = ray.remote(DetectorActor).options(
@@ -360,10 +368,13 @@ def run_job(
         len(videos), len(shards), len(failures), sizing,
     )
 
+    batch_size = config.detector.batch_size
+    if batch_size is None:  # on GPU the actor sizes batches to its card; CPUs gain nothing past 16
+        batch_size = ray.get(actors[0].batch_size.remote()) if use_gpu and shards else 16
     t0 = time.monotonic()
     runner = _Runner(
-        ray, config, make_actor, actors, sizing.decoders, weights.spec.input_size, weights.spec.class_names,
-        sink, on_frames,
+        ray, config, make_actor, actors, sizing.decoders, batch_size, weights.spec.input_size,
+        weights.spec.class_names, sink, on_frames,
     )
     try:
         if shards:
@@ -379,7 +390,7 @@ def run_job(
         finished=datetime.now(timezone.utc).isoformat(),
         fingerprint=config.result_fingerprint(weights.sha256),
         sizing={"detector_workers": sizing.detector_workers, "detector_threads": sizing.detector_threads,
-                "decoders": sizing.decoders},
+                "decoders": sizing.decoders, "batch_size": batch_size},
         timings={k: round(v, 3) for k, v in timings.items()},
     )
     sink.commit(rows, job)

@@ -73,3 +73,7 @@ class DetectorActor:
 
     def ping(self) -> str:
         return self.detector.device.type
+
+    def batch_size(self) -> int:
+        """Frames per batch this actor's device wants (see ``suggested_batch_size``)."""
+        return self.detector.suggested_batch_size()
