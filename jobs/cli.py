@@ -144,3 +144,8 @@ def run(
 from jobs.cli_models import models_app  # noqa: E402  (below: it uses errors_to_exit_codes)
 
 app.add_typer(models_app, name="models")
+
+from jobs.cli_report import report, summary  # noqa: E402  (below: they use errors_to_exit_codes)
+
+app.command()(report)
+app.command()(summary)
