@@ -106,17 +106,21 @@ def compliance_series(frames: pd.DataFrame, duration: float, max_bins: int = CHA
     step = float(np.median(np.diff(times))) if len(times) > 1 else span
     width = max(span / max_bins, 2 * step)
     bins = max(1, int(np.ceil(span / width - 1e-9)))
-    idx = np.minimum((frames.time_s.to_numpy() // width).astype(np.int64), bins - 1)
+    idx = np.clip(np.floor(frames.time_s.to_numpy(np.float64) / width + 1e-6), 0, bins - 1).astype(np.int64)
+    count = np.bincount(idx, minlength=bins)
     faces = np.bincount(idx, weights=frames.faces.to_numpy(np.float64), minlength=bins)
     masked = np.bincount(idx, weights=frames.masked.to_numpy(np.float64), minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         comp = np.where(faces > 0, masked / np.maximum(faces, 1), np.nan)
     start = np.arange(bins) * width
-    return pd.DataFrame({"start": start, "end": start + width, "faces": faces, "masked": masked, "compliance": comp})
+    return pd.DataFrame({
+        "start": start, "end": start + width, "faces": faces, "masked": masked, "compliance": comp,
+        "faces_per_frame": faces / np.maximum(count, 1),
+    })
 
 
 def chart_svg(series: pd.DataFrame, *, width: int = 760, height: int = 170) -> str:
-    """An inline SVG: compliance (line, %) over time with faces per bin as grey bars."""
+    """An inline SVG: compliance (line, %) over time, faces per sampled frame as grey bars."""
     left, right, top, bottom = 44, 10, 10, 24
     pw, ph = width - left - right, height - top - bottom
     t_end = float(series.end.iloc[-1]) if len(series) else 1.0
@@ -132,10 +136,10 @@ def chart_svg(series: pd.DataFrame, *, width: int = 760, height: int = 170) -> s
     for level in (0, 0.5, 1):
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(level):.1f}" y2="{y(level):.1f}" class="grid"/>'
                      f'<text x="{left - 6}" y="{y(level) + 4:.1f}" text-anchor="end">{level:.0%}</text>')
-    peak = max(float(series.faces.max()), 1.0) if len(series) else 1.0
+    peak = max(float(series.faces_per_frame.max()), 1.0) if len(series) else 1.0
     for row in series.itertuples():
         if row.faces > 0:
-            bh = ph * 0.35 * row.faces / peak
+            bh = ph * 0.35 * row.faces_per_frame / peak
             parts.append(f'<rect class="faces" x="{x(row.start):.1f}" y="{top + ph - bh:.1f}" '
                          f'width="{max(x(row.end) - x(row.start) - 0.5, 0.5):.1f}" height="{bh:.1f}"/>')
     runs: list[list[str]] = [[]]
@@ -153,7 +157,8 @@ def chart_svg(series: pd.DataFrame, *, width: int = 760, height: int = 170) -> s
     for k in range(5):
         t = t_end * k / 4
         anchor = "start" if k == 0 else "end" if k == 4 else "middle"
-        parts.append(f'<text x="{x(t):.1f}" y="{height - 6}" text-anchor="{anchor}">{clock(t)}</text>')
+        label = clock(t) if t_end >= 60 else f"{t:.1f}s"
+        parts.append(f'<text x="{x(t):.1f}" y="{height - 6}" text-anchor="{anchor}">{label}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -167,11 +172,11 @@ table{border-collapse:collapse;background:#fff;width:100%}th,td{border-bottom:1p
 th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left}th{cursor:pointer;user-select:none;background:#eef1f4}
 th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
 .video{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:10px 14px;margin:10px 0}
-svg.chart text{font-size:10px;fill:#68707a}svg.chart .grid{stroke:#e4e7eb}svg.chart .faces{fill:#cfd5dc}
+svg.chart{width:100%;max-width:1000px;height:auto}svg.chart text{font-size:10px;fill:#68707a}svg.chart .grid{stroke:#e4e7eb}svg.chart .faces{fill:#cfd5dc}
 svg.chart .compliance{fill:none;stroke:#2e7d32;stroke-width:2}svg.chart .point{fill:#2e7d32}
 .thumbs{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:6px;width:150px}
 figure img{height:128px;max-width:138px;object-fit:contain;display:block;margin:auto;background:#eee}
-figcaption{font-size:12px;margin-top:4px;word-break:break-all}
+figcaption{font-size:12px;margin-top:4px;overflow-wrap:anywhere}
 """
 
 _JS = """
@@ -294,7 +299,7 @@ def render_html(out: JobOutput, report_path: Path) -> str:
         f'<div class="cards" id="totals">{_cards(t)}</div>'
         f"<h2>Videos</h2>{_table(out.videos)}"
         f'<h2>Compliance over time</h2><p class="muted">Share of detected faces wearing a mask (green line; '
-        f'gaps: no faces) and faces detected (grey bars), per stretch of each video.</p>'
+        f'gaps: no faces) and faces per analysed frame (grey bars), over each video.</p>'
         f"{_video_sections(out, report_path.parent)}"
         f'<h2>Unmasked people</h2><p class="muted">One picture per tracked person whose face was mostly '
         f'unmasked: the best frame of the track, with the time span it was seen.</p>{_thumbnails(out.tracks)}'
