@@ -166,7 +166,8 @@ def annotate_video(
         for idx, images in _batches(path, dets.frames):
             for image in images:
                 if image.shape[:2] != (height, width):
-                    raise RenderError(f"{path}: frame {int(idx[0])} is {image.shape[1]}x{image.shape[0]}, not {width}x{height}")
+                    size = f"{image.shape[1]}x{image.shape[0]}"
+                    raise RenderError(f"{path}: a frame near {int(idx[0])} is {size}, not {width}x{height}")
                 proc.stdin.write(draw_frame(image, dets, written, float(dets.time_s[written])).tobytes())
                 written += 1
         proc.stdin.close()

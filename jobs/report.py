@@ -231,6 +231,14 @@ _COLUMNS = [
 ]
 
 
+def _cell(key: str, value: Any) -> str:
+    if key == "compliance":
+        return percent(value)
+    if key == "duration_s":
+        return clock(value)
+    return f"{int(value):,}" if isinstance(value, (int, float, np.integer)) else str(value)
+
+
 def _table(videos: pd.DataFrame) -> str:
     head = "".join(f'<th data-key="{key}">{_e(name)}</th>' for name, key in _COLUMNS)
     rows = []
@@ -239,8 +247,7 @@ def _table(videos: pd.DataFrame) -> str:
         for _, key in _COLUMNS:
             value = r.get(key)
             missing = value is None or (isinstance(value, float) and np.isnan(value))
-            shown = ("–" if missing else percent(value) if key == "compliance" else clock(value) if key == "duration_s"
-                     else f"{int(value):,}" if isinstance(value, (int, float, np.integer)) else value)
+            shown = _cell(key, value) if not missing else "–"
             title = f' title="{_e(r["error"])}"' if key == "status" and isinstance(r.get("error"), str) else ""
             cells.append(f'<td data-v="{"" if missing else _e(value)}"{title}>{_e(shown)}</td>')
         rows.append(f'<tr data-video="{_e(r["video"])}">{"".join(cells)}</tr>')

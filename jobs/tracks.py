@@ -34,7 +34,7 @@ from jobs.config import JobConfig, SamplingConfig
 from jobs.probe import VideoInfo
 from jobs.render import VideoDetections, render_video
 from sinks.parquet import FrameSink
-from sinks.schema import TRACKS_SCHEMA, with_tracks
+from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, with_tracks
 from tracking import track_sequence
 
 logger = logging.getLogger(__name__)
@@ -167,11 +167,13 @@ def _write_track_ids(sink: FrameSink, parts: list[Path], tracked: dict[str, Vide
             pos = np.searchsorted(dets.frames, frames[rows])
             src = _ranges(dets.offsets[pos], dets.counts[pos])
             ids[_ranges(row_start[rows], counts[rows])] = dets.tracks[src]
-        old = pc.list_flatten(table.column("detections")).combine_chunks()
-        old_ids = old.field("track").fill_null(-1).to_numpy(zero_copy_only=False) if len(old) else ids[:0]
-        if not np.array_equal(old_ids, ids):
-            sink.replace_part(path, with_tracks(table, ids))
-            rewritten += 1
+        if table.schema == FRAMES_SCHEMA:  # else: written before detections had a track
+            old = pc.list_flatten(table.column("detections")).combine_chunks()
+            old_ids = old.field("track").fill_null(-1).to_numpy(zero_copy_only=False) if len(old) else ids[:0]
+            if np.array_equal(old_ids, ids):
+                continue
+        sink.replace_part(path, with_tracks(table, ids))
+        rewritten += 1
     return rewritten
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 DETECTION_TYPE = pa.struct(
     [
@@ -139,6 +140,6 @@ def with_tracks(table: pa.Table, tracks: np.ndarray) -> pa.Table:
     structs = pa.StructArray.from_arrays(fields, fields=list(DETECTION_TYPE))
     offsets = column.offsets
     if column.offset:  # a sliced chunk: rebase its offsets on the flattened values
-        offsets = pa.compute.subtract(offsets, offsets[0])
+        offsets = pc.subtract(offsets, offsets[0])
     detections = pa.ListArray.from_arrays(offsets, structs, type=pa.list_(DETECTION_TYPE), mask=column.is_null())
     return table.set_column(table.schema.get_field_index("detections"), "detections", detections)

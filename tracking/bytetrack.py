@@ -143,7 +143,9 @@ class ByteTracker:
         dt = (self.step - self.tracks.last[idx])[:, None]
         return _to_xyxy(self.tracks.state[idx] + self.tracks.velocity[idx] * dt)
 
-    def _match(self, tracks: np.ndarray, boxes: np.ndarray, dets: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    def _match(
+        self, tracks: np.ndarray, boxes: np.ndarray, dets: np.ndarray, threshold: float
+    ) -> list[tuple[int, int]]:
         """Matched ``(track number, detection index)`` pairs between two candidate sets."""
         if len(tracks) == 0 or len(dets) == 0:
             return []

@@ -18,7 +18,7 @@ from tests.jobs.conftest import WALK_CONFIG, WalkSet
 
 def _detections(frames: pd.DataFrame) -> pd.DataFrame:
     """One row per detection: video, frame, label, score, x1..y2, track."""
-    rows = frames.explode("detections").dropna(subset=["detections"])
+    rows = frames.explode("detections").dropna(subset=["detections"]).reset_index(drop=True)
     dets = pd.DataFrame(rows["detections"].tolist(), index=rows.index)
     return pd.concat([rows[["video", "frame"]], dets], axis=1).reset_index(drop=True)
 
