@@ -12,7 +12,8 @@ Per sampled frame (ByteTrack, Zhang et al. 2022, without a Kalman filter):
 4. every high-score detection left starts a tentative track.
 
 A track's box is predicted with a constant velocity in (centre, size) measured over the
-frames it was matched in. IoU is taken between boxes enlarged by ``buffer`` times their size
+frames it was matched in; a detection is matched by the better IoU of that prediction and of
+the track's last box (a face that stops or jitters is not lost to an overshooting prediction). IoU is taken between boxes enlarged by ``buffer`` times their size
 on each side (the buffered IoU of C-BIoU), so a face that moves farther than its own width
 between sampled frames (low sampling rates) still matches.
 
@@ -149,7 +150,11 @@ class ByteTracker:
         """Matched ``(track number, detection index)`` pairs between two candidate sets."""
         if len(tracks) == 0 or len(dets) == 0:
             return []
-        iou = box_iou(self._predict(tracks), boxes[dets], buffer=self.buffer)
+        # the better of the predicted and the last seen box: motion, or a face that stopped or jittered
+        last = _to_xyxy(self.tracks.state[tracks])
+        iou = np.maximum(
+            box_iou(self._predict(tracks), boxes[dets], buffer=self.buffer), box_iou(last, boxes[dets], buffer=self.buffer)
+        )
         return [(int(tracks[r]), int(dets[c])) for r, c in _greedy_match(iou, threshold)]
 
     def _apply(self, pairs: list[tuple[int, int]], boxes: np.ndarray, out: np.ndarray) -> None:
