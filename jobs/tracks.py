@@ -177,6 +177,74 @@ def _write_track_ids(sink: FrameSink, parts: list[Path], tracked: dict[str, Vide
     return rewritten
 
 
+def _track_videos(
+    sink: FrameSink, segments: list[tuple[Path, list[tuple[str, int, int]]]], config: JobConfig
+) -> dict[str, VideoDetections]:
+    """Every video with committed rows, read back and tracked over all its sampled frames."""
+    parts_of: dict[str, list[Path]] = {}
+    for path, segs in segments:
+        for video in dict.fromkeys(s[0] for s in segs):
+            parts_of.setdefault(video, []).append(path)
+    params = dataclasses.asdict(config.tracking)
+    tracked = {}
+    for video, parts in parts_of.items():
+        dets = _read_video(sink, parts, video)
+        tracked[video] = dataclasses.replace(
+            dets, tracks=track_sequence(dets.counts, dets.boxes, dets.scores, **params)
+        )
+    return tracked
+
+
+def _render(
+    ray: Any,
+    sink: FrameSink,
+    todo: list[tuple[str, str, VideoInfo]],
+    tracked: dict[str, VideoDetections],
+    summaries: dict[str, pd.DataFrame],
+    config: JobConfig,
+) -> dict[str, dict[int, bytes]]:
+    """Thumbnails per track (kept from the last run where they show the same face), and the
+    annotated videos whose rows changed, in Ray tasks. Returns ``{video: {track: JPEG}}``."""
+    old_thumbs = _old_thumbnails(sink)
+    manifest = _Manifest(sink.annotated_dir)
+    a = config.annotate
+    if a.enabled and sink.annotated_dir.is_dir():
+        for stale in sink.annotated_dir.rglob(".tmp-*"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+    remote = ray.remote(num_cpus=1, max_retries=1)(render_video)
+    pending: dict[Any, tuple[str, str | None, str]] = {}
+    thumbs: dict[str, dict[int, bytes]] = {}
+    for video, path, info in todo:
+        dets, thumbs[video], wanted = tracked[video], {}, {}
+        for row in summaries[video].itertuples():
+            key = _thumb_key(video, row)
+            if key in old_thumbs:
+                thumbs[video][int(row.track)] = old_thumbs[key]
+            else:
+                wanted[int(row.track)] = (int(row.best_frame), np.array([row.x1, row.y1, row.x2, row.y2]))
+        rate = sampled_rate(info, config.sampling)
+        digest = _digest(dets, rate, a.crf, a.preset)
+        annotate_to = None
+        if a.enabled and not manifest.current(video, digest, sink.annotated_dir):
+            annotate_to = str(sink.annotated_dir / f"{video}.mp4")
+        if wanted or annotate_to:
+            ref = remote.remote(path, dets, wanted, annotate_to, rate=rate, width=info.width, height=info.height,
+                                crf=a.crf, preset=a.preset)
+            pending[ref] = (video, annotate_to, digest)
+    for ref, (video, annotate_to, digest) in pending.items():
+        try:
+            thumbs[video].update(ray.get(ref))
+        except Exception as exc:  # a Ray error: the render task failed; keep the rest of the output
+            cause = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+            logger.warning("%s: thumbnails/annotated video failed (%s)", video, cause)
+            continue
+        if annotate_to is not None:
+            manifest.entries[video] = {"file": f"{video}.mp4", "digest": digest, "frames": len(tracked[video].frames)}
+    if a.enabled:
+        manifest.save()
+    return thumbs
+
+
 def finish_tracks(
     ray: Any,
     sink: FrameSink,
@@ -191,59 +259,13 @@ def finish_tracks(
     """
     t0 = time.monotonic()
     segments = sink.part_segments()
-    parts_of: dict[str, list[Path]] = {}
-    for path, segs in segments:
-        for video in dict.fromkeys(s[0] for s in segs):
-            parts_of.setdefault(video, []).append(path)
-    params = dataclasses.asdict(config.tracking)
-    tracked: dict[str, VideoDetections] = {}
-    summaries: dict[str, pd.DataFrame] = {}
-    for video, parts in parts_of.items():
-        dets = _read_video(sink, parts, video)
-        dets = dataclasses.replace(dets, tracks=track_sequence(dets.counts, dets.boxes, dets.scores, **params))
-        tracked[video] = dets
-        summaries[video] = summarise_tracks(video, dets)
+    tracked = _track_videos(sink, segments, config)
+    summaries = {video: summarise_tracks(video, dets) for video, dets in tracked.items()}
     rewritten = _write_track_ids(sink, [p for p, _ in segments], tracked)
     logger.info("tracked %d videos, %d shard files updated", len(tracked), rewritten)
 
-    old_thumbs = _old_thumbnails(sink)
-    manifest = _Manifest(sink.annotated_dir)
-    remote = ray.remote(num_cpus=1, max_retries=1)(render_video)
-    pending: dict[Any, tuple[str, str | None, str]] = {}
-    thumbs: dict[str, dict[int, bytes]] = {}
-    for video, path, info in probed:
-        if video in failed or video not in tracked:
-            continue
-        summary, dets = summaries[video], tracked[video]
-        thumbs[video] = {}
-        wanted = {}
-        for row in summary.itertuples():
-            key = _thumb_key(video, row)
-            if key in old_thumbs:
-                thumbs[video][int(row.track)] = old_thumbs[key]
-            else:
-                wanted[int(row.track)] = (int(row.best_frame), np.array([row.x1, row.y1, row.x2, row.y2]))
-        annotate_to = None
-        rate = sampled_rate(info, config.sampling)
-        a = config.annotate
-        digest = _digest(dets, rate, a.crf, a.preset)
-        if a.enabled and not manifest.current(video, digest, sink.annotated_dir):
-            annotate_to = str(sink.annotated_dir / f"{video}.mp4")
-        if wanted or annotate_to:
-            ref = remote.remote(path, dets, wanted, annotate_to, rate=rate, width=info.width, height=info.height,
-                                crf=a.crf, preset=a.preset)
-            pending[ref] = (video, annotate_to, digest)
-    for ref, (video, annotate_to, digest) in pending.items():
-        try:
-            thumbs[video].update(ray.get(ref))
-        except Exception as exc:  # a Ray error: the render task failed; keep the rest of the output
-            logger.warning("%s: thumbnails/annotated video failed (%s)", video, str(exc).strip().splitlines()[-1][:300])
-            continue
-        if annotate_to is not None:
-            manifest.entries[video] = {"file": f"{video}.mp4", "digest": digest, "frames": len(tracked[video].frames)}
-    if config.annotate.enabled:
-        manifest.save()
-
+    todo = [(v, path, info) for v, path, info in probed if v not in failed and v in tracked]
+    thumbs = _render(ray, sink, todo, tracked, summaries, config)
     frames = [s.assign(thumbnail=s.track.map(thumbs.get(v, {}))) for v, s in summaries.items() if len(s)]
     table = (
         pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=TRACKS_SCHEMA, preserve_index=False)
