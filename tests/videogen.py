@@ -12,6 +12,7 @@ import numpy as np
 # (codec args, container suffix)
 CODECS = {
     "h264": (["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"], ".mp4"),
+    "h264-444": (["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p"], ".mp4"),  # odd sizes too
     "hevc": (["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-x265-params", "log-level=error"], ".mkv"),
     "vp9": (["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-pix_fmt", "yuv420p"], ".webm"),
     "mpeg4": (["-c:v", "mpeg4", "-q:v", "3"], ".avi"),

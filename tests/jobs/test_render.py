@@ -9,8 +9,9 @@ import imageio_ffmpeg
 import numpy as np
 import pandas as pd
 
-from jobs.render import MASK_RGB, NOMASK_RGB
+from jobs.render import MASK_RGB, NOMASK_RGB, VideoDetections, annotate_video
 from tests.jobs.conftest import WalkSet
+from tests.videogen import Scene, write_video
 
 
 def _edge_points(d: dict, n: int = 5) -> list[tuple[int, int]]:
@@ -61,3 +62,20 @@ def test_boxes_are_drawn_where_the_rows_say(walk_set: WalkSet) -> None:
             cx, cy = round((d["x1"] + d["x2"]) / 2), round((d["y1"] * 0.3 + d["y2"] * 0.7))
             assert np.abs(drawn[cy, cx] - plain[cy, cx]).max() < 40
     assert checked >= 8 * 2 * 15
+
+
+def test_an_odd_sized_video_is_padded_to_even_dimensions(tmp_path, scene: Scene, ffmpeg: str) -> None:
+    """yuv420p needs even dimensions: a 321x241 source comes out 322x242, its pixels in place."""
+    odd = Scene(scene.photos, width=321, height=241)
+    source = write_video(tmp_path / "odd.mp4", odd, 6, ffmpeg=ffmpeg, codec="h264-444")
+    frames = np.array([0, 2, 4])
+    box = np.array([[100.0, 60.0, 180.0, 150.0]] * 3)
+    dets = VideoDetections(frames, frames / 25.0, np.ones(3, np.int64), box, np.zeros(3, bool), np.full(3, 0.9),
+                           np.array([4, 4, 4]))
+    out = tmp_path / "annotated" / "odd.mp4"
+    assert annotate_video(str(source), dets, str(out), rate=12.5, width=321, height=241) == 3
+    reader = decord.VideoReader(str(out))
+    assert len(reader) == 3 and reader[0].shape == (242, 322, 3)
+    image = reader[1].asnumpy().astype(int)
+    assert np.abs(image[105, 100] - NOMASK_RGB).max() < 80 and np.abs(image[105, 180] - NOMASK_RGB).max() < 80
+    assert not list(out.parent.glob(".tmp-*"))
