@@ -115,6 +115,9 @@ def run(
     weights: WeightsOpt = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: an embedded local Ray).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an output made with another config.")] = False,
+    annotate: Annotated[
+        bool, typer.Option("--annotate", help="Also write OUT/annotated/<video>.mp4: boxes, track ids, compliance.")
+    ] = False,
 ) -> None:
     """Run the batch job: every video's sampled frames through the detector, into Parquet.
 
@@ -131,6 +134,7 @@ def run(
             "detector.batch_size": batch_size,
             "detector.weights": str(weights) if weights else None,
             "ray.address": address,
+            "annotate.enabled": True if annotate else None,
         },
     )
     code = run_command(inputs, out, cfg, overwrite=overwrite)
@@ -140,3 +144,8 @@ def run(
 from jobs.cli_models import models_app  # noqa: E402  (below: it uses errors_to_exit_codes)
 
 app.add_typer(models_app, name="models")
+
+from jobs.cli_report import report, summary  # noqa: E402  (below: they use errors_to_exit_codes)
+
+app.command()(report)
+app.command()(summary)

@@ -56,6 +56,25 @@ class PlanningConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Keyword arguments of :class:`tracking.ByteTracker` (see there)."""
+
+    high_score: float = 0.7
+    match_iou: float = 0.3
+    low_match_iou: float = 0.5
+    buffer: float = 0.3
+    max_age: int = 15
+    min_hits: int = 2
+
+
+@dataclass(frozen=True)
+class AnnotateConfig:
+    enabled: bool = False
+    crf: int = 23
+    preset: str = "veryfast"
+
+
+@dataclass(frozen=True)
 class RayConfig:
     address: str | None = None
     num_cpus: int | None = None
@@ -69,13 +88,18 @@ class JobConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     planning: PlanningConfig = field(default_factory=PlanningConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def result_fingerprint(self, weights_sha256: str) -> str:
-        """What decides the output's rows: sampling, thresholds and the weights, nothing else."""
+        """What decides the output's rows: sampling, thresholds and the weights, nothing else.
+
+        Tracking and annotation are not in it: every run recomputes them from the rows.
+        """
         key = {
             "sampling": dataclasses.asdict(self.sampling),
             "score_threshold": self.detector.score_threshold,
@@ -91,6 +115,8 @@ _CLASSES = {
     "detector": DetectorConfig,
     "resources": ResourcesConfig,
     "planning": PlanningConfig,
+    "tracking": TrackingConfig,
+    "annotate": AnnotateConfig,
     "ray": RayConfig,
 }
 
@@ -181,6 +207,12 @@ def _validate(cfg: JobConfig) -> None:
     need(p.probe_timeout_s > 0 and p.shard_timeout_s > 0, "planning timeouts must be > 0")
     need(p.max_retries >= 0, "planning.max_retries must be >= 0")
     need(p.inflight_batches >= 1, "planning.inflight_batches must be >= 1")
+    t = cfg.tracking
+    need(0 <= t.high_score <= 1, f"tracking.high_score must be in [0, 1], got {t.high_score}")
+    need(0 < t.match_iou <= 1 and 0 < t.low_match_iou <= 1, "tracking.match_iou and low_match_iou must be in (0, 1]")
+    need(t.buffer >= 0, f"tracking.buffer must be >= 0, got {t.buffer}")
+    need(t.max_age >= 0 and t.min_hits >= 1, "tracking.max_age must be >= 0 and tracking.min_hits >= 1")
+    need(0 <= cfg.annotate.crf <= 51, f"annotate.crf must be in [0, 51], got {cfg.annotate.crf}")
     need(cfg.ray.object_store_mb >= 80, "ray.object_store_mb must be >= 80")
 
 

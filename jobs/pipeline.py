@@ -34,6 +34,7 @@ from jobs.inputs import VideoInput
 from jobs.plan import Shard, plan_shards, split_pack
 from jobs.predictor import DetectorActor, WeightsPayload
 from jobs.probe import ProbeError, VideoInfo, probe_video
+from jobs.tracks import finish_tracks
 from sinks.parquet import FrameSink
 from sinks.schema import frames_table
 
@@ -384,7 +385,12 @@ def run_job(
     timings["run_s"] = time.monotonic() - t0
     failures.update({k: v for k, v in runner.failures.items() if k not in failures})
 
+    t0 = time.monotonic()
+    people = finish_tracks(ray, sink, probed, failures, config)
+    timings["tracks_s"] = time.monotonic() - t0
     rows = _video_rows(videos, infos, failures, sink.frame_totals(), config)
+    for row in rows:
+        row.update(people.get(row["video"], {"people": 0, "people_unmasked": 0}))
     job.update(
         status="done" if not any(r["status"] != "done" for r in rows) else "failed",
         finished=datetime.now(timezone.utc).isoformat(),

@@ -47,12 +47,12 @@ def print_summary(result: JobResult, fps: float) -> None:
 
     rate = f", {fps:.1f} frames/s" if fps > 0 else ", nothing left to process"
     table = Table(title=f"maskjobs run: {len(result.videos)} videos{rate}")
-    for col in ("video", "status", "frames", "faces", "masked", "unmasked", "compliance"):
+    for col in ("video", "status", "frames", "faces", "masked", "unmasked", "compliance", "people", "unmasked people"):
         table.add_column(col, justify="left" if col in ("video", "status") else "right")
     for v in result.videos:
         comp = "-" if v["compliance"] is None else f"{v['compliance']:.1%}"
         table.add_row(
             v["video"], v["status"], str(v["frames_processed"]), str(v["faces"]), str(v["masked"]),
-            str(v["unmasked"]), comp,
+            str(v["unmasked"]), comp, str(v["people"]), str(v["people_unmasked"]),
         )
     Console(width=120).print(table)

@@ -5,6 +5,8 @@ Layout of an output directory::
     DIR/frames/part-<shard>.parquet   one file per committed shard (a Parquet dataset)
     DIR/videos.parquet                one row per input video, written at the end
     DIR/job.json                      resolved config, weights' SHA-256, versions, times
+    DIR/tracks.parquet                one row per tracked person, written at the end
+    DIR/annotated/                    annotated MP4s (``maskjobs run --annotate``)
 
 A shard is written aside (``frames/.tmp-*``, ignored by Parquet readers) and renamed into
 place, so a reader never sees a partial file. Each file's metadata lists the frame
@@ -27,7 +29,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from detector.errors import InputError
-from sinks.schema import FRAMES_SCHEMA, VIDEOS_SCHEMA
+from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, VIDEOS_SCHEMA
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ class FrameSink:
         self.frames_dir = self.root / "frames"
         self.job_file = self.root / "job.json"
         self.videos_file = self.root / "videos.parquet"
+        self.tracks_file = self.root / "tracks.parquet"
+        self.annotated_dir = self.root / "annotated"
 
     # -- start ---------------------------------------------------------------------------
     def start(self, job: dict[str, Any], *, fingerprint: str, overwrite: bool = False) -> dict[str, list[tuple[int, int]]]:
@@ -92,9 +96,10 @@ class FrameSink:
         return self.committed_ranges()
 
     def _clear(self) -> None:
-        if self.frames_dir.exists():
-            shutil.rmtree(self.frames_dir)
-        for path in (self.videos_file, self.job_file):
+        for folder in (self.frames_dir, self.annotated_dir):
+            if folder.exists():
+                shutil.rmtree(folder)
+        for path in (self.videos_file, self.job_file, self.tracks_file):
             path.unlink(missing_ok=True)
 
     def _read_job(self) -> dict[str, Any] | None:
@@ -112,10 +117,18 @@ class FrameSink:
     def committed_ranges(self) -> dict[str, list[tuple[int, int]]]:
         """``{video: [(first_frame, last_frame), ...]}`` over every committed shard file."""
         out: dict[str, list[tuple[int, int]]] = {}
+        for _, segments in self.part_segments():
+            for video, first, last in segments:
+                out.setdefault(video, []).append((first, last))
+        return out
+
+    def part_segments(self) -> list[tuple[Path, list[tuple[str, int, int]]]]:
+        """Every committed shard file with its ``(video, first_frame, last_frame)`` segments."""
+        out = []
         for path in sorted(self.frames_dir.glob("part-*.parquet")):
             meta = pq.read_schema(path).metadata or {}
-            for video, first, last in json.loads(meta.get(_SEGMENTS_KEY, b"[]")):
-                out.setdefault(video, []).append((int(first), int(last)))
+            segments = [(str(v), int(a), int(b)) for v, a, b in json.loads(meta.get(_SEGMENTS_KEY, b"[]"))]
+            out.append((path, segments))
         return out
 
     # -- write ---------------------------------------------------------------------------
@@ -127,6 +140,18 @@ class FrameSink:
         path = self.frames_dir / f"part-{shard_id}.parquet"
         _atomic_write_table(table, path)
         return path
+
+    def read_part(self, path: Path) -> pa.Table:
+        """A committed shard file's rows (FRAMES_SCHEMA, without its metadata)."""
+        return pq.read_table(path).replace_schema_metadata(None)
+
+    def replace_part(self, path: Path, table: pa.Table) -> None:
+        """Rewrites a committed shard file atomically with ``table`` (the same rows with
+        more filled in, e.g. track ids), keeping its segments."""
+        meta = pq.read_schema(path).metadata
+        if table.schema.remove_metadata() != FRAMES_SCHEMA:
+            raise ValueError("frames table does not match FRAMES_SCHEMA")
+        _atomic_write_table(table.replace_schema_metadata(meta), path)
 
     # -- commit --------------------------------------------------------------------------
     def frame_totals(self) -> dict[str, dict[str, int]]:
@@ -155,3 +180,9 @@ class FrameSink:
         table = pa.Table.from_pylist(videos, schema=VIDEOS_SCHEMA)
         _atomic_write_table(table, self.videos_file)
         self._write_job(job)
+
+    def write_tracks(self, table: pa.Table) -> None:
+        """Writes ``tracks.parquet`` (TRACKS_SCHEMA) atomically."""
+        if table.schema.remove_metadata() != TRACKS_SCHEMA:
+            raise ValueError("tracks table does not match TRACKS_SCHEMA")
+        _atomic_write_table(table, self.tracks_file)

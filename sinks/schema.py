@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 DETECTION_TYPE = pa.struct(
     [
@@ -13,6 +14,7 @@ DETECTION_TYPE = pa.struct(
         ("y1", pa.float32()),
         ("x2", pa.float32()),
         ("y2", pa.float32()),
+        ("track", pa.int32()),  # the person's track in its video (null: none, or not tracked yet)
     ]
 )
 
@@ -45,6 +47,28 @@ VIDEOS_SCHEMA = pa.schema(
         ("masked", pa.int64()),
         ("unmasked", pa.int64()),
         ("compliance", pa.float32()),
+        ("people", pa.int64()),  # tracks (people seen) in the video
+        ("people_unmasked", pa.int64()),  # tracks whose majority label is NoMask
+    ]
+)
+
+TRACKS_SCHEMA = pa.schema(
+    [
+        ("video", pa.string()),
+        ("track", pa.int32()),
+        ("first_s", pa.float64()),
+        ("last_s", pa.float64()),
+        ("frames", pa.int32()),  # sampled frames the track was detected in
+        ("label", pa.string()),  # majority label of its detections
+        ("masked_share", pa.float32()),
+        ("best_frame", pa.int64()),  # its highest-scoring detection with the majority label
+        ("best_time_s", pa.float64()),
+        ("score", pa.float32()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+        ("x2", pa.float32()),
+        ("y2", pa.float32()),
+        ("thumbnail", pa.binary()),  # JPEG of the face in the best frame (null: not decoded)
     ]
 )
 
@@ -78,7 +102,10 @@ def frames_table(
     names = pa.array(np.asarray(class_names, dtype=object)[labels] if len(labels) else [], pa.string())
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     structs = pa.StructArray.from_arrays(
-        [names, pa.array(np.asarray(scores, np.float32)), *(pa.array(boxes[:, i]) for i in range(4))],
+        [
+            names, pa.array(np.asarray(scores, np.float32)), *(pa.array(boxes[:, i]) for i in range(4)),
+            pa.nulls(len(boxes), pa.int32()),
+        ],
         fields=list(DETECTION_TYPE),
     )
     detections = pa.ListArray.from_arrays(pa.array(offsets), structs, type=pa.list_(DETECTION_TYPE))
@@ -95,3 +122,24 @@ def frames_table(
         ],
         schema=FRAMES_SCHEMA,
     )
+
+
+def with_tracks(table: pa.Table, tracks: np.ndarray) -> pa.Table:
+    """``table`` (FRAMES_SCHEMA) with each detection's ``track`` set.
+
+    Args:
+        tracks: (K,) int, one per detection in row order, then list order; < 0 means none (null).
+    """
+    column = table.column("detections").combine_chunks()
+    flat = column.flatten()
+    if len(flat) != len(tracks):
+        raise ValueError(f"{len(tracks)} track ids for {len(flat)} detections")
+    tracks = np.asarray(tracks, np.int64)
+    fields = [flat.field(name) for name in DETECTION_TYPE.names if name != "track"]
+    fields.append(pa.array(tracks.astype(np.int32), pa.int32(), mask=tracks < 0))
+    structs = pa.StructArray.from_arrays(fields, fields=list(DETECTION_TYPE))
+    offsets = column.offsets
+    if column.offset:  # a sliced chunk: rebase its offsets on the flattened values
+        offsets = pc.subtract(offsets, offsets[0])
+    detections = pa.ListArray.from_arrays(offsets, structs, type=pa.list_(DETECTION_TYPE), mask=column.is_null())
+    return table.set_column(table.schema.get_field_index("detections"), "detections", detections)

@@ -14,6 +14,7 @@ CODECS = {
     "h264": (["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"], ".mp4"),
     # What cameras and phones write: CABAC and B-frames, so decoding costs what it does in real use.
     "h264-main": (["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"], ".mp4"),
+    "h264-444": (["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p"], ".mp4"),  # odd sizes too
     "hevc": (["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-x265-params", "log-level=error"], ".mkv"),
     "vp9": (["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-pix_fmt", "yuv420p"], ".webm"),
     "mpeg4": (["-c:v", "mpeg4", "-q:v", "3"], ".avi"),
@@ -47,8 +48,8 @@ class Scene:
 
 
 def write_video(
-    path: Path, scene: Scene, frames: int, *, ffmpeg: str, codec: str = "h264", fps: float = 25.0, gop: int = 25,
-    first: int = 0,
+    path: Path, scene: Scene | PathScene, frames: int, *, ffmpeg: str, codec: str = "h264", fps: float = 25.0,
+    gop: int = 25, first: int = 0,
 ) -> Path:
     """Encodes frames ``first`` .. ``first + frames - 1`` of ``scene`` to ``path`` (its suffix
     picks the container)."""
@@ -65,3 +66,49 @@ def write_video(
     if proc.wait() != 0:
         raise RuntimeError(f"ffmpeg failed writing {path}")
     return path
+
+
+@dataclass(frozen=True)
+class Walker:
+    """A photo whose top-left corner moves in a straight line from ``start`` to ``end``
+    (canvas pixels) over the video, scaled to ``height`` pixels."""
+
+    photo: np.ndarray
+    start: tuple[float, float]
+    end: tuple[float, float]
+    height: int
+
+
+@dataclass(frozen=True)
+class PathScene:
+    """Photos moving along known straight paths over ``frames`` frames (they never overlap
+    when their paths do not)."""
+
+    walkers: tuple[Walker, ...]
+    frames: int
+    width: int = 640
+    height: int = 480
+
+    def _placed(self, k: int, i: int) -> tuple[np.ndarray, int, int]:
+        w = self.walkers[k]
+        t = i / max(self.frames - 1, 1)
+        scale = w.height / w.photo.shape[0]
+        img = cv2.resize(w.photo, (round(w.photo.shape[1] * scale), w.height), interpolation=cv2.INTER_AREA)
+        x0 = round(w.start[0] + t * (w.end[0] - w.start[0]))
+        y0 = round(w.start[1] + t * (w.end[1] - w.start[1]))
+        return img, x0, y0
+
+    def photo_box(self, k: int, i: int) -> tuple[int, int, int, int]:
+        """Where walker ``k``'s photo is in frame ``i``: x1, y1, x2, y2 (before clipping)."""
+        img, x0, y0 = self._placed(k, i)
+        return x0, y0, x0 + img.shape[1], y0 + img.shape[0]
+
+    def frame(self, i: int) -> np.ndarray:
+        canvas = np.full((self.height, self.width, 3), 40, np.uint8)
+        for k in range(len(self.walkers)):
+            img, x0, y0 = self._placed(k, i)
+            ys, xs = max(0, y0), max(0, x0)
+            ye, xe = min(self.height, y0 + img.shape[0]), min(self.width, x0 + img.shape[1])
+            if ye > ys and xe > xs:
+                canvas[ys:ye, xs:xe] = img[ys - y0 : ye - y0, xs - x0 : xe - x0]
+        return canvas

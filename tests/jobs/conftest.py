@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import read_rgb
-from tests.videogen import Scene, write_video
+from tests.videogen import PathScene, Scene, Walker, write_video
 
 
 @dataclass(frozen=True)
@@ -48,3 +48,46 @@ def video_set(tmp_path_factory: pytest.TempPathFactory, scene: Scene, ffmpeg: st
         "badheader.avi": "not a readable video",
     }
     return VideoSet(root, counts, broken)
+
+
+@dataclass(frozen=True)
+class WalkSet:
+    """Videos of people moving along known paths, and one job's output over them."""
+
+    root: Path
+    scenes: dict[str, PathScene]  # video id -> scene (walker k = person k)
+    unmasked: dict[str, set[int]]  # video id -> walkers not wearing a mask
+    out: Path  # `maskjobs run root --out out --annotate` with small shards
+
+
+WALK_CONFIG = "planning:\n  shard_frames: 40\n  pack_frames: 40\n"
+
+
+@pytest.fixture(scope="session")
+def walk_set(
+    tmp_path_factory: pytest.TempPathFactory, masked_photo: Path, unmasked_photo: Path, ffmpeg: str, caffe_weights: Path
+) -> WalkSet:
+    """``b_walk.mp4``: an unmasked face crossing the frame left to right along the top and a
+    masked one right to left along the bottom (120 frames, keyframes every 20, so several
+    shards); ``a_masked.mp4``: one masked face drifting (30 frames, packed into one shard)."""
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    unmasked, masked = read_rgb(unmasked_photo), read_rgb(masked_photo)
+    root = tmp_path_factory.mktemp("walks")
+    scenes = {
+        "b_walk.mp4": PathScene((Walker(unmasked, (-60, 0), (460, 0), 240), Walker(masked, (363, 240), (-80, 240), 240)), 120),
+        "a_masked.mp4": PathScene((Walker(masked, (40, 100), (200, 140), 240),), 30),
+    }
+    for name, scene in scenes.items():
+        write_video(root / name, scene, scene.frames, ffmpeg=ffmpeg, gop=20)
+    out = tmp_path_factory.mktemp("walk-out") / "job"
+    cfg = root.parent / "walk.yaml"
+    cfg.write_text(WALK_CONFIG)
+    result = CliRunner().invoke(
+        app, ["run", str(root), "--out", str(out), "--weights", str(caffe_weights), "--config", str(cfg), "--annotate"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    return WalkSet(root, scenes, {"b_walk.mp4": {0}, "a_masked.mp4": set()}, out)

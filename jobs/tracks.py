@@ -1,0 +1,279 @@
+"""The driver's pass after every shard is committed: tracks, thumbnails, annotated videos.
+
+Per video, its committed detections are read back from the frames dataset (they are small)
+and tracked in frame order over all its sampled frames, so tracks continue across shard
+boundaries by construction. The track ids are then written into each committed shard file
+(atomically, and only where they changed), ``tracks.parquet`` is rewritten whole, and
+the source frames needed for thumbnails and ``--annotate`` are decoded in Ray tasks.
+
+Every run recomputes all of it from the committed rows, so a rerun (after a crash, or
+with new frames committed) leaves the same output a single run would have; thumbnails and
+annotated videos whose inputs did not change are kept, not decoded again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from jobs.config import JobConfig, SamplingConfig
+from jobs.probe import VideoInfo
+from jobs.render import VideoDetections, render_video
+from sinks.parquet import FrameSink
+from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, with_tracks
+from tracking import track_sequence
+
+logger = logging.getLogger(__name__)
+
+MASK_LABEL = "Mask"
+MANIFEST = "manifest.json"
+
+
+def sampled_rate(info: VideoInfo, sampling: SamplingConfig) -> float:
+    """Sampled frames per second of video (the annotated video's frame rate)."""
+    fps = info.fps if info.fps > 0 else 25.0
+    if sampling.fps is not None:
+        return min(sampling.fps, fps)
+    return fps / sampling.stride
+
+
+def _read_video(sink: FrameSink, parts: list[Path], video: str) -> VideoDetections:
+    """One video's committed rows, in frame order, flattened (``tracks`` all -1)."""
+    columns = ["video", "frame", "time_s", "detections"]
+    table = pa.concat_tables(
+        [sink.read_part(p).select(columns).filter(pc.field("video") == video) for p in parts]
+    ).sort_by("frame")
+    dets = table.column("detections").combine_chunks()
+    flat = dets.flatten()
+    return VideoDetections(
+        frames=table.column("frame").to_numpy(),
+        time_s=table.column("time_s").to_numpy(),
+        counts=pc.list_value_length(dets).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
+        boxes=np.stack([flat.field(k).to_numpy(zero_copy_only=False) for k in ("x1", "y1", "x2", "y2")], axis=1)
+        .astype(np.float64).reshape(-1, 4),
+        masked=pc.equal(flat.field("label"), MASK_LABEL).to_numpy(zero_copy_only=False).astype(bool),
+        scores=flat.field("score").to_numpy(zero_copy_only=False).astype(np.float64),
+        tracks=np.full(len(flat), -1, np.int64),
+    )
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])``, vectorised."""
+    lengths = np.asarray(lengths, np.int64)
+    before = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, np.int64) - before, lengths) + np.arange(int(lengths.sum()))
+
+
+def summarise_tracks(video: str, dets: VideoDetections) -> pd.DataFrame:
+    """One row per track (TRACKS_SCHEMA columns but ``thumbnail``).
+
+    ``label`` is the majority label of its detections (a tie counts as NoMask); the best
+    frame is that of its highest-scoring detection with that label.
+    """
+    frame_of = np.repeat(np.arange(len(dets.counts)), dets.counts)
+    df = pd.DataFrame(
+        {
+            "track": dets.tracks, "frame": dets.frames[frame_of], "time_s": dets.time_s[frame_of],
+            "masked": dets.masked, "score": dets.scores, "x1": dets.boxes[:, 0], "y1": dets.boxes[:, 1],
+            "x2": dets.boxes[:, 2], "y2": dets.boxes[:, 3],
+        }
+    )
+    df = df[df.track >= 0]
+    if df.empty:
+        return pd.DataFrame(columns=[f.name for f in TRACKS_SCHEMA if f.name != "thumbnail"])
+    g = df.groupby("track", sort=True)
+    out = g.agg(first_s=("time_s", "min"), last_s=("time_s", "max"), frames=("frame", "nunique"),
+                masked_share=("masked", "mean"))
+    out["label"] = np.where(out.masked_share > 0.5, MASK_LABEL, "NoMask")
+    df = df.join(out["label"], on="track")
+    same = df[df.masked == (df.label == MASK_LABEL)]
+    best = same.loc[same.sort_values(["score", "frame"], ascending=[False, True]).groupby("track").head(1).index]
+    best = best.set_index("track")[["frame", "time_s", "score", "x1", "y1", "x2", "y2"]]
+    out = out.join(best.rename(columns={"frame": "best_frame", "time_s": "best_time_s"})).reset_index()
+    out.insert(0, "video", video)
+    return out[[f.name for f in TRACKS_SCHEMA if f.name != "thumbnail"]]
+
+
+def _digest(dets: VideoDetections, *extra: Any) -> str:
+    h = hashlib.sha256()
+    for arr in dataclasses.astuple(dets):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(json.dumps(extra, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+def _old_thumbnails(sink: FrameSink) -> dict[tuple[Any, ...], bytes]:
+    """Thumbnails of the previous run, keyed by what they show."""
+    if not sink.tracks_file.is_file():
+        return {}
+    cols = ["video", "track", "best_frame", "x1", "y1", "x2", "y2", "thumbnail"]
+    return {
+        (r["video"], r["best_frame"], r["x1"], r["y1"], r["x2"], r["y2"]): r["thumbnail"]
+        for r in pq.read_table(sink.tracks_file, columns=cols).to_pylist()
+        if r["thumbnail"] is not None
+    }
+
+
+def _thumb_key(video: str, row: Any) -> tuple[Any, ...]:
+    return (video, int(row.best_frame), *(float(np.float32(getattr(row, k))) for k in ("x1", "y1", "x2", "y2")))
+
+
+class _Manifest:
+    """``annotated/manifest.json``: which annotated video was drawn from which rows."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / MANIFEST
+        self.entries: dict[str, dict[str, Any]] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def current(self, video: str, digest: str, folder: Path) -> bool:
+        entry = self.entries.get(video)
+        return entry is not None and entry["digest"] == digest and (folder / entry["file"]).is_file()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}-{MANIFEST}")
+        tmp.write_text(json.dumps(self.entries, indent=2, sort_keys=True))
+        os.replace(tmp, self.path)
+
+
+def _write_track_ids(sink: FrameSink, parts: list[Path], tracked: dict[str, VideoDetections]) -> int:
+    """Writes each detection's track id into the committed shard files where it changed;
+    returns how many files were rewritten."""
+    rewritten = 0
+    for path in parts:
+        table = sink.read_part(path)
+        videos = table.column("video").to_numpy(zero_copy_only=False)
+        frames = table.column("frame").to_numpy()
+        counts = pc.list_value_length(table.column("detections")).fill_null(0).to_numpy(zero_copy_only=False)
+        row_start = np.cumsum(counts) - counts
+        ids = np.full(int(counts.sum()), -1, np.int64)
+        for video in np.unique(videos):
+            dets = tracked[video]
+            rows = np.flatnonzero(videos == video)
+            pos = np.searchsorted(dets.frames, frames[rows])
+            src = _ranges(dets.offsets[pos], dets.counts[pos])
+            ids[_ranges(row_start[rows], counts[rows])] = dets.tracks[src]
+        if table.schema == FRAMES_SCHEMA:  # else: written before detections had a track
+            old = pc.list_flatten(table.column("detections")).combine_chunks()
+            old_ids = old.field("track").fill_null(-1).to_numpy(zero_copy_only=False) if len(old) else ids[:0]
+            if np.array_equal(old_ids, ids):
+                continue
+        sink.replace_part(path, with_tracks(table, ids))
+        rewritten += 1
+    return rewritten
+
+
+def _track_videos(
+    sink: FrameSink, segments: list[tuple[Path, list[tuple[str, int, int]]]], config: JobConfig
+) -> dict[str, VideoDetections]:
+    """Every video with committed rows, read back and tracked over all its sampled frames."""
+    parts_of: dict[str, list[Path]] = {}
+    for path, segs in segments:
+        for video in dict.fromkeys(s[0] for s in segs):
+            parts_of.setdefault(video, []).append(path)
+    params = dataclasses.asdict(config.tracking)
+    tracked = {}
+    for video, parts in parts_of.items():
+        dets = _read_video(sink, parts, video)
+        tracked[video] = dataclasses.replace(
+            dets, tracks=track_sequence(dets.counts, dets.boxes, dets.scores, **params)
+        )
+    return tracked
+
+
+def _render(
+    ray: Any,
+    sink: FrameSink,
+    todo: list[tuple[str, str, VideoInfo]],
+    tracked: dict[str, VideoDetections],
+    summaries: dict[str, pd.DataFrame],
+    config: JobConfig,
+) -> dict[str, dict[int, bytes]]:
+    """Thumbnails per track (kept from the last run where they show the same face), and the
+    annotated videos whose rows changed, in Ray tasks. Returns ``{video: {track: JPEG}}``."""
+    old_thumbs = _old_thumbnails(sink)
+    manifest = _Manifest(sink.annotated_dir)
+    a = config.annotate
+    if a.enabled and sink.annotated_dir.is_dir():
+        for stale in sink.annotated_dir.rglob(".tmp-*"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+    remote = ray.remote(num_cpus=1, max_retries=1)(render_video)
+    pending: dict[Any, tuple[str, str | None, str]] = {}
+    thumbs: dict[str, dict[int, bytes]] = {}
+    for video, path, info in todo:
+        dets, thumbs[video], wanted = tracked[video], {}, {}
+        for row in summaries[video].itertuples():
+            key = _thumb_key(video, row)
+            if key in old_thumbs:
+                thumbs[video][int(row.track)] = old_thumbs[key]
+            else:
+                wanted[int(row.track)] = (int(row.best_frame), np.array([row.x1, row.y1, row.x2, row.y2]))
+        rate = sampled_rate(info, config.sampling)
+        digest = _digest(dets, rate, a.crf, a.preset)
+        annotate_to = None
+        if a.enabled and not manifest.current(video, digest, sink.annotated_dir):
+            annotate_to = str(sink.annotated_dir / f"{video}.mp4")
+        if wanted or annotate_to:
+            ref = remote.remote(path, dets, wanted, annotate_to, rate=rate, width=info.width, height=info.height,
+                                crf=a.crf, preset=a.preset)
+            pending[ref] = (video, annotate_to, digest)
+    for ref, (video, annotate_to, digest) in pending.items():
+        try:
+            thumbs[video].update(ray.get(ref))
+        except Exception as exc:  # a Ray error: the render task failed; keep the rest of the output
+            cause = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+            logger.warning("%s: thumbnails/annotated video failed (%s)", video, cause)
+            continue
+        if annotate_to is not None:
+            manifest.entries[video] = {"file": f"{video}.mp4", "digest": digest, "frames": len(tracked[video].frames)}
+    if a.enabled:
+        manifest.save()
+    return thumbs
+
+
+def finish_tracks(
+    ray: Any,
+    sink: FrameSink,
+    probed: list[tuple[str, str, VideoInfo]],
+    failed: Collection[str],
+    config: JobConfig,
+) -> dict[str, dict[str, int]]:
+    """Tracks every video with committed rows, writes the ids and ``tracks.parquet``, renders
+    thumbnails (and annotated videos for ``config.annotate.enabled``) of videos not in ``failed``.
+
+    Returns ``{video: {"people": n, "people_unmasked": m}}``.
+    """
+    t0 = time.monotonic()
+    segments = sink.part_segments()
+    tracked = _track_videos(sink, segments, config)
+    summaries = {video: summarise_tracks(video, dets) for video, dets in tracked.items()}
+    rewritten = _write_track_ids(sink, [p for p, _ in segments], tracked)
+    logger.info("tracked %d videos, %d shard files updated", len(tracked), rewritten)
+
+    todo = [(v, path, info) for v, path, info in probed if v not in failed and v in tracked]
+    thumbs = _render(ray, sink, todo, tracked, summaries, config)
+    frames = [s.assign(thumbnail=s.track.map(thumbs.get(v, {}))) for v, s in summaries.items() if len(s)]
+    table = (
+        pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=TRACKS_SCHEMA, preserve_index=False)
+        if frames else TRACKS_SCHEMA.empty_table()
+    )
+    sink.write_tracks(table)
+    logger.info("tracks, thumbnails and annotations in %.1f s", time.monotonic() - t0)
+    return {
+        v: {"people": len(s), "people_unmasked": int((s.label != MASK_LABEL).sum()) if len(s) else 0}
+        for v, s in summaries.items()
+    }

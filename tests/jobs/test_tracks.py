@@ -1,0 +1,131 @@
+"""Tracking in ``maskjobs run``: real videos of people on known paths, real Ray and Parquet."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from jobs.cli import app
+from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, VIDEOS_SCHEMA
+from tests.jobs.conftest import WALK_CONFIG, WalkSet
+
+
+def _detections(frames: pd.DataFrame) -> pd.DataFrame:
+    """One row per detection: video, frame, label, score, x1..y2, track."""
+    rows = frames.explode("detections").dropna(subset=["detections"]).reset_index(drop=True)
+    dets = pd.DataFrame(rows["detections"].tolist(), index=rows.index)
+    return pd.concat([rows[["video", "frame"]], dets], axis=1).reset_index(drop=True)
+
+
+def _segments(path: Path) -> list[tuple[str, int, int]]:
+    return [tuple(s) for s in json.loads(pq.read_schema(path).metadata[b"maskjobs.segments"])]
+
+
+def _walker_of(walk_set: WalkSet, video: str, frame: int, box: tuple[float, ...]) -> int:
+    """Which walker's photo holds the centre of ``box`` in ``frame`` (-1: none)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    scene = walk_set.scenes[video]
+    hits = [k for k in range(len(scene.walkers))
+            if scene.photo_box(k, frame)[0] <= cx <= scene.photo_box(k, frame)[2]
+            and scene.photo_box(k, frame)[1] <= cy <= scene.photo_box(k, frame)[3]]
+    return hits[0] if len(hits) == 1 else -1
+
+
+def test_one_track_per_person_following_their_paths(walk_set: WalkSet) -> None:
+    dets = _detections(pd.read_parquet(walk_set.out / "frames"))
+    tracks = pd.read_parquet(walk_set.out / "tracks.parquet")
+    for video, scene in walk_set.scenes.items():
+        vd = dets[dets.video == video]
+        assert len(vd) >= 0.9 * scene.frames * len(scene.walkers)  # the faces are found in most frames
+        assert vd.track.notna().mean() > 0.95
+        vt = tracks[tracks.video == video]
+        assert len(vt) == len(scene.walkers), vt
+        walkers = vd.apply(lambda r: _walker_of(walk_set, video, r.frame, (r.x1, r.y1, r.x2, r.y2)), axis=1)
+        assert (walkers >= 0).all()
+        # each track is one person and each person one track, in every frame
+        pairs = pd.DataFrame({"track": vd.track, "walker": walkers}).dropna().drop_duplicates()
+        assert len(pairs) == len(scene.walkers) and pairs.track.is_unique and pairs.walker.is_unique
+        for row in vt.itertuples():
+            walker = int(pairs.loc[pairs.track == row.track, "walker"].iloc[0])
+            assert row.label == ("NoMask" if walker in walk_set.unmasked[video] else "Mask")
+            assert row.frames == (vd.track == row.track).sum()
+            assert _walker_of(walk_set, video, row.best_frame, (row.x1, row.y1, row.x2, row.y2)) == walker
+
+
+def test_a_person_crossing_the_frame_is_one_track(walk_set: WalkSet) -> None:
+    dets = _detections(pd.read_parquet(walk_set.out / "frames"))
+    walk = dets[dets.video == "b_walk.mp4"].sort_values("frame")
+    top = walk[walk.y2 < 240]  # the unmasked face on the top row, moving right
+    assert top.track.nunique() == 1
+    cx = ((top.x1 + top.x2) / 2).to_numpy()
+    assert cx[0] < 100 and cx[-1] > 440  # it crossed most of the 640 px frame
+    assert top.frame.min() == 0 and top.frame.max() == 119
+    tracks = pd.read_parquet(walk_set.out / "tracks.parquet").set_index(["video", "track"])
+    row = tracks.loc[("b_walk.mp4", int(top.track.iloc[0]))]
+    assert row.first_s == 0 and abs(row.last_s - 119 / 25) < 1e-3 and row.masked_share == 0
+
+
+def test_track_ids_are_stable_across_shard_boundaries(walk_set: WalkSet) -> None:
+    parts = []
+    for path in sorted((walk_set.out / "frames").glob("part-*.parquet")):
+        assert pq.read_schema(path).remove_metadata() == FRAMES_SCHEMA
+        segments = _segments(path)
+        df = _detections(pq.read_table(path).to_pandas())
+        for video, first, last in segments:
+            if video == "b_walk.mp4":
+                parts.append((first, last, df[df.video == video]))
+    parts.sort(key=lambda p: p[0])
+    assert len(parts) >= 3  # the video was cut into several shards
+    def person_to_track(dets: pd.DataFrame, frame: int) -> dict[int, int]:
+        rows = dets[dets.frame == frame]
+        return {_walker_of(walk_set, "b_walk.mp4", frame, (r.x1, r.y1, r.x2, r.y2)): int(r.track) for r in rows.itertuples()}
+
+    for (_, last, before), (first, _, after) in zip(parts, parts[1:]):
+        assert first == last + 1
+        ids_before, ids_after = person_to_track(before, last), person_to_track(after, first)
+        assert set(ids_before) == {0, 1} and ids_before == ids_after  # each person keeps their id
+
+
+def test_videos_count_people(walk_set: WalkSet) -> None:
+    assert pq.read_schema(walk_set.out / "videos.parquet").remove_metadata() == VIDEOS_SCHEMA
+    assert pq.read_schema(walk_set.out / "tracks.parquet").remove_metadata() == TRACKS_SCHEMA
+    videos = pd.read_parquet(walk_set.out / "videos.parquet").set_index("video")
+    for video, scene in walk_set.scenes.items():
+        assert videos.loc[video, "people"] == len(scene.walkers)
+        assert videos.loc[video, "people_unmasked"] == len(walk_set.unmasked[video])
+
+
+def test_rerun_after_a_lost_shard_restores_the_same_tracks(walk_set: WalkSet, caffe_weights: Path, tmp_path: Path) -> None:
+    """A shard file lost (as if the job died before committing it): the rerun decodes only it,
+    the frames come back exactly once with the same track ids, untouched files are not
+    rewritten, and the annotated video is kept (its rows did not change)."""
+    out = tmp_path / "job"
+    shutil.copytree(walk_set.out, out)
+    before_frames = _detections(pd.read_parquet(out / "frames")).sort_values(["video", "frame", "x1"], ignore_index=True)
+    before_tracks = pd.read_parquet(out / "tracks.parquet")
+    parts = sorted((out / "frames").glob("part-*.parquet"))
+    victim = next(p for p in parts if any(v == "b_walk.mp4" and first > 0 for v, first, _ in _segments(p)))
+    victim.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in parts if p != victim}
+    video = out / "annotated" / "b_walk.mp4.mp4"
+    video_mtime = video.stat().st_mtime_ns
+    cfg = tmp_path / "walk.yaml"
+    cfg.write_text(WALK_CONFIG)
+    result = CliRunner().invoke(
+        app, ["run", str(walk_set.root), "--out", str(out), "--weights", str(caffe_weights), "--config", str(cfg), "--annotate"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "nothing left to process" not in result.stdout
+    after_frames = _detections(pd.read_parquet(out / "frames")).sort_values(["video", "frame", "x1"], ignore_index=True)
+    pd.testing.assert_frame_equal(after_frames, before_frames)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "tracks.parquet"), before_tracks)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert video.stat().st_mtime_ns == video_mtime
+    assert np.array_equal(sorted(p.name for p in (out / "frames").glob("part-*")), sorted(p.name for p in parts))
