@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from detector.weights import load_weights
 from jobs.config import JobConfig
@@ -19,8 +18,11 @@ from sinks.parquet import FrameSink
 logger = logging.getLogger(__name__)
 
 
-def run_command(inputs: list[str], out: Path, config: JobConfig, *, overwrite: bool) -> int:
-    """Runs the job; returns the exit code (0 all done, 1 some videos failed)."""
+def run_command(inputs: list[str], out: str, config: JobConfig, *, overwrite: bool) -> int:
+    """Runs the job; returns the exit code (0 all done, 1 some videos failed).
+
+    ``out`` is a local path or a URI that pyarrow's filesystems understand (``s3://...``).
+    """
     videos = discover(inputs)
     weights = WeightsPayload.from_loaded(load_weights(resolve_weights(config.detector.weights)))
     sink = FrameSink(out)
