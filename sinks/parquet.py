@@ -63,11 +63,14 @@ def open_location(location: str | Path) -> tuple[pafs.FileSystem, str]:
 
 
 class FrameSink:
-    """Writes a job's output under ``location`` (a local path or a URI)."""
+    """Writes a job's output under ``location``: a local path or a URI, or a path on ``filesystem``."""
 
-    def __init__(self, location: str | Path) -> None:
+    def __init__(self, location: str | Path, filesystem: pafs.FileSystem | None = None) -> None:
         self.location = str(location)
-        self.fs, self.root = open_location(location)
+        if filesystem is None:
+            self.fs, self.root = open_location(location)
+        else:
+            self.fs, self.root = filesystem, str(location).rstrip("/")
         self.frames_dir = posixpath.join(self.root, "frames")
         self.job_file = posixpath.join(self.root, "job.json")
         self.videos_file = posixpath.join(self.root, "videos.parquet")

@@ -55,9 +55,19 @@ def _worker_port_range() -> tuple[int, int]:
     return base, base + 199
 
 
+def _processes() -> list[tuple[int, int, str]]:
+    """``(pid, ppid, args)`` of every process."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3:
+            rows.append((int(parts[0]), int(parts[1]), parts[2]))
+    return rows
+
+
 def pids_mentioning(text: str) -> set[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
-    return {int(line.split(None, 1)[0]) for line in out.splitlines() if text in line}
+    return {pid for pid, _, args in _processes() if text in args}
 
 
 class RayHead:
@@ -129,6 +139,13 @@ class RayHead:
     def pids(self) -> set[int]:
         """Processes of this head: those that name its temp dir."""
         return pids_mentioning(str(self.temp_dir))
+
+    def worker_pids(self, title: str) -> list[int]:
+        """Worker processes of this head whose title starts with ``ray::<title>`` (an actor class,
+        or the task a worker is running), found as children of this head's raylet."""
+        procs = _processes()
+        raylets = {pid for pid, _, args in procs if "raylet/raylet" in args and str(self.temp_dir) in args}
+        return [pid for pid, ppid, args in procs if ppid in raylets and args.startswith(f"ray::{title}")]
 
     def stop(self, grace_s: float = 20) -> None:
         """Stops this head and every process it started; leaves other Rays alone."""
