@@ -58,6 +58,15 @@ def _finish(info: Any) -> None:
     raise typer.Exit(code)
 
 
+def _follow(cluster: Any, job_id: str) -> Any:
+    """Streams the job's logs until it ends; Ctrl-C stops following, not the job."""
+    try:
+        return cluster.follow(job_id, sys.stdout)
+    except KeyboardInterrupt:
+        typer.echo(f"error: stopped following {job_id}; it goes on (`maskjobs stop {job_id}` stops it)", err=True)
+        raise typer.Exit(130) from None
+
+
 @app.command()
 @errors_to_exit_codes
 def submit(
@@ -101,7 +110,7 @@ def submit(
         job_id = cluster.submit(job.entrypoint, job.runtime_env, job.metadata)
     typer.echo(job_id)
     if wait:
-        _finish(cluster.follow(job_id, sys.stdout))
+        _finish(_follow(cluster, job_id))
 
 
 @app.command()
@@ -137,7 +146,7 @@ def logs(
 
     cluster = Cluster(address)
     if follow:
-        cluster.follow(job, sys.stdout)
+        _follow(cluster, job)
     else:
         typer.echo(cluster.logs(job), nl=False)
 

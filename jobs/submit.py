@@ -34,7 +34,7 @@ import yaml
 
 from jobs.config import JobConfig
 from jobs.errors import InputError
-from sinks.parquet import is_uri
+from sinks.parquet import display_location, is_uri
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def staged_submission(
         }
         if ship_code:
             runtime_env["py_modules"] = _code_dirs()
-        metadata = {"maskjobs": "run", "out": out, "inputs": str(len(paths))}
+        metadata = {"maskjobs": "run", "out": display_location(out), "inputs": str(len(paths))}
         yield Submission(shlex.join(args), runtime_env, metadata)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -50,6 +50,16 @@ def is_uri(location: str) -> bool:
     return bool(sep) and head.isascii() and head.replace("+", "").isalnum() and len(head) > 1
 
 
+def display_location(location: str | Path) -> str:
+    """The location for messages and records: a URI without its credentials or query."""
+    text = str(location)
+    if not is_uri(text):
+        return text
+    scheme, rest = text.split("://", 1)
+    netloc, sep, path = rest.partition("/")
+    return f"{scheme}://{netloc.rpartition('@')[2]}{sep}{path.split('?', 1)[0]}"
+
+
 def open_location(location: str | Path) -> tuple[pafs.FileSystem, str]:
     """The filesystem and path of an output location: a local path or a pyarrow URI."""
     text = str(location)
@@ -58,7 +68,9 @@ def open_location(location: str | Path) -> tuple[pafs.FileSystem, str]:
     try:
         fs, path = pafs.FileSystem.from_uri(text)
     except (pa.ArrowException, ValueError) as exc:
-        raise InputError(f"{text}: not an output location pyarrow can open ({str(exc).splitlines()[0]})") from None
+        raise InputError(
+            f"{display_location(text)}: not an output location pyarrow can open ({str(exc).splitlines()[0]})"
+        ) from None
     return fs, path.rstrip("/")
 
 
@@ -66,7 +78,7 @@ class FrameSink:
     """Writes a job's output under ``location``: a local path or a URI, or a path on ``filesystem``."""
 
     def __init__(self, location: str | Path, filesystem: pafs.FileSystem | None = None) -> None:
-        self.location = str(location)
+        self.location = display_location(location)
         if filesystem is None:
             self.fs, self.root = open_location(location)
         else:

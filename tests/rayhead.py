@@ -95,6 +95,7 @@ class RayHead:
             RAY_USAGE_STATS_ENABLED="0",
             # Single-node mode: Ray keeps 127.0.0.1 instead of resolving this machine's IP.
             RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+            AWS_EC2_METADATA_DISABLED="true",  # an s3:// output never asks a metadata service
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         )
         return env

@@ -17,6 +17,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from jobs.cli import app
+from tests.conftest import S3Server
 from tests.jobs.conftest import VideoSet
 from tests.rayhead import RayHead
 
@@ -180,19 +181,30 @@ def test_a_killed_worker_does_not_lose_or_double_a_frame(
     assert videos.loc[0, "status"] == "done" and videos.loc[0, "frames_processed"] == 400
 
 
-def test_code_and_weights_already_on_the_cluster(
-    cli: Cli, head: RayHead, video_set: VideoSet, caffe_weights: Path, tmp_path: Path
+def test_code_and_weights_on_the_cluster_output_to_s3(
+    cli: Cli, head: RayHead, video_set: VideoSet, caffe_weights: Path, s3_server: S3Server
 ) -> None:
-    """--no-ship-code runs the cluster's own `maskjobs run`; --no-ship-weights reads a path the head sees."""
-    out = tmp_path / "out"
+    """--no-ship-code runs the cluster's own `maskjobs run`; --no-ship-weights reads a path the head
+    sees; the output goes to an s3:// URI (an S3 endpoint on 127.0.0.1)."""
+    import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
+
     result = cli(
-        "submit", str(video_set.root / "mjpeg.mov"), "--out", str(out), "--address", head.dashboard_url,
-        "--weights", str(caffe_weights), "--no-ship-code", "--no-ship-weights", "--wait",
+        "submit", str(video_set.root / "mjpeg.mov"), "--out", s3_server.uri("cluster/job"),
+        "--address", head.dashboard_url, "--weights", str(caffe_weights), "--no-ship-code", "--no-ship-weights",
+        "--wait",
     )
     assert result.exit_code == 0, result.output
-    assert f"Running entrypoint for job {_job_id(result)}: maskjobs run " in result.stdout
-    _assert_every_frame_once(out, "mjpeg.mov", 20)
-    assert json.loads((out / "job.json").read_text())["weights"]["path"] == str(caffe_weights)
+    job_id = _job_id(result)
+    assert f"Running entrypoint for job {job_id}: maskjobs run " in result.stdout
+    fs, root = pafs.FileSystem.from_uri(s3_server.uri("cluster/job"))
+    frames = ds.dataset(f"{root}/frames", filesystem=fs, format="parquet").to_table().to_pandas()
+    assert sorted(frames["frame"]) == list(range(20)) and set(frames["video"]) == {"mjpeg.mov"}
+    with fs.open_input_stream(f"{root}/job.json") as f:
+        job = json.loads(f.read())
+    assert job["status"] == "done" and job["weights"]["path"] == str(caffe_weights)
+    status = cli("status", job_id, "--address", head.dashboard_url).stdout
+    assert "out:        s3://maskjobs/cluster/job\n" in status  # recorded without its credentials
 
 
 def test_inputs_the_workers_cannot_see_fail_at_submit(
