@@ -35,6 +35,9 @@ EXIT_DONE = 0
 EXIT_VIDEOS_FAILED = 1
 EXIT_JOB_FAILED = 3
 
+# Ray's client modules set INFO on their own loggers (package uploads, websocket closed).
+_RAY_CLIENT_LOGGERS = ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk")
+
 
 @dataclass(frozen=True)
 class Token:
@@ -92,7 +95,8 @@ class Cluster:
         from ray.job_submission import JobSubmissionClient
 
         if not logging.getLogger().isEnabledFor(logging.DEBUG):  # Ray's own INFO lines (uploads), unless -v
-            logging.getLogger("ray").setLevel(logging.WARNING)
+            for name in _RAY_CLIENT_LOGGERS:
+                logging.getLogger(name).setLevel(logging.WARNING)
 
         headers = {"Authorization": f"Bearer {self.token.value}"} if self.token else None
         try:
@@ -188,6 +192,14 @@ def describe(info: Any) -> str:
     parts = [f"{info.submission_id or info.job_id}: {status}"]
     if info.driver_exit_code is not None and status != "SUCCEEDED":
         parts.append(f"exit code {info.driver_exit_code}")
-    if status in ("FAILED", "STOPPED") and info.message:
-        parts.append(first_line(Exception(info.message)))
+    if status == "FAILED" and info.driver_exit_code == EXIT_VIDEOS_FAILED:
+        parts.append("some videos failed (their errors: `maskjobs logs`, and videos.parquet)")
+    elif status in ("FAILED", "STOPPED") and info.message:
+        parts.append(_reason(info.message))
     return ", ".join(parts)
+
+
+def _reason(message: str) -> str:
+    """Ray's failure message holds the driver's last logs: its ``error:`` line is the reason."""
+    errors = [line.strip() for line in message.splitlines() if line.strip().startswith("error: ")]
+    return errors[-1][len("error: "):][:300] if errors else first_line(Exception(message))
