@@ -91,6 +91,10 @@ def submit(
     check_inputs: Annotated[
         bool, typer.Option(help="Check that the inputs exist here (they must be at the same path on the cluster).")
     ] = True,
+    python: Annotated[
+        str | None,
+        typer.Option(help="The head's Python for the job (default: `python` on the PATH `ray start` ran with)."),
+    ] = None,
 ) -> None:
     """Submit `maskjobs run` to a Ray cluster through its Jobs API; print the job id.
 
@@ -105,7 +109,7 @@ def submit(
     cluster = Cluster(address)
     with staged_submission(
         inputs, out, cfg, overwrite=overwrite, ship_code=ship_code, ship_weights=ship_weights,
-        check_inputs=check_inputs,
+        check_inputs=check_inputs, python=python,
     ) as job:
         job_id = cluster.submit(job.entrypoint, job.runtime_env, job.metadata)
     typer.echo(job_id)

@@ -181,9 +181,14 @@ def outcome_code(info: Any) -> int:
     status = str(getattr(info.status, "value", info.status))
     if status == "SUCCEEDED":
         return EXIT_DONE
-    if status == "FAILED" and info.driver_exit_code == EXIT_VIDEOS_FAILED:
+    if status == "FAILED" and info.driver_exit_code == EXIT_VIDEOS_FAILED and not _crashed(info.message):
         return EXIT_VIDEOS_FAILED
     return EXIT_JOB_FAILED
+
+
+def _crashed(message: str | None) -> bool:
+    """Python exits 1 on an uncaught exception too: its traceback tells it from failed videos."""
+    return "Traceback (most recent call last):" in (message or "")
 
 
 def describe(info: Any) -> str:
@@ -192,7 +197,7 @@ def describe(info: Any) -> str:
     parts = [f"{info.submission_id or info.job_id}: {status}"]
     if info.driver_exit_code is not None and status != "SUCCEEDED":
         parts.append(f"exit code {info.driver_exit_code}")
-    if status == "FAILED" and info.driver_exit_code == EXIT_VIDEOS_FAILED:
+    if status == "FAILED" and info.driver_exit_code == EXIT_VIDEOS_FAILED and not _crashed(info.message):
         parts.append("some videos failed (their errors: `maskjobs logs`, and videos.parquet)")
     elif status in ("FAILED", "STOPPED") and info.message:
         parts.append(_reason(info.message))
@@ -201,5 +206,10 @@ def describe(info: Any) -> str:
 
 def _reason(message: str) -> str:
     """Ray's failure message holds the driver's last logs: its ``error:`` line is the reason."""
-    errors = [line.strip() for line in message.splitlines() if line.strip().startswith("error: ")]
-    return errors[-1][len("error: "):][:300] if errors else first_line(Exception(message))
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[-1][len("error: "):][:300]
+    if _crashed(message):  # the exception's own line ends the traceback
+        return lines[-1][:300]
+    return first_line(Exception(message))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from detector.errors import ImageReadError, InputError, MaskjobsError, WeightsError
 
-__all__ = ["first_line", "ClusterError", "ConfigError", "ImageReadError", "InputError", "JobFailedError", "MaskjobsError", "WeightsError"]
+__all__ = [
+    "first_line", "ClusterError", "ConfigError", "ImageReadError", "InputError", "JobFailedError", "MaskjobsError",
+    "WeightsError",
+]
 
 
 class ConfigError(InputError):

@@ -8,8 +8,8 @@ the user asked for, whatever defaults it has. What travels with the job:
   file with its companion files (a Caffe ``.prototxt``, a ``.json`` sidecar, Paddle's pair);
 * ``py_modules`` (unless ``ship_code`` is off): the ``jobs``, ``detector``, ``sinks`` and
   ``configs`` packages, so a cluster with only the dependencies installed runs this code.
-  The entrypoint is then ``python -m jobs run``; with ``ship_code`` off it is
-  ``maskjobs run`` from the cluster's own install.
+  The entrypoint is then ``python -m jobs run`` (``python`` from the head's PATH, or the
+  interpreter given); with ``ship_code`` off it is ``maskjobs run`` from the cluster's install.
 
 Inputs and the output must be on storage every node sees at the same path (a shared or
 network file system), or the output a URI (``s3://...``). Relative paths are made
@@ -117,12 +117,15 @@ def staged_submission(
     ship_code: bool = True,
     ship_weights: bool = True,
     check_inputs: bool = True,
+    python: str | None = None,
 ) -> Iterator[Submission]:
     """Yields the submission; its ``working_dir`` exists until the block ends (submit inside it).
 
     With ``ship_weights``, the weight file (``config.detector.weights``, else the usual
     resolution on this machine) is loaded here, so a bad file fails before submitting,
     and shipped; without it, ``config.detector.weights`` must name a path the head sees.
+    ``python`` is the head's interpreter for the entrypoint (default: ``python`` on its PATH;
+    given, it also runs an installed maskjobs with ``ship_code`` off).
     """
     paths = cluster_inputs(inputs, check=check_inputs)
     out = cluster_output(out)
@@ -145,7 +148,7 @@ def staged_submission(
             "# Resolved by `maskjobs submit`: the complete config of this job.\n"
             + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
         )
-        command = ["python", "-m", "jobs"] if ship_code else ["maskjobs"]
+        command = [python or "python", "-m", "jobs"] if ship_code or python else ["maskjobs"]
         args = [*command, "run", *paths, "--out", out, "--config", CONFIG_NAME]
         if overwrite:
             args.append("--overwrite")

@@ -133,7 +133,9 @@ class FrameSink:
         self._write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
 
     # -- start ---------------------------------------------------------------------------
-    def start(self, job: dict[str, Any], *, fingerprint: str, overwrite: bool = False) -> dict[str, list[tuple[int, int]]]:
+    def start(
+        self, job: dict[str, Any], *, fingerprint: str, overwrite: bool = False
+    ) -> dict[str, list[tuple[int, int]]]:
         """Prepares the output location; returns the committed frame ranges per video.
 
         Raises :class:`OutputConflictError` if it holds a job whose fingerprint differs,
@@ -180,7 +182,9 @@ class FrameSink:
         try:
             return json.loads(text)
         except ValueError:
-            raise InputError(f"{self.location}/job.json: not valid JSON; use --overwrite to replace the output") from None
+            raise InputError(
+                f"{self.location}/job.json: not valid JSON; use --overwrite to replace the output"
+            ) from None
 
     def _write_job(self, job: dict[str, Any]) -> None:
         self.fs.create_dir(self.root, recursive=True)

@@ -248,3 +248,43 @@ def test_unreachable_cluster_and_unknown_job_are_one_line(cli: Cli, head: RayHea
     result = cli("status", "raysubmit_doesnotexist", "--address", head.dashboard_url)
     assert result.exit_code == 2 and "no job raysubmit_doesnotexist" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_the_submission_carries_the_resolved_config_weights_and_code(
+    video_set: VideoSet, caffe_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What goes to the Jobs API, without a cluster: the entrypoint, and a working_dir from
+    which `maskjobs run` resolves exactly the submitted config."""
+    import shlex
+
+    from jobs.config import resolve_config
+    from jobs.submit import CONFIG_NAME, staged_submission
+
+    monkeypatch.chdir(video_set.root)
+    overrides = {"sampling.fps": 2.0, "detector.weights": str(caffe_weights)}
+    cfg = resolve_config(Path(_config(tmp_path, SMALL_SHARDS)), overrides)
+    with staged_submission(["cams", "long.mp4"], "s3://key:secret@b/out?region=x", cfg, overwrite=True) as job:
+        stage = Path(job.runtime_env["working_dir"])
+        args = shlex.split(job.entrypoint)
+        assert args[:4] == ["python", "-m", "jobs", "run"]
+        assert args[4:6] == [str(video_set.root / "cams"), str(video_set.root / "long.mp4")]  # made absolute
+        assert args[6:] == ["--out", "s3://key:secret@b/out?region=x", "--config", CONFIG_NAME, "--overwrite"]
+        assert sorted(p.name for p in (stage / "weights").iterdir()) == [
+            "face_mask_detection.caffemodel", "face_mask_detection.json", "face_mask_detection.prototxt",
+        ]
+        assert [Path(p).name for p in job.runtime_env["py_modules"]] == ["jobs", "detector", "sinks", "configs"]
+        assert job.metadata["out"] == "s3://b/out"
+        monkeypatch.chdir(stage)  # the entrypoint's cwd on the head
+        shipped = resolve_config(Path(CONFIG_NAME))
+        monkeypatch.chdir(video_set.root)
+    assert shipped.detector.weights == "weights/face_mask_detection.caffemodel" and shipped.ray.address == "auto"
+    assert shipped.sampling == cfg.sampling and shipped.planning == cfg.planning and shipped.resources == cfg.resources
+    assert not stage.exists()
+
+    with staged_submission(["long.mp4"], "out", cfg, overwrite=False, ship_code=False, ship_weights=False) as job:
+        assert job.entrypoint.startswith("maskjobs run ") and "py_modules" not in job.runtime_env
+        assert not (Path(job.runtime_env["working_dir"]) / "weights").exists()
+        assert f"--out {video_set.root / 'out'} " in job.entrypoint
+    python = "/opt/py/bin/python"
+    with staged_submission(["long.mp4"], "o", cfg, overwrite=False, ship_code=False, python=python) as job:
+        assert job.entrypoint.startswith("/opt/py/bin/python -m jobs run ")
