@@ -103,21 +103,52 @@ def detect(
         raise typer.Exit(2)
 
 
+OutOpt = Annotated[
+    str,
+    typer.Option(
+        "--out",
+        help="Output: a directory, or a URI pyarrow opens (file:///..., s3://bucket/prefix); "
+        "frames/ Parquet dataset + videos.parquet + job.json.",
+    ),
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file merged over configs/default.yaml.")]
+StrideOpt = Annotated[int | None, typer.Option(help="Keep every Nth frame.")]
+FpsOpt = Annotated[float | None, typer.Option(help="Sample this many frames per second of video.")]
+BatchSizeOpt = Annotated[int | None, typer.Option(help="Frames per model call.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace an output made with another config.")]
+AnnotateOpt = Annotated[
+    bool, typer.Option("--annotate", help="Also write OUT/annotated/<video>.mp4: boxes, track ids, compliance.")
+]
+InputsArg = Annotated[list[str], typer.Argument(help="Video files and directories (searched recursively).")]
+
+
+def run_overrides(
+    *, stride: int | None, fps: float | None, batch_size: int | None, weights: Path | str | None,
+    annotate: bool = False,
+) -> dict[str, Any]:
+    """The flags shared by ``run`` and ``submit``, as :func:`jobs.config.resolve_config` overrides."""
+    return {
+        "sampling.stride": stride,
+        "sampling.fps": fps,
+        "detector.batch_size": batch_size,
+        "detector.weights": str(weights) if weights else None,
+        "annotate.enabled": True if annotate else None,
+    }
+
+
 @app.command()
 @errors_to_exit_codes
 def run(
-    inputs: Annotated[list[str], typer.Argument(help="Video files and directories (searched recursively).")],
-    out: Annotated[Path, typer.Option("--out", help="Output directory (Parquet dataset + videos.parquet + job.json).")],
-    config: Annotated[Path | None, typer.Option("--config", help="YAML file merged over configs/default.yaml.")] = None,
-    stride: Annotated[int | None, typer.Option(help="Keep every Nth frame.")] = None,
-    fps: Annotated[float | None, typer.Option(help="Sample this many frames per second of video.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Frames per model call.")] = None,
+    inputs: InputsArg,
+    out: OutOpt,
+    config: ConfigOpt = None,
+    stride: StrideOpt = None,
+    fps: FpsOpt = None,
+    batch_size: BatchSizeOpt = None,
     weights: WeightsOpt = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: an embedded local Ray).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an output made with another config.")] = False,
-    annotate: Annotated[
-        bool, typer.Option("--annotate", help="Also write OUT/annotated/<video>.mp4: boxes, track ids, compliance.")
-    ] = False,
+    overwrite: OverwriteOpt = False,
+    annotate: AnnotateOpt = False,
 ) -> None:
     """Run the batch job: every video's sampled frames through the detector, into Parquet.
 
@@ -126,17 +157,8 @@ def run(
     from jobs.config import resolve_config
     from jobs.runjob import run_command
 
-    cfg = resolve_config(
-        config,
-        {
-            "sampling.stride": stride,
-            "sampling.fps": fps,
-            "detector.batch_size": batch_size,
-            "detector.weights": str(weights) if weights else None,
-            "ray.address": address,
-            "annotate.enabled": True if annotate else None,
-        },
-    )
+    overrides = run_overrides(stride=stride, fps=fps, batch_size=batch_size, weights=weights, annotate=annotate)
+    cfg = resolve_config(config, {**overrides, "ray.address": address})
     code = run_command(inputs, out, cfg, overwrite=overwrite)
     raise typer.Exit(code)
 
@@ -149,3 +171,5 @@ from jobs.cli_report import report, summary  # noqa: E402  (below: they use erro
 
 app.command()(report)
 app.command()(summary)
+
+import jobs.cli_cluster  # noqa: E402,F401  (registers submit, status, logs, stop, jobs)

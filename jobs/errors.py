@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from detector.errors import ImageReadError, InputError, MaskjobsError, WeightsError
 
-__all__ = ["first_line", "ConfigError", "ImageReadError", "InputError", "JobFailedError", "MaskjobsError", "WeightsError"]
+__all__ = [
+    "first_line", "ClusterError", "ConfigError", "ImageReadError", "InputError", "JobFailedError", "MaskjobsError",
+    "WeightsError",
+]
 
 
 class ConfigError(InputError):
     """A bad config value or flag: exit code 2."""
+
+
+class ClusterError(InputError):
+    """The Ray cluster cannot be reached, refuses us, or has no such job: exit code 2."""
 
 
 class JobFailedError(MaskjobsError):

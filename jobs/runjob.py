@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
 
 from detector.weights import load_weights
 from jobs.config import JobConfig
+from jobs.errors import ConfigError
 from jobs.inputs import discover
 from jobs.pipeline import JobResult, run_job
 from jobs.predictor import WeightsPayload
@@ -20,11 +20,16 @@ from sinks.parquet import FrameSink
 logger = logging.getLogger(__name__)
 
 
-def run_command(inputs: list[str], out: Path, config: JobConfig, *, overwrite: bool) -> int:
-    """Runs the job; returns the exit code (0 all done, 1 some videos failed)."""
+def run_command(inputs: list[str], out: str, config: JobConfig, *, overwrite: bool) -> int:
+    """Runs the job; returns the exit code (0 all done, 1 some videos failed).
+
+    ``out`` is a local path or a URI that pyarrow's filesystems understand (``s3://...``).
+    """
     videos = discover(inputs)
     weights = WeightsPayload.from_loaded(load_weights(resolve_weights(config.detector.weights)))
     sink = FrameSink(out)
+    if config.annotate.enabled and sink.annotated_dir is None:
+        raise ConfigError(f"{sink.location}: --annotate writes videos, so --out must be a local or mounted path")
     progress = Progress()
     t0 = time.monotonic()
     with ray_session(config.ray) as ray:

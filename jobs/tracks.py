@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.config import JobConfig, SamplingConfig
+from jobs.errors import ConfigError
 from jobs.probe import VideoInfo
 from jobs.render import VideoDetections, render_video
 from sinks.parquet import FrameSink
@@ -51,7 +52,7 @@ def sampled_rate(info: VideoInfo, sampling: SamplingConfig) -> float:
     return fps / sampling.stride
 
 
-def _read_video(sink: FrameSink, parts: list[Path], video: str) -> VideoDetections:
+def _read_video(sink: FrameSink, parts: list[str], video: str) -> VideoDetections:
     """One video's committed rows, in frame order, flattened (``tracks`` all -1)."""
     columns = ["video", "frame", "time_s", "detections"]
     table = pa.concat_tables(
@@ -118,12 +119,13 @@ def _digest(dets: VideoDetections, *extra: Any) -> str:
 
 def _old_thumbnails(sink: FrameSink) -> dict[tuple[Any, ...], bytes]:
     """Thumbnails of the previous run, keyed by what they show."""
-    if not sink.tracks_file.is_file():
-        return {}
     cols = ["video", "track", "best_frame", "x1", "y1", "x2", "y2", "thumbnail"]
+    table = sink.read_tracks(cols)
+    if table is None:
+        return {}
     return {
         (r["video"], r["best_frame"], r["x1"], r["y1"], r["x2"], r["y2"]): r["thumbnail"]
-        for r in pq.read_table(sink.tracks_file, columns=cols).to_pylist()
+        for r in table.to_pylist()
         if r["thumbnail"] is not None
     }
 
@@ -150,7 +152,7 @@ class _Manifest:
         os.replace(tmp, self.path)
 
 
-def _write_track_ids(sink: FrameSink, parts: list[Path], tracked: dict[str, VideoDetections]) -> int:
+def _write_track_ids(sink: FrameSink, parts: list[str], tracked: dict[str, VideoDetections]) -> int:
     """Writes each detection's track id into the committed shard files where it changed;
     returns how many files were rewritten."""
     rewritten = 0
@@ -206,8 +208,10 @@ def _render(
     """Thumbnails per track (kept from the last run where they show the same face), and the
     annotated videos whose rows changed, in Ray tasks. Returns ``{video: {track: JPEG}}``."""
     old_thumbs = _old_thumbnails(sink)
-    manifest = _Manifest(sink.annotated_dir)
     a = config.annotate
+    if a.enabled and sink.annotated_dir is None:
+        raise ConfigError(f"{sink.location}: --annotate writes videos, so --out must be a local or mounted path")
+    manifest = _Manifest(sink.annotated_dir) if sink.annotated_dir is not None else None
     if a.enabled and sink.annotated_dir.is_dir():
         for stale in sink.annotated_dir.rglob(".tmp-*"):  # left by a killed run
             stale.unlink(missing_ok=True)
@@ -225,7 +229,7 @@ def _render(
         rate = sampled_rate(info, config.sampling)
         digest = _digest(dets, rate, a.crf, a.preset)
         annotate_to = None
-        if a.enabled and not manifest.current(video, digest, sink.annotated_dir):
+        if a.enabled and not manifest.current(video, digest, sink.annotated_dir):  # type: ignore[union-attr]
             annotate_to = str(sink.annotated_dir / f"{video}.mp4")
         if wanted or annotate_to:
             ref = remote.remote(path, dets, wanted, annotate_to, rate=rate, width=info.width, height=info.height,

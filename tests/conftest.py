@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -78,3 +80,38 @@ def ffmpeg() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """An S3 endpoint on 127.0.0.1 (moto) with one bucket."""
+
+    port: int
+    bucket: str = "maskjobs"
+
+    def uri(self, key: str) -> str:
+        """``s3://`` URI of ``key`` in the bucket, credentials and endpoint in the URI."""
+        return (
+            f"s3://testing:testing@{self.bucket}/{key}"
+            f"?endpoint_override=127.0.0.1:{self.port}&scheme=http&region=us-east-1"
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    import logging
+
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # never ask a metadata service
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        s3 = S3Server(server.get_host_and_port()[1])
+        fs, _ = pafs.FileSystem.from_uri(s3.uri("x") + "&allow_bucket_creation=true")
+        fs.create_dir(s3.bucket)
+        yield s3
+    finally:
+        server.stop()

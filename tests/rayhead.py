@@ -1,0 +1,173 @@
+"""A real Ray head for tests: ``ray start --head --block`` on 127.0.0.1, token auth, own ports.
+
+``ray stop`` is machine-wide (it would stop every Ray on this machine, other people's
+too), so a head started here is stopped through its own ``--block`` process: SIGTERM
+makes it shut down what it started; whatever is left in its process group, or names
+its temp dir, is then SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+_PORT_NAMES = (
+    "port",
+    "dashboard-port",
+    "ray-client-server-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "metrics-export-port",
+    "runtime-env-agent-port",
+    "node-manager-port",
+    "object-manager-port",
+)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _worker_port_range() -> tuple[int, int]:
+    """200 ports below the kernel's ephemeral range, away from Ray's default 10002-19999."""
+    import random
+
+    base = random.randrange(20000, 32000, 200)
+    return base, base + 199
+
+
+def _processes() -> list[tuple[int, int, str]]:
+    """``(pid, ppid, args)`` of every process."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3:
+            rows.append((int(parts[0]), int(parts[1]), parts[2]))
+    return rows
+
+
+def pids_mentioning(text: str) -> set[int]:
+    return {pid for pid, _, args in _processes() if text in args}
+
+
+class RayHead:
+    """One Ray head node on 127.0.0.1 with token auth, its own temp dir and ports."""
+
+    def __init__(self, *, num_cpus: int = 2, object_store_mb: int = 300) -> None:
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="mjray-", dir="/tmp"))
+        self.token = secrets.token_hex(32)
+        self.token_file = self.temp_dir / "auth_token"
+        self.token_file.write_text(self.token)
+        self.ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)), strict=True))
+        self.gcs_address = f"127.0.0.1:{self.ports['port']}"
+        self.dashboard_url = f"http://127.0.0.1:{self.ports['dashboard-port']}"
+        self.num_cpus = num_cpus
+        self.object_store_mb = object_store_mb
+        self.proc: subprocess.Popen | None = None
+        self.log = self.temp_dir / "ray-start.log"
+
+    def env(self) -> dict[str, str]:
+        """The head's environment: token auth on, this venv's ``python`` first on PATH."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN_PATH=str(self.token_file),
+            RAY_USAGE_STATS_ENABLED="0",
+            # Single-node mode: Ray keeps 127.0.0.1 instead of resolving this machine's IP.
+            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+            AWS_EC2_METADATA_DISABLED="true",  # an s3:// output never asks a metadata service
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        )
+        return env
+
+    def start(self, timeout_s: float = 90) -> RayHead:
+        lo, hi = _worker_port_range()
+        cmd = [
+            str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+            "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+            "--temp-dir", str(self.temp_dir), "--num-cpus", str(self.num_cpus), "--num-gpus", "0",
+            "--object-store-memory", str(self.object_store_mb * 1024 * 1024),
+            "--min-worker-port", str(lo), "--max-worker-port", str(hi), "--disable-usage-stats",
+        ]
+        for name, port in self.ports.items():
+            cmd += [f"--{name}", str(port)]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, env=self.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"ray start --head exited: {self.log.read_text()[-2000:]}")
+            if self._jobs_api_up():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the Ray head did not come up in {timeout_s:g} s: {self.log.read_text()[-2000:]}")
+
+    def _jobs_api_up(self) -> bool:
+        req = urllib.request.Request(
+            f"{self.dashboard_url}/api/jobs/", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def pids(self) -> set[int]:
+        """Processes of this head: those that name its temp dir."""
+        return pids_mentioning(str(self.temp_dir))
+
+    def worker_pids(self, title: str) -> list[int]:
+        """Worker processes of this head whose title starts with ``ray::<title>`` (an actor class,
+        or the task a worker is running), found as children of this head's raylet."""
+        procs = _processes()
+        raylets = {pid for pid, _, args in procs if "raylet/raylet" in args and str(self.temp_dir) in args}
+        return [pid for pid, ppid, args in procs if ppid in raylets and args.startswith(f"ray::{title}")]
+
+    def stop(self, grace_s: float = 20) -> None:
+        """Stops this head and every process it started; leaves other Rays alone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and self.pids():
+            for pid in self.pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.5)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
