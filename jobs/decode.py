@@ -79,7 +79,17 @@ def read_frames(reader: Any, frames: np.ndarray, keyframes: np.ndarray) -> Itera
 def decode_shard(shard: Shard, *, input_size: int, batch_size: int, threads: int = 1) -> Iterator[dict[str, Any]]:
     """Yields ``STARTED`` once the task runs, then batches ``{video (B,), frame (B,),
     time_s (B,), width (B,), height (B,), frames (B, S, S, 3) uint8 RGB}`` for the shard's
-    sampled frames, in order."""
+    sampled frames, in order.
+
+    decord's reader keeps decoding ahead on its own thread while its caller waits, and
+    holds every frame it decodes (dmlc/decord#157, #208): a reader left open while this
+    generator waits on Ray's backpressure would fill memory with full-size frames and
+    spend CPU on frames past the segment's end. So each segment is read straight through,
+    keeping only resized frames (``S*S*3`` bytes each), and its reader is closed before
+    the segment's last batch is handed over. The caller sizes the generator's
+    backpressure to a whole shard, which is what bounds memory: about ``shard frames x
+    S*S*3`` bytes per running task, whatever the video's length or resolution.
+    """
     import decord
 
     yield STARTED
@@ -93,6 +103,7 @@ def decode_shard(shard: Shard, *, input_size: int, batch_size: int, threads: int
             raise DecodeError(f"{seg.video}: cannot open the video ({first_line(exc)})") from None
         frames = np.asarray(seg.frames, dtype=np.int64)
         stream = read_frames(reader, frames, keyframes)
+        pending = None  # a finished batch is handed over once the next one is read
         for start in range(0, len(frames), batch_size):
             idx = frames[start : start + batch_size]
             small = np.empty((len(idx), input_size, input_size, 3), np.uint8)
@@ -103,8 +114,10 @@ def decode_shard(shard: Shard, *, input_size: int, batch_size: int, threads: int
                 stamps = reader.get_frame_timestamp(idx.tolist())[:, 0]
             except (decord.DECORDError, RuntimeError, IndexError, StopIteration) as exc:
                 raise DecodeError(f"{seg.video}: decoding failed at frame {int(idx[0])} ({first_line(exc)})") from None
+            if pending is not None:
+                yield pending
             n = len(idx)
-            yield {
+            pending = {
                 "video": np.array([seg.video] * n, dtype=object),
                 "frame": idx,
                 "time_s": np.asarray(stamps, dtype=np.float64),
@@ -112,4 +125,6 @@ def decode_shard(shard: Shard, *, input_size: int, batch_size: int, threads: int
                 "height": np.full(n, image.shape[0], np.int32),
                 "frames": small,
             }
-        del stream, reader
+        del stream, reader, image  # stops decord's read-ahead before the last hand-over
+        if pending is not None:
+            yield pending

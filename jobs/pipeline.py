@@ -9,9 +9,11 @@ last batch is back, and retries or fails a shard on its own (crash, hang, bad da
 without touching the others. Ray Data's streaming executor would own retries and output
 files itself, and a single bad video would fail its whole dataset.
 
-Memory is bounded whatever the videos' length: at most ``inflight_batches`` batches per
-detector actor plus two per active decode task exist at once, and frames never reach the
-driver.
+Memory is bounded whatever the videos' length: a decode task holds at most its shard's
+resized frames (``planning.shard_frames`` x 260 x 260 x 3 bytes, ~200 MB for 1,024 frames;
+see :func:`jobs.decode.decode_shard` for why it reads a shard straight through), at most
+``max_decoders`` run at once, the driver pulls batches only while the detector actors
+have room (``inflight_batches`` each), and frames never reach the driver.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from sinks.schema import frames_table
 
 logger = logging.getLogger(__name__)
 
-_GENERATOR_BACKPRESSURE = 2
 
 
 @dataclass
@@ -133,11 +134,15 @@ class _Runner:
         self.sink = sink
         self.on_frames = on_frames
         res = config.resources
+        # A decode task reads its shard straight through (decord must not wait: see
+        # decode_shard), so its backpressure allows a whole shard's batches: at most
+        # ``max_decoders`` shards of resized frames wait in the object store.
+        most = max(config.planning.shard_frames * 3 // 2, config.planning.pack_frames)
         self.decode = ray.remote(decode_shard).options(
             num_cpus=res.decode_cpus,
             num_returns="streaming",
             max_retries=0,
-            _generator_backpressure_num_objects=_GENERATOR_BACKPRESSURE,
+            _generator_backpressure_num_objects=-(-most // batch_size) + 2,
         )
         self.failures: dict[str, str] = {}
         self.queue: deque[tuple[Shard, int]] = deque()

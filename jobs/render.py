@@ -55,20 +55,40 @@ class RenderError(RuntimeError):
     """A video could not be decoded or encoded for rendering; one line naming the cause."""
 
 
-def _batches(path: str, frames: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(indices, (B, H, W, 3) uint8 RGB)`` over ``frames`` (ascending), a batch at a time."""
+def _batches(
+    path: str, frames: np.ndarray, *, budget_bytes: int = 256 << 20
+) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """``(indices, [(H, W, 3) uint8 RGB, ...])`` over ``frames`` (ascending), in chunks of at
+    most ``budget_bytes`` of frames.
+
+    Each chunk is read with a fresh reader that is closed before the chunk is handed over:
+    decord keeps decoding ahead, holding every frame, while its caller waits (here on
+    ffmpeg's pipe; see :func:`jobs.decode.decode_shard`), so an open reader would fill memory
+    on a long video. Reading forward (:func:`jobs.decode.read_frames`) decodes each GOP once.
+    """
     import decord
 
-    try:
-        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    except (decord.DECORDError, RuntimeError) as exc:
-        raise RenderError(f"{path}: cannot open the video ({first_line(exc)})") from None
-    for start in range(0, len(frames), _BATCH):
-        idx = frames[start : start + _BATCH]
+    from jobs.decode import read_frames
+
+    pos = 0
+    while pos < len(frames):
         try:
-            yield idx, reader.get_batch(idx.tolist()).asnumpy()
+            reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+            keys = np.asarray(reader.get_key_indices(), dtype=np.int64)
+        except (decord.DECORDError, RuntimeError) as exc:
+            raise RenderError(f"{path}: cannot open the video ({first_line(exc)})") from None
+        images: list[np.ndarray] = []
+        try:
+            for image in read_frames(reader, frames[pos:], keys):
+                images.append(image.copy())
+                if len(images) * image.nbytes >= budget_bytes:
+                    break
         except (decord.DECORDError, RuntimeError, IndexError) as exc:
-            raise RenderError(f"{path}: decoding failed at frame {int(idx[0])} ({first_line(exc)})") from None
+            raise RenderError(f"{path}: decoding failed at frame {int(frames[pos + len(images)])} ({first_line(exc)})") from None
+        finally:
+            del reader
+        yield frames[pos : pos + len(images)], images
+        pos += len(images)
 
 
 def crop_thumbnail(image: np.ndarray, box: np.ndarray, *, margin: float = 0.35) -> bytes:
