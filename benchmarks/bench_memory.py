@@ -93,6 +93,7 @@ class MemoryPeak:
     rss: int = 0
     processes: int = 0
     largest: tuple[int, str] = (0, "")
+    by_name: dict[str, int] = field(default_factory=dict)  # peak PSS summed over processes of a name
     samples: int = 0
     timeline: list[tuple[float, int]] = field(default_factory=list)
 
@@ -104,28 +105,33 @@ class TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.interval = root, interval
         self.peak = MemoryPeak()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._t0 = time.monotonic()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             total_pss = total_rss = n = 0
+            names: dict[str, int] = {}
             for pid in process_tree(self.root):
                 got = _pss_rss(pid)
                 if got is None:
                     continue
                 pss, rss = got
                 total_pss, total_rss, n = total_pss + pss, total_rss + rss, n + 1
+                name = _name(pid)
+                names[name] = names.get(name, 0) + pss
                 if pss > self.peak.largest[0]:
-                    self.peak.largest = (pss, _name(pid))
+                    self.peak.largest = (pss, name)
+            for name, pss in names.items():
+                self.peak.by_name[name] = max(self.peak.by_name.get(name, 0), pss)
             p = self.peak
             p.pss, p.rss, p.processes = max(p.pss, total_pss), max(p.rss, total_rss), max(p.processes, n)
             p.samples += 1
             p.timeline.append((time.monotonic() - self._t0, total_pss))
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> MemoryPeak:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.peak
 
@@ -163,6 +169,8 @@ def run_case(name: str, inputs: list[Path], out: Path, weights: Path, interval: 
         f"largest {peak.largest[1]} {peak.largest[0] / gib:.2f} GiB; {peak.samples} samples",
         flush=True,
     )
+    top = sorted(peak.by_name.items(), key=lambda kv: -kv[1])[:6]
+    print("  peak PSS by process: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in top), flush=True)
     return case
 
 

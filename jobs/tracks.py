@@ -221,6 +221,8 @@ def _render(
     for video, path, info in todo:
         dets, thumbs[video], wanted = tracked[video], {}, {}
         for row in summaries[video].itertuples():
+            if row.label == MASK_LABEL:  # the report shows the unmasked; a thumbnail costs a seek
+                continue
             key = _thumb_key(video, row)
             if key in old_thumbs:
                 thumbs[video][int(row.track)] = old_thumbs[key]
