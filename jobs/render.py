@@ -56,7 +56,7 @@ class RenderError(RuntimeError):
 
 
 def _batches(
-    path: str, frames: np.ndarray, *, budget_bytes: int = 256 << 20
+    path: str, frames: np.ndarray, *, budget_bytes: int = 64 << 20
 ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
     """``(indices, [(H, W, 3) uint8 RGB, ...])`` over ``frames`` (ascending), in chunks of at
     most ``budget_bytes`` of frames.
