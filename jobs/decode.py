@@ -103,6 +103,7 @@ def decode_shard(shard: Shard, *, input_size: int, batch_size: int, threads: int
             raise DecodeError(f"{seg.video}: cannot open the video ({first_line(exc)})") from None
         frames = np.asarray(seg.frames, dtype=np.int64)
         stream = read_frames(reader, frames, keyframes)
+        image = None
         pending = None  # a finished batch is handed over once the next one is read
         for start in range(0, len(frames), batch_size):
             idx = frames[start : start + batch_size]

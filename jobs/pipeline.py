@@ -342,6 +342,8 @@ def run_job(
     """
     timings = dict(timings or {})
     started = datetime.now(timezone.utc).isoformat()
+    if config.annotate.enabled and sink.annotated_dir is None:
+        raise ConfigError(f"{sink.location}: --annotate writes videos, so --out must be a local or mounted path")
     sizing = size_job(ray.cluster_resources(), config)
     job = _job_record(config, weights, videos, started)
     committed = sink.start(job, fingerprint=config.result_fingerprint(weights.sha256), overwrite=overwrite)

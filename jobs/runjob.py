@@ -8,7 +8,6 @@ import time
 
 from detector.weights import load_weights
 from jobs.config import JobConfig
-from jobs.errors import ConfigError
 from jobs.inputs import discover
 from jobs.pipeline import JobResult, run_job
 from jobs.predictor import WeightsPayload
@@ -28,8 +27,6 @@ def run_command(inputs: list[str], out: str, config: JobConfig, *, overwrite: bo
     videos = discover(inputs)
     weights = WeightsPayload.from_loaded(load_weights(resolve_weights(config.detector.weights)))
     sink = FrameSink(out)
-    if config.annotate.enabled and sink.annotated_dir is None:
-        raise ConfigError(f"{sink.location}: --annotate writes videos, so --out must be a local or mounted path")
     progress = Progress()
     t0 = time.monotonic()
     with ray_session(config.ray) as ray:

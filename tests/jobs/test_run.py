@@ -161,6 +161,16 @@ def test_bad_config_is_one_line_exit_2(runner: CliRunner, video_set: VideoSet, t
     assert message in result.stderr and result.stderr.count("\n") == 1
 
 
+def test_annotate_needs_a_file_system_output(runner: CliRunner, video_set: VideoSet, caffe_weights: Path, tmp_path: Path) -> None:
+    """ffmpeg writes the annotated videos, so a URI output is refused before anything is written."""
+    out = tmp_path / "o"
+    result = _run(runner, str(video_set.root / "mjpeg.mov"), "--out", f"mock://{out}", "--weights", str(caffe_weights),
+                  "--annotate")
+    assert result.exit_code == 2
+    assert "--annotate writes videos" in result.stderr and result.stderr.count("\n") == 1
+    assert not out.exists()
+
+
 def test_crash_and_hang_are_isolated(
     runner: CliRunner, video_set: VideoSet, caffe_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ffmpeg: str, scene
 ) -> None:
