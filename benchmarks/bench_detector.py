@@ -344,18 +344,20 @@ def main(argv: list[str] | None = None) -> None:
     extra: dict[str, FaceMaskDetector] = {}
     photos = load_photos()
     if args.int8 and photos:
-        extra["int8 (eager PTQ, x86; not shipped)"] = _int8_agreement(args, reference, photos)
+        extra["int8 (detector.quantize, --int8)"] = _int8_agreement(args, reference, photos)
     for b in batch_sizes:
         _print_table(b, run_batch(args, reference, frames, b, extra))
 
 
 def _int8_agreement(args: argparse.Namespace, reference: OpenCVDNN, photos: list[np.ndarray]) -> FaceMaskDetector:
     """Builds the int8 detector and prints how often its detections match OpenCV's (and fp32's)."""
-    from benchmarks.int8 import Int8Detector, detections_match, varied_frames
+    from benchmarks.int8 import varied_frames
+    from detector.compare import same_faces
 
     calibration = varied_frames(photos, 32, 260, seed=100)
+    int8 = FaceMaskDetector(args.weights, num_threads=args.threads)
     start = time.perf_counter()
-    int8 = Int8Detector(args.weights, args.threads, calibration)
+    int8.quantize(calibration)
     calibrated = time.perf_counter() - start
     fp32 = FaceMaskDetector(args.weights, num_threads=args.threads)
     frames = varied_frames(photos, args.int8_frames, 260, seed=7)
@@ -371,7 +373,7 @@ def _int8_agreement(args: argparse.Namespace, reference: OpenCVDNN, photos: list
         faces += sum(len(d) for d in ref)
         for name, det in (("int8", int8), ("fused fp32", fp32)):
             got = det.detect_prepared(chunk, sizes[: len(chunk)])
-            matches[name] += sum(detections_match(r, g) for r, g in zip(ref, got))
+            matches[name] += sum(same_faces(r, g) for r, g in zip(ref, got))
     print(f"detections vs OpenCV on {len(frames)} varied frames ({faces} faces; same count, label, IoU >= 0.7): "
           + ", ".join(f"{k} {v}/{len(frames)} ({100 * v / len(frames):.2f} %)" for k, v in matches.items())
           + f"; int8 calibrated on 32 other frames in {calibrated:.1f} s")

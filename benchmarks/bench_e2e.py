@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_e2e                      # 2,700 frames of 720p and of 1080p H.264
     python -m benchmarks.bench_e2e --sizes 1080p --rounds 3 --frames 900
+    python -m benchmarks.bench_e2e --video a.mp4 --video b.mov   # your own videos instead
     python -m benchmarks.bench_e2e --help
 
 For each size it generates (once, cached in ``--workdir``) an H.264 video of the shared photos
@@ -14,15 +15,17 @@ measures, in this order and interleaved over ``--rounds``:
 - **decode alone**: ``jobs.decode.decode_shard`` over the whole video in this process (decord
   reads, resizes to 260x260): the most frames per second a single decoder can feed;
 - **detector alone**: ``FaceMaskDetector.detect_prepared`` on batches of 16 resized frames of the
-  video against OpenCV DNN plus post-processing per frame, both on all this process's CPUs;
-- **maskjobs run**: the command as a user runs it (``maskjobs run VIDEO --out DIR``, embedded
-  local Ray, every default), wall clock from the process's start to its exit, so Python's
-  start, loading the weights, Ray's start-up and shutdown all count. Ray's own start-up is
-  read from the ``timings`` in the job's ``job.json``.
+  video, float32 and int8 (calibrated on 32 other frames of the video), against OpenCV DNN plus
+  post-processing per frame, all on all this process's CPUs;
+- **maskjobs run** and **maskjobs run --int8**: the command as a user runs it (``maskjobs run
+  VIDEO --out DIR``, embedded local Ray, every other default), wall clock from the process's
+  start to its exit, so Python's start, loading the weights, Ray's start-up and shutdown all
+  count. Ray's own start-up is read from the ``timings`` in the job's ``job.json``.
 
-Its detections are then compared with the baseline's, frame by frame: the same faces with the
-same labels, boxes within 1 px and scores within 1e-3. Ratios are against the baseline of the
-same round; the table gives medians over rounds.
+Each job's detections are then compared with the baseline's, frame by frame: **equal** (same
+faces with the same labels, boxes within 1 px, scores within 1e-3: what float32 must meet) and
+**same faces** (same count and labels, boxes at IoU >= 0.7: what int8 is held to). Ratios are
+against the baseline of the same round; the table gives medians over rounds.
 """
 
 from __future__ import annotations
@@ -47,9 +50,10 @@ import pandas as pd
 import torch
 
 from benchmarks.bench_detector import _caffe_pair, _default_weights, _machine
+from benchmarks.videos import SIZES, ensure_video
+from detector.compare import equal, same_faces
 from detector.detections import Detections
 from detector.postprocess import postprocess
-from benchmarks.videos import SIZES, ensure_video
 from detector.predictor import FaceMaskDetector
 
 logger = logging.getLogger(__name__)
@@ -94,11 +98,11 @@ def baseline_loop(path: Path, ref: Reference) -> tuple[float, list[Detections]]:
     return time.perf_counter() - t0, out
 
 
-def _decoded(path: Path, frames: int, batch: int) -> Iterator[dict]:
+def _decoded(path: Path, frames: int, batch: int, which: list[int] | None = None) -> Iterator[dict]:
     from jobs.decode import STARTED, decode_shard
     from jobs.plan import Segment, Shard
 
-    shard = Shard("bench", (Segment(path.name, str(path), tuple(range(frames))),))
+    shard = Shard("bench", (Segment(path.name, str(path), tuple(which if which is not None else range(frames))),))
     for item in decode_shard(shard, input_size=260, batch_size=batch):
         if item is not STARTED:
             yield item
@@ -111,15 +115,20 @@ def decode_alone(path: Path, frames: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def detector_alone(path: Path, ref: Reference, weights: Path, seconds: float) -> tuple[float, float]:
-    """(ours, OpenCV DNN + post-processing) frames per second on 256 resized frames of ``path``."""
+def detector_alone(path: Path, frames_total: int, ref: Reference, weights: Path, seconds: float) -> tuple[float, float, float]:
+    """(ours float32, ours int8, OpenCV DNN + post-processing) frames per second on 256 resized
+    frames of ``path``; int8 is calibrated on 32 frames from the video's second half."""
     frames = np.concatenate([b["frames"] for b in _decoded(path, 256, 16)])
+    later = range(max(256, frames_total // 2), frames_total, max(1, frames_total // 64))
+    calibration = np.concatenate([b["frames"] for b in _decoded(path, frames_total, 16, list(later))])[:32]
     ours = FaceMaskDetector(weights, num_threads=os.cpu_count() or 1)
+    int8 = FaceMaskDetector(weights, num_threads=os.cpu_count() or 1)
+    int8.quantize(calibration if len(calibration) else frames[:32])
     sizes = [(1, 1)] * 16
 
-    def run_ours() -> int:
+    def run(det: FaceMaskDetector) -> int:
         for i in range(0, len(frames), 16):
-            ours.detect_prepared(frames[i : i + 16], sizes)
+            det.detect_prepared(frames[i : i + 16], sizes)
         return len(frames)
 
     def run_ref() -> int:
@@ -136,7 +145,7 @@ def detector_alone(path: Path, ref: Reference, weights: Path, seconds: float) ->
 
     threads = torch.get_num_threads()
     try:
-        return rate(run_ours), rate(run_ref)
+        return rate(lambda: run(ours)), rate(lambda: run(int8)), rate(run_ref)
     finally:
         torch.set_num_threads(threads)
 
@@ -148,12 +157,12 @@ class RunResult:
     frames: pd.DataFrame
 
 
-def maskjobs_run(path: Path, out: Path, weights: Path) -> RunResult:
+def maskjobs_run(path: Path, out: Path, weights: Path, *flags: str) -> RunResult:
     exe = shutil.which("maskjobs", path=str(Path(sys.executable).parent)) or "maskjobs"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "MASKJOBS_WEIGHTS": str(weights)}
     t0 = time.perf_counter()
-    proc = subprocess.run([exe, "run", str(path), "--out", str(out)], env=env, capture_output=True, text=True)
+    proc = subprocess.run([exe, "run", str(path), "--out", str(out), *flags], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"maskjobs run failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -162,33 +171,29 @@ def maskjobs_run(path: Path, out: Path, weights: Path) -> RunResult:
     return RunResult(seconds, float(job.get("timings", {}).get("ray_start_s", float("nan"))), frames)
 
 
-def agreement(frames: pd.DataFrame, ref: list[Detections]) -> tuple[int, int]:
-    """(frames whose detections equal the reference's, frames compared)."""
-    same = 0
+def agreement(frames: pd.DataFrame, ref: list[Detections]) -> tuple[int, int, int]:
+    """(frames whose detections equal the reference's, frames with the same faces, frames compared)."""
+    same = alike = 0
     for row in frames.itertuples():
         want = ref[row.frame]
-        got = row.detections
-        if len(got) != len(want):
-            continue
-        labels = [want.class_names[i] for i in want.labels.tolist()]
-        gb = np.array([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in got], np.float32).reshape(-1, 4)
-        gs = np.array([d["score"] for d in got], np.float32)
-        order = np.lexsort((gb[:, 0], -gs))
-        worder = np.lexsort((want.boxes[:, 0], -want.scores))
-        if (
-            [got[i]["label"] for i in order] == [labels[i] for i in worder]
-            and np.allclose(gb[order], want.boxes[worder], atol=1.0)
-            and np.allclose(gs[order], want.scores[worder], atol=1e-3)
-        ):
-            same += 1
-    return same, len(frames)
+        got = Detections(
+            np.array([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in row.detections], np.float32).reshape(-1, 4),
+            np.array([d["score"] for d in row.detections], np.float32),
+            np.array([want.class_names.index(d["label"]) for d in row.detections], np.int64),
+            want.class_names,
+        )
+        same += equal(want, got)
+        alike += same_faces(want, got)
+    return same, alike, len(frames)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", nargs="+", default=["720p", "1080p"], choices=sorted(SIZES))
-    p.add_argument("--frames", type=int, default=2700, help="frames per video (30 fps)")
-    p.add_argument("--rounds", type=int, default=1, help="baseline and maskjobs run, alternated")
+    p.add_argument("--frames", type=int, default=2700, help="frames per generated video (30 fps)")
+    p.add_argument("--video", type=Path, action="append", default=[],
+                   help="a video of your own to measure instead of the generated ones (repeatable)")
+    p.add_argument("--rounds", type=int, default=1, help="baseline and the maskjobs runs, alternated")
     p.add_argument("--seconds", type=float, default=5.0, help="per detector-alone measurement")
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "maskjobs-bench")
@@ -199,34 +204,49 @@ def main(argv: list[str] | None = None) -> None:
     cv2.setNumThreads(os.cpu_count() or 1)
     ref = Reference(weights)
     print(_machine())
-    print(f"weights {weights}; {args.frames} frames per video; {args.rounds} round(s)\n")
+    print(f"weights {weights}; {args.rounds} round(s)\n")
+    if args.video:
+        videos = [(v.name, v.resolve()) for v in args.video]
+    else:
+        videos = [(f"{size} H.264", ensure_video(args.workdir, size, args.frames)) for size in args.sizes]
+    modes = {"float32": (), "int8": ("--int8",)}
     summary = []
-    for size in args.sizes:
-        video = ensure_video(args.workdir, size, args.frames)
-        base_fps, run_fps, run_ratio, ray_start = [], [], [], []
+    for label, video in videos:
+        base_fps: list[float] = []
+        fps: dict[str, list[float]] = {m: [] for m in modes}
+        ratio: dict[str, list[float]] = {m: [] for m in modes}
+        ray_start: list[float] = []
+        agree: dict[str, tuple[int, int, int]] = {}
         for r in range(args.rounds):
             secs, ref_dets = baseline_loop(video, ref)
             base_fps.append(len(ref_dets) / secs)
-            res = maskjobs_run(video, args.workdir / f"out-{size}", weights)
-            run_fps.append(len(res.frames) / res.seconds)
-            run_ratio.append(base_fps[-1] and run_fps[-1] / base_fps[-1])
-            ray_start.append(res.ray_start_s)
-            same, total = agreement(res.frames, ref_dets)
-            print(
-                f"{size} round {r + 1}: baseline {len(ref_dets)} frames in {secs:.1f} s ({base_fps[-1]:.1f} fps); "
-                f"maskjobs run {len(res.frames)} frames in {res.seconds:.1f} s ({run_fps[-1]:.1f} fps, "
-                f"{run_ratio[-1]:.2f}x), Ray start {res.ray_start_s:.2f} s; detections equal on {same}/{total} frames",
-                flush=True,
-            )
-        dec = decode_alone(video, args.frames)
-        ours, theirs = detector_alone(video, ref, weights, args.seconds)
-        summary.append((size, statistics.median(base_fps), dec, ours, theirs, statistics.median(run_fps),
-                        statistics.median(run_ratio), statistics.median(ray_start)))
-    print("\n| video | baseline loop | decode alone | detector alone: ours / OpenCV DNN | maskjobs run (end to end) | x baseline | Ray start |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for size, base, dec, ours, theirs, run, ratio, ray in summary:
-        print(f"| {size} H.264, {args.frames} frames | {base:.1f} fps | {dec:.1f} fps | {ours:.1f} / {theirs:.1f} fps "
-              f"({ours / theirs:.2f}x) | {run:.1f} fps | **{ratio:.2f}x** | {ray:.2f} s |")
+            line = f"{label} round {r + 1}: baseline {len(ref_dets)} frames in {secs:.1f} s ({base_fps[-1]:.1f} fps)"
+            for mode, flags in modes.items():
+                res = maskjobs_run(video, args.workdir / f"out-{video.stem}-{mode}", weights, *flags)
+                fps[mode].append(len(res.frames) / res.seconds)
+                ratio[mode].append(fps[mode][-1] / base_fps[-1])
+                ray_start.append(res.ray_start_s)
+                agree[mode] = agreement(res.frames, ref_dets)
+                same, alike, total = agree[mode]
+                line += (f"; maskjobs run {' '.join(flags)}{' ' if flags else ''}{res.seconds:.1f} s "
+                         f"({ratio[mode][-1]:.2f}x, Ray start {res.ray_start_s:.2f} s, equal {same}/{total}, "
+                         f"same faces {alike}/{total})")
+            print(line, flush=True)
+        frames = len(ref_dets)
+        dec = decode_alone(video, frames)
+        ours, int8, theirs = detector_alone(video, frames, ref, weights, args.seconds)
+        summary.append((label, frames, statistics.median(base_fps), dec, ours, int8, theirs,
+                        {m: (statistics.median(fps[m]), statistics.median(ratio[m])) for m in modes},
+                        statistics.median(ray_start), agree))
+    print("\n| video | baseline loop | decode alone | detector alone: float32 / int8 / OpenCV DNN "
+          "| maskjobs run | maskjobs run --int8 | Ray start | detections: equal (float32); same faces (int8) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for label, frames, base, dec, ours, int8, theirs, runs, ray, agree in summary:
+        (f32, f32_x), (i8, i8_x) = runs["float32"], runs["int8"]
+        print(f"| {label}, {frames} frames | {base:.1f} fps | {dec:.1f} fps | {ours:.1f} / {int8:.1f} / {theirs:.1f} fps "
+              f"({ours / theirs:.2f}x / {int8 / theirs:.2f}x) | {f32:.1f} fps, **{f32_x:.2f}x** "
+              f"| {i8:.1f} fps, **{i8_x:.2f}x** | {ray:.2f} s "
+              f"| {agree['float32'][0]}/{frames}; {agree['int8'][1]}/{frames} |")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from detector.weights import LoadedWeights, load_weights
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "fused", "eager")
+BACKENDS = ("auto", "fused", "eager")  # and "int8", set by :meth:`FaceMaskDetector.quantize`
 DEFAULT_MICRO_BATCH = 1
 
 
@@ -47,7 +47,8 @@ class FaceMaskDetector:
             ~2/3 the speed, 4 at a time already loses ~1/3 on a 2-core Xeon.
 
     ``model`` is the plain :class:`~detector.model.AizooSSD` (channels-last on CPU) whatever
-    the backend; the fused graph is built from it once, on first use.
+    the backend; the fused graph is built from it once, on first use. :meth:`quantize`
+    switches a CPU detector to an int8 copy (backend ``"int8"``).
     """
 
     def __init__(
@@ -101,13 +102,16 @@ class FaceMaskDetector:
     def _init_runtime(self) -> None:
         """State that is rebuilt rather than copied: the fused graph and the worker threads."""
         self._fused: FusedAizooSSD | None = None
+        self._int8: torch.nn.Module | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._pinned: torch.Tensor | None = None  # CUDA: page-locked staging for uploads
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_fused", "_pool", "_lock", "_pinned"):
+        if self.backend == "int8":
+            raise TypeError("an int8 FaceMaskDetector cannot be copied; quantize the copy instead")
+        for key in ("_fused", "_int8", "_pool", "_lock", "_pinned"):
             state.pop(key)
         return state
 
@@ -121,6 +125,17 @@ class FaceMaskDetector:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+
+    def quantize(self, calibration: np.ndarray) -> None:
+        """Runs the model in int8 from now on (CPU only), calibrated on ``calibration``:
+        (N, S, S, 3) uint8 RGB frames already resized to the input (see :mod:`detector.quantize`)."""
+        from detector.quantize import quantize
+
+        if self.device.type != "cpu":
+            raise ValueError(f"int8 runs on CPU; this detector is on {self.device}")
+        with _intra_op_threads(self.num_threads):
+            self._int8 = quantize(self.model, calibration)
+        self.backend = "int8"
 
     @property
     def input_size(self) -> int:
@@ -215,6 +230,8 @@ class FaceMaskDetector:
         """One model call: (N, 3, S, S) float, channels-last -> ``(loc, scores)``."""
         if self.backend == "fused":
             return self._fused_graph()(x)
+        if self.backend == "int8":
+            return self._int8(x)  # type: ignore[misc]
         return self.model(x)
 
     def _fused_graph(self) -> FusedAizooSSD:

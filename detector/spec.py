@@ -52,6 +52,21 @@ class ModelSpec:
         return tuple(sides[i] for i in self.head_sources)
 
     @property
+    def conv_shapes(self) -> dict[str, tuple[int, int, int, int]]:
+        """OIHW kernel shape of every convolution, by module path (biases: ``(O,)``).
+
+        The model's state dict, described without torch (the driver checks and ships
+        weights as numpy arrays; only the workers that run the model import torch).
+        """
+        chans = self.backbone_channels
+        shapes = {f"backbone.{i}": (cout, cin, 3, 3) for i, (cin, cout) in enumerate(zip((3, *chans[:-1]), chans))}
+        for j, i in enumerate(self.head_sources):
+            for kind, out in (("cls", self.anchors_per_cell * self.num_classes), ("loc", self.anchors_per_cell * 4)):
+                shapes[f"{kind}_heads.{j}.insert"] = (self.head_channels, chans[i], 3, 3)
+                shapes[f"{kind}_heads.{j}.out"] = (out, self.head_channels, 3, 3)
+        return shapes
+
+    @property
     def num_anchors(self) -> int:
         return sum(s * s for s in self.feature_map_sizes) * self.anchors_per_cell
 

@@ -116,6 +116,10 @@ StrideOpt = Annotated[int | None, typer.Option(help="Keep every Nth frame.")]
 FpsOpt = Annotated[float | None, typer.Option(help="Sample this many frames per second of video.")]
 BatchSizeOpt = Annotated[int | None, typer.Option(help="Frames per model call.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an output made with another config.")]
+Int8Opt = Annotated[
+    bool,
+    typer.Option("--int8", help="CPU int8 model calibrated on the videos' keyframes: ~2x faster, detections near float32's."),
+]
 AnnotateOpt = Annotated[
     bool, typer.Option("--annotate", help="Also write OUT/annotated/<video>.mp4: boxes, track ids, compliance.")
 ]
@@ -125,6 +129,7 @@ InputsArg = Annotated[list[str], typer.Argument(help="Video files and directorie
 def run_overrides(
     *, stride: int | None, fps: float | None, batch_size: int | None, weights: Path | str | None,
     annotate: bool = False,
+    int8: bool = False,
 ) -> dict[str, Any]:
     """The flags shared by ``run`` and ``submit``, as :func:`jobs.config.resolve_config` overrides."""
     return {
@@ -133,6 +138,7 @@ def run_overrides(
         "detector.batch_size": batch_size,
         "detector.weights": str(weights) if weights else None,
         "annotate.enabled": True if annotate else None,
+        "detector.int8": True if int8 else None,
     }
 
 
@@ -149,6 +155,7 @@ def run(
     address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: an embedded local Ray).")] = None,
     overwrite: OverwriteOpt = False,
     annotate: AnnotateOpt = False,
+    int8: Int8Opt = False,
 ) -> None:
     """Run the batch job: every video's sampled frames through the detector, into Parquet.
 
@@ -157,7 +164,9 @@ def run(
     from jobs.config import resolve_config
     from jobs.runjob import run_command
 
-    overrides = run_overrides(stride=stride, fps=fps, batch_size=batch_size, weights=weights, annotate=annotate)
+    overrides = run_overrides(
+        stride=stride, fps=fps, batch_size=batch_size, weights=weights, annotate=annotate, int8=int8
+    )
     cfg = resolve_config(config, {**overrides, "ray.address": address})
     code = run_command(inputs, out, cfg, overwrite=overwrite)
     raise typer.Exit(code)

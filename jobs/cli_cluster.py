@@ -20,6 +20,7 @@ from jobs.cli import (
     ConfigOpt,
     FpsOpt,
     InputsArg,
+    Int8Opt,
     OutOpt,
     OverwriteOpt,
     StrideOpt,
@@ -79,6 +80,7 @@ def submit(
     batch_size: BatchSizeOpt = None,
     weights: WeightsOpt = None,
     overwrite: OverwriteOpt = False,
+    int8: Int8Opt = False,
     wait: Annotated[bool, typer.Option(help="Follow the job's logs; exit with its outcome (0, 1 or 3).")] = False,
     ship_code: Annotated[
         bool,
@@ -105,7 +107,7 @@ def submit(
     from jobs.config import resolve_config
     from jobs.submit import staged_submission
 
-    cfg = resolve_config(config, run_overrides(stride=stride, fps=fps, batch_size=batch_size, weights=weights))
+    cfg = resolve_config(config, run_overrides(stride=stride, fps=fps, batch_size=batch_size, weights=weights, int8=int8))
     cluster = Cluster(address)
     with staged_submission(
         inputs, out, cfg, overwrite=overwrite, ship_code=ship_code, ship_weights=ship_weights,

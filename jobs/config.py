@@ -34,6 +34,8 @@ class DetectorConfig:
     device: str = "auto"
     half: bool = True
     threads: int | None = None
+    int8: bool = False
+    calibration_frames: int = 32
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class JobConfig:
             "iou_threshold": self.detector.iou_threshold,
             "weights_sha256": weights_sha256,
         }
+        if self.detector.int8:  # absent for float32, so older outputs keep their fingerprint
+            key["int8"] = True
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -200,6 +204,8 @@ def _validate(cfg: JobConfig) -> None:
     need(0 <= d.iou_threshold <= 1, f"detector.iou_threshold must be in [0, 1], got {d.iou_threshold}")
     need(d.device in ("auto", "cpu", "cuda"), f"detector.device must be auto, cpu or cuda, got {d.device!r}")
     need(d.threads is None or d.threads >= 1, f"detector.threads must be >= 1, got {d.threads}")
+    need(d.calibration_frames >= 1, f"detector.calibration_frames must be >= 1, got {d.calibration_frames}")
+    need(not (d.int8 and r.detector_gpus > 0), "detector.int8 runs on CPUs; GPUs use detector.half (set one of them)")
     need(r.detector_workers is None or r.detector_workers >= 1, "resources.detector_workers must be >= 1")
     need(r.detector_cpus >= 0 and r.decode_cpus >= 0 and r.detector_gpus >= 0, "resources must not be negative")
     need(r.decode_threads >= 1, "resources.decode_threads must be >= 1")

@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from jobs.calibrate import pick_calibration, start_calibration
 from jobs.config import JobConfig
-from jobs.errors import ConfigError
 from jobs.decode import decode_shard
+from jobs.errors import ConfigError
 from jobs.inputs import VideoInput
 from jobs.plan import Shard, plan_shards, split_pack
 from jobs.predictor import DetectorActor, WeightsPayload
@@ -356,9 +357,13 @@ def run_job(
     )
     payload = ray.put(weights)
     use_gpu = res.detector_gpus > 0
+    calibration: list[Any] = []  # int8: refs of the calibration frames, set after the probe
 
     def make_actor() -> Any:
-        return actor_cls.remote(payload, config.detector, threads=sizing.detector_threads, use_gpu=use_gpu)
+        actor = actor_cls.remote(payload, config.detector, threads=sizing.detector_threads, use_gpu=use_gpu)
+        if calibration:
+            actor.calibrate.remote(*calibration)  # runs before any batch: an actor runs calls in order
+        return actor
 
     # the actors load the model while the videos are probed
     actors = [make_actor() for _ in range(sizing.detector_workers)]
@@ -366,6 +371,13 @@ def run_job(
     infos, failures = _probe_all(ray, videos, config.planning.probe_timeout_s)
     timings["probe_s"] = time.monotonic() - t0
     probed = [(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]
+    backend_refs: list[Any] = []
+    if config.detector.int8:
+        picks = pick_calibration(probed, config.detector.calibration_frames)
+        calibration = start_calibration(ray, picks, input_size=weights.spec.input_size)
+        # the shards start decoding meanwhile; each actor quantizes before its first batch
+        backend_refs = [actor.calibrate.remote(*calibration) for actor in actors]
+        job["int8_calibration"] = [{"video": v, "frames": f} for v, _, f in picks]
     shards = plan_shards(
         probed, config.sampling, shard_frames=config.planning.shard_frames,
         pack_frames=config.planning.pack_frames, committed=committed,
@@ -390,6 +402,8 @@ def run_job(
     finally:
         runner.close()
     timings["run_s"] = time.monotonic() - t0
+    if backend_refs:
+        job["detector_backend"] = _first_value(ray, backend_refs)
     failures.update({k: v for k, v in runner.failures.items() if k not in failures})
 
     t0 = time.monotonic()
@@ -408,6 +422,17 @@ def run_job(
     )
     sink.commit(rows, job)
     return JobResult(rows)
+
+
+def _first_value(ray: Any, refs: list[Any]) -> str:
+    """The first of ``refs`` that resolves (a replaced actor's call fails), or why none did."""
+    error = "no detector actor"
+    for ref in refs:
+        try:
+            return str(ray.get(ref, timeout=5))
+        except Exception as exc:  # a Ray error: that actor died or its call failed
+            error = _first_line(exc)
+    return f"unknown ({error})"
 
 
 def _video_rows(
@@ -450,10 +475,15 @@ def _video_rows(
 
 def _job_record(config: JobConfig, weights: WeightsPayload, videos: list[VideoInput], started: str) -> dict[str, Any]:
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     import pyarrow
     import ray
-    import torch
+
+    try:
+        torch_version = version("torch")  # the driver does not import torch
+    except PackageNotFoundError:
+        torch_version = "not installed"
 
     return {
         "config": config.to_dict(),
@@ -462,7 +492,7 @@ def _job_record(config: JobConfig, weights: WeightsPayload, videos: list[VideoIn
         "inputs": len(videos),
         "versions": {
             "maskjobs": _version(), "python": platform.python_version(), "ray": ray.__version__,
-            "torch": torch.__version__, "pyarrow": pyarrow.__version__,
+            "torch": torch_version, "pyarrow": pyarrow.__version__,
         },
         "started": started,
         "host": os.uname().nodename,

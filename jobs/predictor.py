@@ -1,18 +1,19 @@
-"""The detector as a Ray actor: loads the model once, maps a batch dict to a batch dict."""
+"""The detector as a Ray actor: loads the model once, maps a batch dict to a batch dict.
+
+The driver only converts and ships weights (numpy); torch is imported by the actors.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from detector.model import AizooSSD
-from detector.predictor import FaceMaskDetector
 from detector.spec import ModelSpec
-from detector.weights import LoadedWeights
+from detector.weights import ConvertedWeights, LoadedWeights
 from jobs.config import DetectorConfig
 
 logger = logging.getLogger(__name__)
@@ -29,14 +30,18 @@ class WeightsPayload:
     path: str
 
     @classmethod
+    def from_converted(cls, weights: ConvertedWeights) -> WeightsPayload:
+        return cls(weights.spec, weights.state, weights.sha256, weights.format, str(weights.path))
+
+    @classmethod
     def from_loaded(cls, loaded: LoadedWeights) -> WeightsPayload:
         state = {k: v.detach().cpu().numpy() for k, v in loaded.model.state_dict().items()}
         return cls(loaded.spec, state, loaded.sha256, loaded.format, str(loaded.path))
 
     def to_loaded(self) -> LoadedWeights:
-        model = AizooSSD(self.spec)
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.state.items()}, strict=True)
-        return LoadedWeights(model.eval(), self.spec, self.path, self.format, self.sha256)
+        from detector.weights.convert import model_from_state
+
+        return LoadedWeights(model_from_state(self.state, self.spec), self.spec, Path(self.path), self.format, self.sha256)
 
 
 class DetectorActor:
@@ -44,6 +49,12 @@ class DetectorActor:
     ``{video, frame, time_s (B,), counts (B,), labels (K,), scores (K,), boxes (K, 4)}``."""
 
     def __init__(self, weights: WeightsPayload, config: DetectorConfig, *, threads: int | None, use_gpu: bool) -> None:
+        """``config.int8``: batches are refused until :meth:`calibrate` has run (the driver
+        calls it first), so no batch is ever detected in float32 by mistake."""
+        import torch
+
+        from detector.predictor import FaceMaskDetector
+
         device = config.device
         if device == "auto":
             device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
@@ -55,9 +66,23 @@ class DetectorActor:
             iou_threshold=config.iou_threshold,
             num_threads=threads if device == "cpu" else None,
         )
+        self.calibrated = not config.int8
         logger.info("detector actor ready on %s (threads=%s)", device, threads)
 
+    def calibrate(self, *frames: np.ndarray) -> str:
+        """Switches to int8, calibrated on the frames of all ``frames`` arrays, each
+        (k, S, S, 3) uint8; with no frames at all it stays float32. Returns the backend used."""
+        stacked = [f for f in frames if len(f)]
+        if stacked:
+            self.detector.quantize(np.concatenate(stacked))
+        else:
+            logger.warning("no calibration frames: the detector stays float32")
+        self.calibrated = True
+        return self.detector.backend
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if not self.calibrated:
+            raise RuntimeError("int8 detector actor used before calibrate()")
         sizes = list(zip(batch["width"].tolist(), batch["height"].tolist()))
         dets = self.detector.detect_prepared(batch["frames"], sizes)
         counts = np.array([len(d) for d in dets], dtype=np.int32)

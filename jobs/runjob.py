@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 
-from detector.weights import load_weights
+from detector.weights import convert_weights
 from jobs.config import JobConfig
 from jobs.inputs import discover
 from jobs.pipeline import JobResult, run_job
@@ -25,7 +25,7 @@ def run_command(inputs: list[str], out: str, config: JobConfig, *, overwrite: bo
     ``out`` is a local path or a URI that pyarrow's filesystems understand (``s3://...``).
     """
     videos = discover(inputs)
-    weights = WeightsPayload.from_loaded(load_weights(resolve_weights(config.detector.weights)))
+    weights = WeightsPayload.from_converted(convert_weights(resolve_weights(config.detector.weights)))
     sink = FrameSink(out)
     progress = Progress()
     t0 = time.monotonic()

@@ -195,6 +195,18 @@ def _track_videos(
     return tracked
 
 
+def split_by_frame(wanted: dict[int, tuple[int, np.ndarray]], parts: int) -> list[dict[int, tuple[int, np.ndarray]]]:
+    """``wanted`` ``{track: (frame, box)}`` cut into at most ``parts`` pieces of contiguous
+    frames (each piece decodes its own stretch of the video), at least 4 frames each."""
+    frames = sorted({f for f, _ in wanted.values()})
+    parts = max(1, min(parts, len(frames) // 4))
+    bounds = [frames[len(frames) * i // parts] for i in range(1, parts)]
+    out: list[dict[int, tuple[int, np.ndarray]]] = [{} for _ in range(parts)]
+    for track, (frame, box) in wanted.items():
+        out[int(np.searchsorted(bounds, frame, side="right"))][track] = (frame, box)
+    return out
+
+
 def _render(
     ray: Any,
     sink: FrameSink,
@@ -212,6 +224,8 @@ def _render(
         for stale in sink.annotated_dir.rglob(".tmp-*"):  # left by a killed run
             stale.unlink(missing_ok=True)
     remote = ray.remote(num_cpus=1, max_retries=1)(render_video)
+    # thumbnails of one video are split over the CPUs the other videos leave idle
+    spread = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, len(todo)))
     pending: dict[Any, tuple[str, str | None, str]] = {}
     thumbs: dict[str, dict[int, bytes]] = {}
     for video, path, info in todo:
@@ -229,10 +243,11 @@ def _render(
         annotate_to = None
         if a.enabled and not manifest.current(video, digest, sink.annotated_dir):  # type: ignore[union-attr]
             annotate_to = str(sink.annotated_dir / f"{video}.mp4")
-        if wanted or annotate_to:
-            ref = remote.remote(path, dets, wanted, annotate_to, rate=rate, width=info.width, height=info.height,
-                                crf=a.crf, preset=a.preset)
-            pending[ref] = (video, annotate_to, digest)
+        for i, part in enumerate(split_by_frame(wanted, spread if annotate_to is None else 1)):
+            if part or (i == 0 and annotate_to):
+                ref = remote.remote(path, dets, part, annotate_to if i == 0 else None, rate=rate, width=info.width,
+                                    height=info.height, crf=a.crf, preset=a.preset)
+                pending[ref] = (video, annotate_to if i == 0 else None, digest)
     for ref, (video, annotate_to, digest) in pending.items():
         try:
             thumbs[video].update(ray.get(ref))

@@ -14,12 +14,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from detector.errors import WeightsError
-from detector.model import AizooSSD
 from detector.spec import ModelSpec, spec_for_input_size
 from detector.weights import caffe, keras, mxnet, native, paddle, pytorch, tensorflow, tflite
-from detector.weights.convert import RawWeights, build_model, from_state_dict
+from detector.weights.convert import RawWeights, from_state_dict, model_from_state, to_state_dict
+
+if TYPE_CHECKING:
+    from detector.model import AizooSSD
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,23 @@ IMPORTERS: dict[str, Importer] = {
         Importer("keras", "Keras 2.x .hdf5 (+ architecture .json)", keras.sniff, keras.read),
     )
 }
+
+
+@dataclass(frozen=True)
+class ConvertedWeights:
+    """A weight file converted to the model's state dict, as numpy arrays (no torch needed).
+
+    Attributes:
+        state: ``{"<module>.weight": (O, I, 3, 3), "<module>.bias": (O,)}`` float32, OIHW,
+            BatchNorm folded; loads into ``AizooSSD(spec)`` with ``strict=True``.
+    """
+
+    spec: ModelSpec
+    state: dict[str, np.ndarray]
+    path: Path
+    format: str
+    sha256: str
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,12 +138,29 @@ def load_weights(path: Path | str, *, input_size: int | None = None) -> LoadedWe
 
 def from_raw(raw: RawWeights, *, input_size: int | None = None) -> LoadedWeights:
     """A ready model from tensors already read (see :func:`load_weights`)."""
+    return build(convert(raw, input_size=input_size))
+
+
+def convert_weights(path: Path | str, *, input_size: int | None = None) -> ConvertedWeights:
+    """:func:`load_weights` up to the state dict, without torch (input side as there)."""
+    return convert(read_weights(Path(path)), input_size=input_size)
+
+
+def convert(raw: RawWeights, *, input_size: int | None = None) -> ConvertedWeights:
+    """Tensors already read -> the model's state dict, checked against its spec."""
     size = input_size or raw.input_size or _declared_input_size(raw.path) or 260
     spec = dataclasses.replace(spec_for_input_size(size), **native.spec_fields(raw.metadata))
-    model = build_model(raw, spec)
-    logger.info("loaded %s weights from %s (input %d)", raw.format, raw.path, size)
+    state = to_state_dict(raw, spec)
+    logger.info("converted %s weights from %s (input %d)", raw.format, raw.path, size)
+    return ConvertedWeights(spec, state, raw.path, raw.format, sha256_of(raw.path), raw.metadata)
+
+
+def build(weights: ConvertedWeights) -> LoadedWeights:
+    """The model for converted weights, loaded strictly, in eval mode."""
+    model = model_from_state(weights.state, weights.spec)
     return LoadedWeights(
-        model=model, spec=spec, path=raw.path, format=raw.format, sha256=sha256_of(raw.path), metadata=raw.metadata
+        model=model, spec=weights.spec, path=weights.path, format=weights.format, sha256=weights.sha256,
+        metadata=weights.metadata,
     )
 
 

@@ -4,7 +4,8 @@ Importers produce :class:`RawWeights`: tensors under AIZOO's own layer names (th
 every published file shares: ``conv2d_0``, ``cls_0_insert_conv2d``, ``loc_4_conv`` ...),
 with an optional BatchNorm per convolution under ``<conv>_bn``, and conv kernels in
 whatever layout their framework uses. :func:`to_state_dict` renames, converts kernel
-layouts to OIHW and folds BatchNorm, then the model loads with ``strict=True``.
+layouts to OIHW and folds BatchNorm (numpy only: a Ray driver converts and ships weights
+without importing torch), then :func:`build_model` loads them with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from detector.errors import WeightsError
-from detector.model import AizooSSD
 from detector.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from detector.model import AizooSSD
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +81,11 @@ def _fold_bn(w: np.ndarray, b: np.ndarray, bn: dict[str, np.ndarray], eps: float
     )
 
 
-def to_state_dict(raw: RawWeights, spec: ModelSpec) -> dict[str, torch.Tensor]:
-    """Renames, converts layouts to OIHW and folds BatchNorm: AIZOO tensors -> state dict."""
-    expected = AizooSSD(spec).state_dict()
-    out: dict[str, torch.Tensor] = {}
+def to_state_dict(raw: RawWeights, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Renames, converts layouts to OIHW and folds BatchNorm: AIZOO tensors -> the model's
+    state dict, as float32 numpy arrays (``{"<module>.weight": (O, I, 3, 3), "<module>.bias": (O,)}``)."""
+    expected = spec.conv_shapes
+    out: dict[str, np.ndarray] = {}
     for src, dst in aizoo_layer_names(spec).items():
         if f"{src}.weight" not in raw.tensors:
             raise WeightsError(raw.path, f"layer {src!r} is missing from the {raw.format} file")
@@ -99,14 +103,14 @@ def to_state_dict(raw: RawWeights, spec: ModelSpec) -> dict[str, torch.Tensor]:
                 w, b = _fold_bn(w, b, bn, raw.bn_eps)
             except ValueError as exc:
                 raise WeightsError(raw.path, f"BatchNorm of layer {src!r} does not fit its kernel ({exc})") from None
-        want_w = tuple(expected[f"{dst}.weight"].shape)
+        want_w = expected[dst]
         if w.shape != want_w or b.shape != (want_w[0],):
             raise WeightsError(
                 raw.path,
                 f"layer {src!r} has shape {tuple(w.shape)} (bias {tuple(b.shape)}), the model expects {want_w}",
             )
-        out[f"{dst}.weight"] = torch.from_numpy(w)
-        out[f"{dst}.bias"] = torch.from_numpy(b)
+        out[f"{dst}.weight"] = np.ascontiguousarray(w, np.float32)
+        out[f"{dst}.bias"] = np.ascontiguousarray(b, np.float32)
     return out
 
 
@@ -122,6 +126,15 @@ def from_state_dict(model: AizooSSD) -> dict[str, np.ndarray]:
 
 def build_model(raw: RawWeights, spec: ModelSpec) -> AizooSSD:
     """A model in eval mode with ``raw``'s weights, loaded strictly."""
+    return model_from_state(to_state_dict(raw, spec), spec)
+
+
+def model_from_state(state: dict[str, np.ndarray], spec: ModelSpec) -> AizooSSD:
+    """A model in eval mode from a :func:`to_state_dict` result, loaded strictly."""
+    import torch
+
+    from detector.model import AizooSSD
+
     model = AizooSSD(spec)
-    model.load_state_dict(to_state_dict(raw, spec), strict=True)
+    model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in state.items()}, strict=True)
     return model.eval()

@@ -160,3 +160,44 @@ def test_legacy_storage_size_mismatch(weight_files: dict[str, Path], tmp_path: P
     p = tmp_path / "corrupt.pth"
     p.write_bytes(bytes(data))
     _assert_one_line_error(p, "storage size mismatch")
+
+
+@pytest.mark.parametrize("size", [260, 360])
+def test_spec_conv_shapes_describe_the_model(size: int) -> None:
+    from detector.model import AizooSSD
+    from detector.spec import spec_for_input_size
+
+    spec = spec_for_input_size(size)
+    state = AizooSSD(spec).state_dict()
+    want = {k.rsplit(".", 1)[0]: tuple(v.shape) for k, v in state.items() if k.endswith(".weight")}
+    assert spec.conv_shapes == want
+
+
+def test_the_driver_converts_weights_without_torch(pth_weights: Path, caffe_weights: Path) -> None:
+    """What ``maskjobs run``'s process imports and does up to Ray: no torch (~1.5 s of CPU)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import jobs.cli, jobs.runjob, jobs.cli_cluster\n"
+        "from detector.weights import convert_weights\n"
+        "from jobs.predictor import WeightsPayload\n"
+        f"a = WeightsPayload.from_converted(convert_weights({str(pth_weights)!r}))\n"
+        f"b = WeightsPayload.from_converted(convert_weights({str(caffe_weights)!r}))\n"
+        "assert a.state.keys() == b.state.keys() and len(a.state) == 56\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_converted_weights_build_the_loaded_model(pth_weights: Path) -> None:
+    from detector.weights import build, convert_weights
+
+    converted = convert_weights(pth_weights)
+    loaded = load_weights(pth_weights)
+    built = build(converted)
+    assert built.sha256 == loaded.sha256 == converted.sha256 and built.spec == loaded.spec
+    for (k, a), (_, b) in zip(built.model.state_dict().items(), loaded.model.state_dict().items()):
+        assert torch.equal(a, b), k

@@ -256,3 +256,45 @@ def test_resume_after_sigkill(video_set: VideoSet, caffe_weights: Path, tmp_path
     assert sorted(frames["frame"]) == list(range(400))
     assert not list((out / "frames").glob(".tmp-*"))
     assert not _gone(started), "Ray processes outlived the command"
+
+
+def test_int8_run_finds_the_same_faces_as_float32(
+    full_run, runner: CliRunner, video_set: VideoSet, caffe_weights: Path, tmp_path: Path
+) -> None:
+    """``--int8``: calibrated on keyframes of the good videos (the broken ones fail their
+    probe and are left out), every good frame processed, the same faces as float32 on at
+    least 99 % of frames, and job.json says what was used."""
+    from detector.compare import same_faces
+    from detector.detections import Detections
+
+    fp32_out, _ = full_run
+    out = tmp_path / "int8"
+    result = _run(runner, str(video_set.root), "--out", str(out), "--weights", str(caffe_weights),
+                  "--config", str(_config(tmp_path)), "--int8")
+    assert result.exit_code == 1, result.output  # the broken videos, as in float32
+    job = json.loads((out / "job.json").read_text())
+    assert job["detector_backend"] == "int8"
+    assert job["config"]["detector"]["int8"] is True
+    picked = {c["video"] for c in job["int8_calibration"]}
+    assert picked and picked <= set(video_set.good)
+    assert sum(len(c["frames"]) for c in job["int8_calibration"]) == 32
+
+    def as_detections(dets) -> Detections:
+        names = ("Mask", "NoMask")
+        return Detections(
+            np.array([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in dets], np.float32).reshape(-1, 4),
+            np.array([d["score"] for d in dets], np.float32),
+            np.array([names.index(d["label"]) for d in dets], np.int64),
+        )
+
+    want = pd.read_parquet(fp32_out / "frames").set_index(["video", "frame"]).sort_index()
+    got = pd.read_parquet(out / "frames").set_index(["video", "frame"]).sort_index()
+    assert list(got.index) == list(want.index)
+    alike = sum(
+        same_faces(as_detections(w), as_detections(g)) for w, g in zip(want["detections"], got["detections"])
+    )
+    assert alike >= 0.99 * len(want), f"same faces on {alike}/{len(want)} frames"
+    # a different precision is a different result: resuming the float32 output is refused
+    again = _run(runner, str(video_set.root / "mjpeg.mov"), "--out", str(fp32_out), "--weights", str(caffe_weights),
+                 "--config", str(_config(tmp_path)), "--int8")
+    assert again.exit_code == 2 and "different config" in again.stderr

@@ -129,3 +129,16 @@ def test_rerun_after_a_lost_shard_restores_the_same_tracks(walk_set: WalkSet, ca
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert video.stat().st_mtime_ns == video_mtime
     assert np.array_equal(sorted(p.name for p in (out / "frames").glob("part-*")), sorted(p.name for p in parts))
+
+
+def test_split_by_frame_keeps_stretches_of_the_video_together() -> None:
+    from jobs.tracks import split_by_frame
+
+    box = np.zeros(4)
+    wanted = {t: (f, box) for t, f in enumerate([900, 10, 15, 400, 410, 20, 905, 420, 910, 30])}
+    parts = split_by_frame(wanted, 2)
+    assert len(parts) == 2 and sum(len(p) for p in parts) == len(wanted)
+    assert max(f for f, _ in parts[0].values()) < min(f for f, _ in parts[1].values())
+    assert split_by_frame(wanted, 8) == split_by_frame(wanted, 2)  # at least 4 frames a part: 2 parts
+    assert split_by_frame(wanted, 1) == [wanted]
+    assert split_by_frame({}, 4) == [{}]

@@ -1,0 +1,61 @@
+"""Comparing two detectors' outputs on the same frame: equal, or the same faces.
+
+Both take :class:`~detector.detections.Detections` with boxes in the same pixels.
+``equal`` is what a float32 port must meet against the reference (ordering aside);
+``same_faces`` is what a lossy variant (int8) is judged by: no face gained or lost, none
+relabelled, every box where it was.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.detections import Detections
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, 4) x (M, 4) ``(x1, y1, x2, y2)`` boxes -> (N, M) intersection over union."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _order(d: Detections) -> np.ndarray:
+    return np.lexsort((d.boxes[:, 0], -d.scores)) if len(d) else np.zeros(0, np.int64)
+
+
+def equal(ref: Detections, got: Detections, *, box_tol: float = 1.0, score_tol: float = 1e-3) -> bool:
+    """Same faces in the same order of score, labels equal, boxes within ``box_tol`` pixels
+    and scores within ``score_tol``."""
+    if len(ref) != len(got):
+        return False
+    a, b = _order(ref), _order(got)
+    return (
+        [ref.class_names[i] for i in ref.labels[a].tolist()] == [got.class_names[i] for i in got.labels[b].tolist()]
+        and np.allclose(ref.boxes[a], got.boxes[b], atol=box_tol)
+        and np.allclose(ref.scores[a], got.scores[b], atol=score_tol)
+    )
+
+
+def same_faces(ref: Detections, got: Detections, *, min_iou: float = 0.7) -> bool:
+    """As many faces, and each of ``ref``'s matched to its own face of ``got`` with the same
+    label at IoU >= ``min_iou`` (greedy, in ``ref``'s order of score)."""
+    if len(ref) != len(got):
+        return False
+    if not len(ref):
+        return True
+    iou = box_iou(ref.boxes.astype(np.float64), got.boxes.astype(np.float64))
+    same_label = np.array([ref.class_names[i] for i in ref.labels])[:, None] == np.array(
+        [got.class_names[i] for i in got.labels]
+    )[None, :]
+    ok = (iou >= min_iou) & same_label
+    free = np.ones(len(got), bool)
+    for i in _order(ref).tolist():
+        hits = np.flatnonzero(ok[i] & free)
+        if not len(hits):
+            return False
+        free[hits[np.argmax(iou[i, hits])]] = False
+    return True
