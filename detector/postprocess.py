@@ -145,3 +145,61 @@ def postprocess(
         )
         for i in range(batch)
     ]
+
+
+def fragile_frames(
+    loc: torch.Tensor,
+    scores: torch.Tensor,
+    anchors: torch.Tensor,
+    *,
+    margin: float,
+    score_threshold: float = 0.5,
+    iou_threshold: float = 0.4,
+    same_iou: float = 0.7,
+    variances: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2),
+) -> torch.Tensor:
+    """Which frames' detections could change if any anchor's scores moved by up to ``margin``.
+
+    Args:
+        loc: (B, A, 4) box offsets. scores: (B, A, C) sigmoid scores.
+        anchors: (A, 4) normalised ``(x1, y1, x2, y2)``.
+    Returns:
+        (B,) bool. A frame is fragile when one of its decisions is closer than the margin:
+        a face scored within ``margin`` of the threshold that no clearly stronger overlapping
+        face suppresses; a kept face whose two best classes are within ``2 * margin``; or two
+        overlapping candidates, one of them kept, within ``2 * margin`` of each other whose
+        boxes differ (IoU < ``same_iou``), so that NMS could keep the other box.
+
+    An approximate model (int8) is trusted on the other frames: there its errors, if below
+    the margin, change scores and boxes a little but no face, label or NMS winner.
+    """
+    batch = loc.shape[0]
+    best, _ = best_class(scores.float())
+    if scores.shape[-1] > 1:
+        top2 = scores.float().topk(2, dim=-1).values
+        gap = top2[..., 0] - top2[..., 1]
+    else:
+        gap = torch.full_like(best, float("inf"))
+    candidate = best > score_threshold - margin
+    counts = candidate.sum(dim=1)
+    k = int(counts.max()) if batch else 0
+    if k == 0:
+        return torch.zeros(batch, dtype=torch.bool, device=loc.device)
+    order, valid = _candidates_by_score(best, candidate, counts, k)
+    boxes = decode_boxes(loc.float().gather(1, order[:, :, None].expand(-1, -1, 4)), anchors.to(loc.device)[order], variances)
+    s = best.gather(1, order).masked_fill(~valid, -1.0)  # (B, k), descending
+    keep = batched_nms(boxes, valid & (s > score_threshold), iou_threshold=iou_threshold)
+    iou = pairwise_iou(boxes)
+    overlap = (iou > iou_threshold) & valid[:, :, None] & valid[:, None, :]
+    overlap &= ~torch.eye(k, dtype=torch.bool, device=loc.device)
+    # a candidate near the threshold, not clearly suppressed by a kept stronger face
+    near = valid & ((s - score_threshold).abs() <= margin)
+    clearly_suppressed = (overlap & keep[:, :, None] & (s[:, :, None] - s[:, None, :] > 2 * margin)).any(dim=1)
+    threshold = (near & ~clearly_suppressed).any(dim=1)
+    # a kept face whose label could flip
+    label = (keep & (gap.gather(1, order) < 2 * margin)).any(dim=1)
+    # an NMS winner that could change to a visibly different box
+    close = (s[:, :, None] - s[:, None, :]).abs() <= 2 * margin
+    either_kept = keep[:, :, None] | keep[:, None, :]
+    winner = (overlap & close & either_kept & (iou < same_iou)).flatten(1).any(dim=1)
+    return threshold | label | winner

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,7 +17,7 @@ import torch
 from detector.anchors import generate_anchors
 from detector.detections import Detections
 from detector.model import FusedAizooSSD, flush_denormals_, fused_cpu_available
-from detector.postprocess import postprocess
+from detector.postprocess import fragile_frames, postprocess
 from detector.preprocess import resize_rgb, to_tensor
 from detector.weights import LoadedWeights, load_weights
 
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "fused", "eager")  # and "int8", set by :meth:`FaceMaskDetector.quantize`
 DEFAULT_MICRO_BATCH = 1
+DEFAULT_INT8_MARGIN = 0.05  # int8 score errors: median ~0.02 near the threshold (benchmarks/README.md)
 
 
 class FaceMaskDetector:
@@ -103,6 +105,8 @@ class FaceMaskDetector:
         """State that is rebuilt rather than copied: the fused graph and the worker threads."""
         self._fused: FusedAizooSSD | None = None
         self._int8: torch.nn.Module | None = None
+        self.int8_frames = 0  # frames whose int8 outputs were kept
+        self.float32_frames = 0  # int8 frames run again in float32 (fragile decisions)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._pinned: torch.Tensor | None = None  # CUDA: page-locked staging for uploads
@@ -126,16 +130,26 @@ class FaceMaskDetector:
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def quantize(self, calibration: np.ndarray) -> None:
+    def quantize(self, calibration: np.ndarray, *, margin: float = DEFAULT_INT8_MARGIN) -> None:
         """Runs the model in int8 from now on (CPU only), calibrated on ``calibration``:
-        (N, S, S, 3) uint8 RGB frames already resized to the input (see :mod:`detector.quantize`)."""
+        (N, S, S, 3) uint8 RGB frames already resized to the input (see :mod:`detector.quantize`).
+
+        ``margin``: frames whose detections could change if a score moved by this much
+        (:func:`~detector.postprocess.fragile_frames`) are run again in float32, so int8 only
+        decides where its errors cannot change a face, a label or an NMS winner; 0 trusts
+        int8 everywhere. ``int8_frames`` and ``float32_frames`` count what ran how.
+        """
         from detector.quantize import quantize
 
         if self.device.type != "cpu":
             raise ValueError(f"int8 runs on CPU; this detector is on {self.device}")
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
         with _intra_op_threads(self.num_threads):
             self._int8 = quantize(self.model, calibration)
+        self._float_backend = self.backend
         self.backend = "int8"
+        self.int8_margin = margin
 
     @property
     def input_size(self) -> int:
@@ -152,14 +166,16 @@ class FaceMaskDetector:
         if frames.shape[0] == 0:
             a = self.spec.num_anchors
             return torch.zeros(0, a, 4), torch.zeros(0, a, self.spec.num_classes)
-        if self.device.type == "cpu":
-            loc, scores = self._run_cpu(frames)
+        if self.device.type == "cpu" and self.backend == "int8":
+            loc, scores = self._run_int8(frames)
+        elif self.device.type == "cpu":
+            loc, scores = self._run_cpu(frames, self.backend)
         else:
             x = to_tensor(self._upload(frames)).contiguous(memory_format=torch.channels_last)
             # cuDNN autotunes once per batch shape; fp32 stays fp32 (TF32 would round the
             # convolutions' inputs to 10-bit mantissas: ~2.5e-2 off the reference on an H200)
             with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=False):
-                loc, scores = self._forward(x.half() if self.half else x)
+                loc, scores = self._forward(x.half() if self.half else x, self.backend)
         return loc.float(), scores.float()
 
     def _upload(self, frames: torch.Tensor) -> torch.Tensor:
@@ -226,13 +242,30 @@ class FaceMaskDetector:
 
     # -- running the model -------------------------------------------------------------
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, x: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
         """One model call: (N, 3, S, S) float, channels-last -> ``(loc, scores)``."""
-        if self.backend == "fused":
+        if backend == "fused":
             return self._fused_graph()(x)
-        if self.backend == "int8":
+        if backend == "int8":
             return self._int8(x)  # type: ignore[misc]
         return self.model(x)
+
+    def _run_int8(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """int8 outputs, with the fragile frames' replaced by float32 ones (see :meth:`quantize`)."""
+        loc, scores = self._run_cpu(frames, "int8")
+        again = torch.zeros(0, dtype=torch.long)
+        if self.int8_margin > 0:
+            with _intra_op_threads(1 if self.num_threads else None):  # ~0.1 ms a frame
+                fragile = fragile_frames(
+                    loc, scores, self.anchors, margin=self.int8_margin, score_threshold=self.score_threshold,
+                    iou_threshold=self.iou_threshold, variances=self.spec.variances,
+                )
+            again = fragile.nonzero().flatten()
+            if len(again):
+                loc[again], scores[again] = self._run_cpu(frames[again], self._float_backend)
+        self.float32_frames += len(again)
+        self.int8_frames += len(frames) - len(again)
+        return loc, scores
 
     def _fused_graph(self) -> FusedAizooSSD:
         if self._fused is None:
@@ -241,7 +274,7 @@ class FaceMaskDetector:
                     self._fused = FusedAizooSSD(self.model)
         return self._fused
 
-    def _run_cpu(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_cpu(self, frames: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S, S, 3) uint8 in micro-batches, on the calling thread or on the worker threads.
 
         Each micro-batch is converted to float where it runs: in a worker, on its one thread.
@@ -250,9 +283,9 @@ class FaceMaskDetector:
         chunks = frames.split(size)
         if not on_workers:
             with _intra_op_threads(self.num_threads):
-                outs = [self._forward_frames(c) for c in chunks]
+                outs = [self._forward_frames(c, backend) for c in chunks]
         else:
-            outs = list(self._worker_pool().map(self._forward_single_threaded, chunks))
+            outs = list(self._worker_pool().map(functools.partial(self._forward_single_threaded, backend=backend), chunks))
             # The workers' torch.set_num_threads(1) also set the default new threads start from.
             torch.set_num_threads(torch.get_num_threads())
         if len(outs) == 1:
@@ -267,16 +300,16 @@ class FaceMaskDetector:
         size = min(self.micro_batch, -(-batch // workers))
         return size, -(-batch // size) > 1
 
-    def _forward_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_frames(self, frames: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, S, S, 3) uint8 -> one model call."""
-        return self._forward(to_tensor(frames).contiguous(memory_format=torch.channels_last))
+        return self._forward(to_tensor(frames).contiguous(memory_format=torch.channels_last), backend)
 
-    def _forward_single_threaded(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_single_threaded(self, frames: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Runs in a worker thread: one intra-op thread (a per-thread OpenMP setting)."""
         if torch.get_num_threads() != 1:
             torch.set_num_threads(1)
         with torch.inference_mode():
-            return self._forward_frames(frames)
+            return self._forward_frames(frames, backend)
 
     def _worker_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:

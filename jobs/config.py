@@ -36,6 +36,7 @@ class DetectorConfig:
     threads: int | None = None
     int8: bool = False
     calibration_frames: int = 32
+    int8_margin: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class JobConfig:
             "weights_sha256": weights_sha256,
         }
         if self.detector.int8:  # absent for float32, so older outputs keep their fingerprint
-            key["int8"] = True
+            key["int8_margin"] = self.detector.int8_margin
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -205,6 +206,7 @@ def _validate(cfg: JobConfig) -> None:
     need(d.device in ("auto", "cpu", "cuda"), f"detector.device must be auto, cpu or cuda, got {d.device!r}")
     need(d.threads is None or d.threads >= 1, f"detector.threads must be >= 1, got {d.threads}")
     need(d.calibration_frames >= 1, f"detector.calibration_frames must be >= 1, got {d.calibration_frames}")
+    need(0 <= d.int8_margin < 0.5, f"detector.int8_margin must be in [0, 0.5), got {d.int8_margin}")
     need(not (d.int8 and r.detector_gpus > 0), "detector.int8 runs on CPUs; GPUs use detector.half (set one of them)")
     need(r.detector_workers is None or r.detector_workers >= 1, "resources.detector_workers must be >= 1")
     need(r.detector_cpus >= 0 and r.decode_cpus >= 0 and r.detector_gpus >= 0, "resources must not be negative")

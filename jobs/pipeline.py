@@ -399,11 +399,12 @@ def run_job(
     try:
         if shards:
             runner.run(shards)
+        if backend_refs:
+            job["detector_backend"] = _first_value(ray, backend_refs)
+            job["int8_frames"] = _frame_counts(ray, runner.actors)
     finally:
         runner.close()
     timings["run_s"] = time.monotonic() - t0
-    if backend_refs:
-        job["detector_backend"] = _first_value(ray, backend_refs)
     failures.update({k: v for k, v in runner.failures.items() if k not in failures})
 
     t0 = time.monotonic()
@@ -433,6 +434,18 @@ def _first_value(ray: Any, refs: list[Any]) -> str:
         except Exception as exc:  # a Ray error: that actor died or its call failed
             error = _first_line(exc)
     return f"unknown ({error})"
+
+
+def _frame_counts(ray: Any, actors: list[Any]) -> dict[str, int]:
+    """Frames the int8 actors kept in int8 and ran again in float32 (replaced actors' are lost)."""
+    total = {"int8": 0, "float32": 0}
+    for actor in actors:
+        try:
+            counts = ray.get(actor.frame_counts.remote(), timeout=5)
+        except Exception:  # a Ray error: that actor died; its replacement counts its own
+            continue
+        total = {k: total[k] + counts[k] for k in total}
+    return total
 
 
 def _video_rows(

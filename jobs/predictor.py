@@ -67,6 +67,7 @@ class DetectorActor:
             num_threads=threads if device == "cpu" else None,
         )
         self.calibrated = not config.int8
+        self.int8_margin = config.int8_margin
         logger.info("detector actor ready on %s (threads=%s)", device, threads)
 
     def calibrate(self, *frames: np.ndarray) -> str:
@@ -74,7 +75,7 @@ class DetectorActor:
         (k, S, S, 3) uint8; with no frames at all it stays float32. Returns the backend used."""
         stacked = [f for f in frames if len(f)]
         if stacked:
-            self.detector.quantize(np.concatenate(stacked))
+            self.detector.quantize(np.concatenate(stacked), margin=self.int8_margin)
         else:
             logger.warning("no calibration frames: the detector stays float32")
         self.calibrated = True
@@ -95,6 +96,10 @@ class DetectorActor:
             "scores": np.concatenate([d.scores for d in dets]) if dets else np.zeros(0, np.float32),
             "boxes": np.concatenate([d.boxes for d in dets]) if dets else np.zeros((0, 4), np.float32),
         }
+
+    def frame_counts(self) -> dict[str, int]:
+        """int8 only: frames whose int8 outputs were kept, and frames run again in float32."""
+        return {"int8": self.detector.int8_frames, "float32": self.detector.float32_frames}
 
     def ping(self) -> str:
         return self.detector.device.type

@@ -36,13 +36,13 @@ class _Spy(FaceMaskDetector):
         self.max_active = 0
         self._spy_lock = threading.Lock()
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, x: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
         with self._spy_lock:
             self._active += 1
             self.max_active = max(self.max_active, self._active)
         try:
             self.calls.append((threading.current_thread().name, torch.get_num_threads(), x.shape[0]))
-            return super()._forward(x)
+            return super()._forward(x, backend)
         finally:
             with self._spy_lock:
                 self._active -= 1

@@ -103,3 +103,48 @@ def test_candidates_are_ordered_like_a_stable_sort_of_every_anchor(seed: int) ->
     full = torch.where(candidate, best, torch.full_like(best, -1.0)).argsort(dim=1, descending=True, stable=True)[:, :k]
     assert torch.equal(valid, candidate.gather(1, full))
     assert torch.equal(order[valid], full[valid])
+
+
+def _frame(faces: list[tuple[list[float], list[float]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One frame whose anchors are exactly ``faces``' boxes (zero offsets) with their class
+    scores, plus a background anchor scored 0."""
+    anchors = torch.tensor([box for box, _ in faces] + [[0.0, 0.0, 0.01, 0.01]])
+    scores = torch.tensor([s for _, s in faces] + [[0.0, 0.0]])[None]
+    return torch.zeros(1, len(anchors), 4), scores, anchors
+
+
+@pytest.mark.parametrize(
+    ("faces", "fragile"),
+    [
+        ([([0.1, 0.1, 0.3, 0.3], [0.95, 0.01])], False),  # one clear face
+        ([([0.1, 0.1, 0.3, 0.3], [0.53, 0.01])], True),  # a face near the threshold
+        ([([0.1, 0.1, 0.3, 0.3], [0.46, 0.01])], True),  # ... on either side
+        ([([0.1, 0.1, 0.3, 0.3], [0.40, 0.01])], False),  # well below it
+        ([([0.1, 0.1, 0.3, 0.3], [0.95, 0.01]), ([0.11, 0.1, 0.31, 0.3], [0.52, 0.0])], False),  # suppressed clearly
+        ([([0.1, 0.1, 0.3, 0.3], [0.55, 0.01]), ([0.11, 0.1, 0.31, 0.3], [0.52, 0.0])], True),  # suppressed barely
+        ([([0.1, 0.1, 0.3, 0.3], [0.60, 0.55])], True),  # Mask or NoMask: too close to call
+        ([([0.1, 0.1, 0.3, 0.3], [0.90, 0.01]), ([0.15, 0.1, 0.35, 0.3], [0.88, 0.0])], True),  # NMS winner, other box
+        ([([0.1, 0.1, 0.3, 0.3], [0.90, 0.01]), ([0.101, 0.1, 0.301, 0.3], [0.88, 0.0])], False),  # winner, same box
+        ([([0.1, 0.1, 0.3, 0.3], [0.90, 0.01]), ([0.15, 0.1, 0.35, 0.3], [0.70, 0.0])], False),  # clear winner
+    ],
+)
+def test_fragile_frames(faces, fragile: bool) -> None:
+    from detector.postprocess import fragile_frames
+
+    loc, scores, anchors = _frame(faces)
+    assert bool(fragile_frames(loc, scores, anchors, margin=0.05)[0]) is fragile
+    assert not fragile_frames(loc, scores, anchors, margin=0.0)[0] or fragile
+
+
+def test_fragile_frames_batch_matches_per_frame() -> None:
+    from detector.postprocess import fragile_frames
+
+    spec = SPECS["aizoo-260"]
+    anchors = generate_anchors(spec)
+    g = torch.Generator().manual_seed(3)
+    loc = torch.randn(6, len(anchors), 4, generator=g) * 0.5
+    scores = torch.rand(6, len(anchors), 2, generator=g) ** 8  # mostly low, a few candidates
+    batch = fragile_frames(loc, scores, anchors, margin=0.05)
+    single = torch.cat([fragile_frames(loc[i : i + 1], scores[i : i + 1], anchors, margin=0.05) for i in range(6)])
+    assert torch.equal(batch, single)
+    assert not fragile_frames(loc[:0], scores[:0], anchors, margin=0.05).numel()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from detector.compare import same_faces
 from detector.predictor import FaceMaskDetector
@@ -81,3 +82,24 @@ def test_bad_calibration_and_copies_are_refused(detectors, caffe_weights: Path) 
     assert det.backend != "int8"
     with pytest.raises(TypeError, match="int8"):
         pickle.dumps(detectors[1])
+
+
+def test_fragile_frames_are_run_again_in_float32(caffe_weights: Path, scene: Scene, detectors) -> None:
+    """With a margin, a frame's outputs are either int8's or exactly float32's; the counters
+    say how many of each; margin 0 keeps every int8 output."""
+    fp32, _ = detectors
+    frames = _frames(scene, range(11, 400, 13))
+    trusting = FaceMaskDetector(caffe_weights, num_threads=2)
+    refined = FaceMaskDetector(caffe_weights, num_threads=2)
+    calibration = _frames(scene, range(0, 640, 20))
+    trusting.quantize(calibration, margin=0.0)
+    refined.quantize(calibration, margin=0.2)  # wide: some frames are fragile
+    want, pure, got = fp32.raw(frames), trusting.raw(frames), refined.raw(frames)
+    assert trusting.float32_frames == 0 and trusting.int8_frames == len(frames)
+    assert refined.int8_frames + refined.float32_frames == len(frames) and refined.float32_frames > 0
+    as_float = [bool(torch.equal(got[1][i], want[1][i])) for i in range(len(frames))]
+    as_int8 = [bool(torch.equal(got[1][i], pure[1][i])) for i in range(len(frames))]
+    assert sum(as_float) == refined.float32_frames
+    assert all(f or i for f, i in zip(as_float, as_int8))
+    with pytest.raises(ValueError, match="margin"):
+        FaceMaskDetector(caffe_weights).quantize(calibration, margin=-1)

@@ -278,6 +278,8 @@ def test_int8_run_finds_the_same_faces_as_float32(
     picked = {c["video"] for c in job["int8_calibration"]}
     assert picked and picked <= set(video_set.good)
     assert sum(len(c["frames"]) for c in job["int8_calibration"]) == 32
+    counts = job["int8_frames"]  # fragile frames ran again in float32
+    assert counts["int8"] + counts["float32"] == sum(video_set.good.values()) and counts["int8"] > counts["float32"]
 
     def as_detections(dets) -> Detections:
         names = ("Mask", "NoMask")
@@ -293,7 +295,7 @@ def test_int8_run_finds_the_same_faces_as_float32(
     alike = sum(
         same_faces(as_detections(w), as_detections(g)) for w, g in zip(want["detections"], got["detections"])
     )
-    assert alike >= 0.99 * len(want), f"same faces on {alike}/{len(want)} frames"
+    assert alike >= 0.995 * len(want), f"same faces on {alike}/{len(want)} frames"
     # a different precision is a different result: resuming the float32 output is refused
     again = _run(runner, str(video_set.root / "mjpeg.mov"), "--out", str(fp32_out), "--weights", str(caffe_weights),
                  "--config", str(_config(tmp_path)), "--int8")
