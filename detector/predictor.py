@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "fused", "eager")  # and "int8", set by :meth:`FaceMaskDetector.quantize`
 DEFAULT_MICRO_BATCH = 1
+INT8_MICRO_BATCH = 8  # int8 maps are 4x smaller: 8 frames a call ran 1.4x 1 frame a call (2 cores)
 DEFAULT_INT8_MARGIN = 0.05  # int8 score errors: median ~0.02 near the threshold (benchmarks/README.md)
 
 
@@ -46,7 +47,8 @@ class FaceMaskDetector:
             parallel, no synchronisation inside a layer). Never more than ``n`` busy threads.
         micro_batch: frames per model call on CPU (default 1). The maps of one 260x260
             frame are ~17 MB; batch 16 in one call spills them out of cache and runs at
-            ~2/3 the speed, 4 at a time already loses ~1/3 on a 2-core Xeon.
+            ~2/3 the speed, 4 at a time already loses ~1/3 on a 2-core Xeon. (int8 runs
+            ``INT8_MICRO_BATCH`` = 8 frames a call: its maps are 4x smaller.)
 
     ``model`` is the plain :class:`~detector.model.AizooSSD` (channels-last on CPU) whatever
     the backend; the fused graph is built from it once, on first use. :meth:`quantize`
@@ -279,7 +281,7 @@ class FaceMaskDetector:
 
         Each micro-batch is converted to float where it runs: in a worker, on its one thread.
         """
-        size, on_workers = self._plan(frames.shape[0])
+        size, on_workers = self._plan(frames.shape[0], INT8_MICRO_BATCH if backend == "int8" else self.micro_batch)
         chunks = frames.split(size)
         if not on_workers:
             with _intra_op_threads(self.num_threads):
@@ -292,12 +294,13 @@ class FaceMaskDetector:
             return outs[0]
         return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
-    def _plan(self, batch: int) -> tuple[int, bool]:
+    def _plan(self, batch: int, micro_batch: int | None = None) -> tuple[int, bool]:
         """(frames per model call, whether the calls go to the worker threads) for a batch."""
+        micro_batch = micro_batch or self.micro_batch
         workers = self.num_threads or 1
         if workers == 1 or self.device.type != "cpu":
-            return self.micro_batch, False
-        size = min(self.micro_batch, -(-batch // workers))
+            return micro_batch, False
+        size = min(micro_batch, -(-batch // workers))
         return size, -(-batch // size) > 1
 
     def _forward_frames(self, frames: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -108,15 +108,37 @@ def crop_thumbnail(image: np.ndarray, box: np.ndarray, *, margin: float = 0.35) 
 
 
 def thumbnails(path: str, wanted: dict[int, tuple[int, np.ndarray]]) -> dict[int, bytes]:
-    """``{track: JPEG}`` for ``wanted`` ``{track: (frame, box)}``, decoding only those frames."""
+    """``{track: JPEG}`` for ``wanted`` ``{track: (frame, box)}``, decoding only those frames.
+
+    One reader reads the frames forward and each is cropped as soon as it is decoded, so
+    decord never reads ahead while this waits (see :func:`_batches`) and no frame is kept.
+    """
+    import decord
+
+    from jobs.decode import read_frames
+
     by_frame: dict[int, list[int]] = {}
     for track, (frame, _) in wanted.items():
         by_frame.setdefault(int(frame), []).append(track)
+    frames = np.array(sorted(by_frame), np.int64)
     out: dict[int, bytes] = {}
-    for idx, images in _batches(path, np.array(sorted(by_frame), np.int64)):
-        for frame, image in zip(idx.tolist(), images):
+    if not len(frames):
+        return out
+    try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        keys = np.asarray(reader.get_key_indices(), dtype=np.int64)
+    except (decord.DECORDError, RuntimeError) as exc:
+        raise RenderError(f"{path}: cannot open the video ({first_line(exc)})") from None
+    done = 0
+    try:
+        for frame, image in zip(frames.tolist(), read_frames(reader, frames, keys)):
             for track in by_frame[frame]:
                 out[track] = crop_thumbnail(image, wanted[track][1])
+            done += 1
+    except (decord.DECORDError, RuntimeError, IndexError) as exc:
+        raise RenderError(f"{path}: decoding failed at frame {int(frames[done])} ({first_line(exc)})") from None
+    finally:
+        del reader
     return out
 
 
