@@ -20,7 +20,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +77,19 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(starts, np.int64) - before, lengths) + np.arange(int(lengths.sum()))
 
 
-def summarise_tracks(video: str, dets: VideoDetections) -> pd.DataFrame:
+BEST_SCORE_SLACK = 0.01
+
+
+def summarise_tracks(
+    video: str, dets: VideoDetections, keyframes: Sequence[int] = (), *, slack: float = BEST_SCORE_SLACK
+) -> pd.DataFrame:
     """One row per track (TRACKS_SCHEMA columns but ``thumbnail``).
 
-    ``label`` is the majority label of its detections (a tie counts as NoMask); the best
-    frame is that of its highest-scoring detection with that label.
+    ``label`` is the majority label of its detections (a tie counts as NoMask). The best
+    frame is that of a detection with that label scoring within ``slack`` of the track's
+    best: of those, the one fewest frames after a keyframe (its thumbnail decodes from
+    there, ~30x less decoding than an arbitrary frame of a 2-second GOP), then the highest
+    score, then the earliest. Without ``keyframes`` it is the highest-scoring one.
     """
     frame_of = np.repeat(np.arange(len(dets.counts)), dets.counts)
     df = pd.DataFrame(
@@ -100,7 +108,14 @@ def summarise_tracks(video: str, dets: VideoDetections) -> pd.DataFrame:
     out["label"] = np.where(out.masked_share > 0.5, MASK_LABEL, "NoMask")
     df = df.join(out["label"], on="track")
     same = df[df.masked == (df.label == MASK_LABEL)]
-    best = same.loc[same.sort_values(["score", "frame"], ascending=[False, True]).groupby("track").head(1).index]
+    top = same.groupby("track")["score"].transform("max")
+    same = same[same.score >= top - slack].copy()
+    keys = np.asarray(keyframes, np.int64)
+    frames = same.frame.to_numpy(np.int64)
+    before = keys[np.maximum(np.searchsorted(keys, frames, side="right") - 1, 0)] if len(keys) else frames
+    same["decode"] = np.where(before <= frames, frames - before, frames)
+    order = same.sort_values(["decode", "score", "frame"], ascending=[True, False, True])
+    best = same.loc[order.groupby("track").head(1).index]
     best = best.set_index("track")[["frame", "time_s", "score", "x1", "y1", "x2", "y2"]]
     out = out.join(best.rename(columns={"frame": "best_frame", "time_s": "best_time_s"})).reset_index()
     out.insert(0, "video", video)
@@ -277,7 +292,8 @@ def finish_tracks(
     t0 = time.monotonic()
     segments = sink.part_segments()
     tracked = _track_videos(sink, segments, config)
-    summaries = {video: summarise_tracks(video, dets) for video, dets in tracked.items()}
+    keyframes = {video: info.keyframes for video, _, info in probed}
+    summaries = {video: summarise_tracks(video, dets, keyframes.get(video, ())) for video, dets in tracked.items()}
     rewritten = _write_track_ids(sink, [p for p, _ in segments], tracked)
     logger.info("tracked %d videos, %d shard files updated", len(tracked), rewritten)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from jobs.cli import app
@@ -142,3 +143,22 @@ def test_split_by_frame_keeps_stretches_of_the_video_together() -> None:
     assert split_by_frame(wanted, 8) == split_by_frame(wanted, 2)  # at least 4 frames a part: 2 parts
     assert split_by_frame(wanted, 1) == [wanted]
     assert split_by_frame({}, 4) == [{}]
+
+
+def test_best_frame_is_a_top_score_that_decodes_fastest() -> None:
+    from jobs.render import VideoDetections
+    from jobs.tracks import summarise_tracks
+
+    n = 100
+    scores = np.full(n, 0.90)
+    scores[37], scores[51], scores[60] = 0.999, 0.992, 0.995
+    dets = VideoDetections(
+        frames=np.arange(n), time_s=np.arange(n) / 25.0, counts=np.ones(n, np.int64),
+        boxes=np.tile([10.0, 10.0, 50.0, 60.0], (n, 1)), masked=np.zeros(n, bool), scores=scores,
+        tracks=np.zeros(n, np.int64),
+    )
+    assert int(summarise_tracks("v", dets).best_frame[0]) == 37  # no keyframes: the top score
+    assert int(summarise_tracks("v", dets, (0, 50)).best_frame[0]) == 51  # 1 frame after a keyframe
+    assert int(summarise_tracks("v", dets, (0, 50), slack=0.0).best_frame[0]) == 37
+    row = summarise_tracks("v", dets, (0, 50, 60)).iloc[0]
+    assert int(row.best_frame) == 60 and row.score == pytest.approx(0.995)  # on a keyframe
