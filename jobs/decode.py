@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -90,11 +91,27 @@ def decode_shard(shard: Shard, *, input_size: int, batch_size: int, threads: int
     backpressure to a whole shard, which is what bounds memory: about ``shard frames x
     S*S*3`` bytes per running task, whatever the video's length or resolution.
     """
-    import cv2
-    import decord
+    with _opencv_threads(1):  # the task holds one CPU: OpenCV's pool made each resize cost 1.8x the CPU
+        yield STARTED
+        yield from _decode_segments(shard, input_size=input_size, batch_size=batch_size, threads=threads)
 
-    cv2.setNumThreads(1)  # the task holds one CPU: OpenCV's pool made each resize cost 1.8x the CPU
-    yield STARTED
+
+@contextmanager
+def _opencv_threads(n: int) -> Iterator[None]:
+    """OpenCV's thread count for the block, restored after (it is process-wide)."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+def _decode_segments(shard: Shard, *, input_size: int, batch_size: int, threads: int) -> Iterator[dict[str, Any]]:
+    """:func:`decode_shard`'s batches, segment by segment."""
+    import decord
 
     for seg in shard.segments:
         _inject_fault(seg.path)

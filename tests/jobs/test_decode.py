@@ -49,3 +49,15 @@ def test_decode_shard_batches(video_set) -> None:
     stamps = ref.get_frame_timestamp(list(frames))[:, 0]
     assert np.allclose(np.concatenate([b["time_s"] for b in batches]), stamps)
     assert set(np.concatenate([b["width"] for b in batches]).tolist()) == {480}
+
+
+def test_decode_shard_runs_opencv_on_one_thread_and_restores_it(video_set) -> None:
+    import cv2
+
+    cv2.setNumThreads(2)
+    shard = Shard("s", (Segment("mjpeg.mov", str(video_set.root / "mjpeg.mov"), tuple(range(20))),))
+    seen = []
+    for item in decode_shard(shard, input_size=260, batch_size=8):
+        seen.append(cv2.getNumThreads())
+    assert seen and set(seen) == {1}  # while the task decodes (it holds one CPU)
+    assert cv2.getNumThreads() == 2  # a caller in the same process gets its setting back
