@@ -79,6 +79,8 @@ def test_bad_calibration_and_copies_are_refused(detectors, caffe_weights: Path) 
         det.quantize(np.zeros((4, 128, 128, 3), np.uint8))
     with pytest.raises(ValueError, match="N>0"):
         det.quantize(np.zeros((0, 260, 260, 3), np.uint8))
+    with pytest.raises(ValueError, match="float32"):
+        det.quantize(np.zeros((4, 260, 260, 3), np.float32))
     assert det.backend != "int8"
     with pytest.raises(TypeError, match="int8"):
         pickle.dumps(detectors[1])
