@@ -19,8 +19,9 @@ logger = logging.getLogger(__name__)
 def ray_session(cfg: RayConfig) -> Iterator[Any]:
     """Yields the ``ray`` module, connected; an embedded instance stops with the block.
 
-    Embedded: no dashboard, quiet logs, this machine's CPUs, a bounded object store, and a
-    watchdog (:mod:`jobs.watchdog`) so a killed command leaves no Ray process running.
+    Embedded: no dashboard, HTTP API or autoscaler (:func:`_without_http_api_and_autoscaler`),
+    quiet logs, this machine's CPUs, a bounded object store, and a watchdog
+    (:mod:`jobs.watchdog`) so a killed command leaves no Ray process running.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -54,7 +55,6 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
         if watchdog is not None:
             watchdog.terminate()
             watchdog.wait()
-
 
 
 @contextmanager

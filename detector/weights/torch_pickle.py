@@ -149,7 +149,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 raise WeightsError(self._path, "the pickle names a module class that is not allowed")
             return cls
         if kind == "storage" and len(pid) >= 5:
-            storage_type, key, _location, size = pid[1], str(pid[2]), pid[3], int(pid[4])
+            storage_type, key, size = pid[1], str(pid[2]), int(pid[4])  # pid[3]: the device, unused
             if not isinstance(storage_type, _StorageType):
                 raise WeightsError(self._path, "a storage of an unknown type")
             if key not in self.storages:
