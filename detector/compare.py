@@ -11,16 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector.detections import Detections
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, 4) x (M, 4) ``(x1, y1, x2, y2)`` boxes -> (N, M) intersection over union."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+from tracking.bytetrack import box_iou
 
 
 def _order(d: Detections) -> np.ndarray:
@@ -47,7 +38,7 @@ def same_faces(ref: Detections, got: Detections, *, min_iou: float = 0.7) -> boo
         return False
     if not len(ref):
         return True
-    iou = box_iou(ref.boxes.astype(np.float64), got.boxes.astype(np.float64))
+    iou = box_iou(ref.boxes, got.boxes)
     same_label = np.array([ref.class_names[i] for i in ref.labels])[:, None] == np.array(
         [got.class_names[i] for i in got.labels]
     )[None, :]

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from detector.preprocess import resize_rgb
+from jobs.decode import keyframe_before, read_frames
 from jobs.errors import first_line
 from jobs.probe import VideoInfo
 
@@ -42,7 +44,7 @@ def pick_calibration(
         targets = np.unique(np.linspace(0, last, share + 2)[1:-1].round().astype(np.int64)) if last else np.zeros(1, np.int64)
         keys = np.asarray(info.keyframes, np.int64)
         if len(keys):
-            snapped = np.unique(keys[np.maximum(np.searchsorted(keys, targets, side="right") - 1, 0)])
+            snapped = np.unique(keyframe_before(keys, targets))
             if len(snapped) >= len(targets):
                 targets = snapped
         out.append((video, path, [int(t) for t in targets[:share]]))
@@ -56,9 +58,6 @@ def read_calibration(path: str, frames: list[int], *, input_size: int) -> np.nda
     uses the others, and the video's own shards report what is wrong with it.
     """
     import decord
-
-    from detector.preprocess import resize_rgb
-    from jobs.decode import read_frames
 
     want = np.asarray(sorted(frames), np.int64)
     try:

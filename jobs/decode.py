@@ -57,6 +57,13 @@ class _DLPack:
         return (1, 0)  # kDLCPU
 
 
+def keyframe_before(keyframes: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """For each of ``frames``, the last of ``keyframes`` (ascending, non-empty) at or before
+    it: where decoding it starts. A frame before the first keyframe gets the first."""
+    keyframes = np.asarray(keyframes, np.int64)
+    return keyframes[np.maximum(np.searchsorted(keyframes, frames, side="right") - 1, 0)]
+
+
 def read_frames(reader: Any, frames: np.ndarray, keyframes: np.ndarray) -> Iterator[np.ndarray]:
     """Yields the (H, W, 3) uint8 RGB frames at ascending indices ``frames``, decoding forward.
 

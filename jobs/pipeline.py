@@ -371,12 +371,12 @@ def run_job(
     infos, failures = _probe_all(ray, videos, config.planning.probe_timeout_s)
     timings["probe_s"] = time.monotonic() - t0
     probed = [(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]
-    backend_refs: list[Any] = []
     if config.detector.int8:
         picks = pick_calibration(probed, config.detector.calibration_frames)
         calibration = start_calibration(ray, picks, input_size=weights.spec.input_size)
         # the shards start decoding meanwhile; each actor quantizes before its first batch
-        backend_refs = [actor.calibrate.remote(*calibration) for actor in actors]
+        for actor in actors:
+            actor.calibrate.remote(*calibration)
         job["int8_calibration"] = [{"video": v, "frames": f} for v, _, f in picks]
     shards = plan_shards(
         probed, config.sampling, shard_frames=config.planning.shard_frames,
@@ -399,9 +399,8 @@ def run_job(
     try:
         if shards:
             runner.run(shards)
-        if backend_refs:
-            job["detector_backend"] = _first_value(ray, backend_refs)
-            job["int8_frames"] = _frame_counts(ray, runner.actors)
+        if config.detector.int8:
+            job["detector_backend"], job["int8_frames"] = _int8_record(ray, runner.actors)
     finally:
         runner.close()
     timings["run_s"] = time.monotonic() - t0
@@ -425,27 +424,20 @@ def run_job(
     return JobResult(rows)
 
 
-def _first_value(ray: Any, refs: list[Any]) -> str:
-    """The first of ``refs`` that resolves (a replaced actor's call fails), or why none did."""
-    error = "no detector actor"
-    for ref in refs:
-        try:
-            return str(ray.get(ref, timeout=5))
-        except Exception as exc:  # a Ray error: that actor died or its call failed
-            error = _first_line(exc)
-    return f"unknown ({error})"
-
-
-def _frame_counts(ray: Any, actors: list[Any]) -> dict[str, int]:
-    """Frames the int8 actors kept in int8 and ran again in float32 (replaced actors' are lost)."""
+def _int8_record(ray: Any, actors: list[Any]) -> tuple[str, dict[str, int]]:
+    """The backend the int8 actors ran, and the frames they kept in int8 and ran again in
+    float32 (a dead actor's are lost; its replacement counts its own)."""
+    backend, error = "", "no detector actor"
     total = {"int8": 0, "float32": 0}
     for actor in actors:
         try:
-            counts = ray.get(actor.frame_counts.remote(), timeout=5)
-        except Exception:  # a Ray error: that actor died; its replacement counts its own
+            stats = ray.get(actor.frame_counts.remote(), timeout=5)
+        except Exception as exc:  # a Ray error: that actor died or its call failed
+            error = _first_line(exc)
             continue
-        total = {k: total[k] + counts[k] for k in total}
-    return total
+        backend = backend or stats["backend"]
+        total = {k: total[k] + stats[k] for k in total}
+    return backend or f"unknown ({error})", total
 
 
 def _video_rows(

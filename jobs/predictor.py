@@ -97,9 +97,12 @@ class DetectorActor:
             "boxes": np.concatenate([d.boxes for d in dets]) if dets else np.zeros((0, 4), np.float32),
         }
 
-    def frame_counts(self) -> dict[str, int]:
-        """int8 only: frames whose int8 outputs were kept, and frames run again in float32."""
-        return {"int8": self.detector.int8_frames, "float32": self.detector.float32_frames}
+    def frame_counts(self) -> dict[str, Any]:
+        """The backend, frames whose int8 outputs were kept, and frames run again in float32."""
+        return {
+            "backend": self.detector.backend, "int8": self.detector.int8_frames,
+            "float32": self.detector.float32_frames,
+        }
 
     def ping(self) -> str:
         return self.detector.device.type

@@ -55,6 +55,30 @@ class RenderError(RuntimeError):
     """A video could not be decoded or encoded for rendering; one line naming the cause."""
 
 
+def _read(path: str, frames: np.ndarray) -> Iterator[np.ndarray]:
+    """The (H, W, 3) uint8 RGB frames at ascending ``frames``, read forward by one reader
+    (:func:`jobs.decode.read_frames`: each GOP decoded once), which is closed when the
+    generator is. Each array is valid until the next one is read. Raises :class:`RenderError`."""
+    import decord
+
+    from jobs.decode import read_frames
+
+    try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        keys = np.asarray(reader.get_key_indices(), dtype=np.int64)
+    except (decord.DECORDError, RuntimeError) as exc:
+        raise RenderError(f"{path}: cannot open the video ({first_line(exc)})") from None
+    done = 0
+    try:
+        for image in read_frames(reader, frames, keys):
+            yield image
+            done += 1
+    except (decord.DECORDError, RuntimeError, IndexError) as exc:
+        raise RenderError(f"{path}: decoding failed at frame {int(frames[done])} ({first_line(exc)})") from None
+    finally:
+        del reader
+
+
 def _batches(
     path: str, frames: np.ndarray, *, budget_bytes: int = 64 << 20
 ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
@@ -64,29 +88,17 @@ def _batches(
     Each chunk is read with a fresh reader that is closed before the chunk is handed over:
     decord keeps decoding ahead, holding every frame, while its caller waits (here on
     ffmpeg's pipe; see :func:`jobs.decode.decode_shard`), so an open reader would fill memory
-    on a long video. Reading forward (:func:`jobs.decode.read_frames`) decodes each GOP once.
+    on a long video.
     """
-    import decord
-
-    from jobs.decode import read_frames
-
     pos = 0
     while pos < len(frames):
-        try:
-            reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-            keys = np.asarray(reader.get_key_indices(), dtype=np.int64)
-        except (decord.DECORDError, RuntimeError) as exc:
-            raise RenderError(f"{path}: cannot open the video ({first_line(exc)})") from None
         images: list[np.ndarray] = []
-        try:
-            for image in read_frames(reader, frames[pos:], keys):
-                images.append(image.copy())
-                if len(images) * image.nbytes >= budget_bytes:
-                    break
-        except (decord.DECORDError, RuntimeError, IndexError) as exc:
-            raise RenderError(f"{path}: decoding failed at frame {int(frames[pos + len(images)])} ({first_line(exc)})") from None
-        finally:
-            del reader
+        reading = _read(path, frames[pos:])
+        for image in reading:
+            images.append(image.copy())
+            if len(images) * image.nbytes >= budget_bytes:
+                break
+        reading.close()
         yield frames[pos : pos + len(images)], images
         pos += len(images)
 
@@ -113,32 +125,15 @@ def thumbnails(path: str, wanted: dict[int, tuple[int, np.ndarray]]) -> dict[int
     One reader reads the frames forward and each is cropped as soon as it is decoded, so
     decord never reads ahead while this waits (see :func:`_batches`) and no frame is kept.
     """
-    import decord
-
-    from jobs.decode import read_frames
-
     by_frame: dict[int, list[int]] = {}
     for track, (frame, _) in wanted.items():
         by_frame.setdefault(int(frame), []).append(track)
     frames = np.array(sorted(by_frame), np.int64)
     out: dict[int, bytes] = {}
-    if not len(frames):
-        return out
-    try:
-        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        keys = np.asarray(reader.get_key_indices(), dtype=np.int64)
-    except (decord.DECORDError, RuntimeError) as exc:
-        raise RenderError(f"{path}: cannot open the video ({first_line(exc)})") from None
-    done = 0
-    try:
-        for frame, image in zip(frames.tolist(), read_frames(reader, frames, keys)):
+    if len(frames):
+        for frame, image in zip(frames.tolist(), _read(path, frames)):
             for track in by_frame[frame]:
                 out[track] = crop_thumbnail(image, wanted[track][1])
-            done += 1
-    except (decord.DECORDError, RuntimeError, IndexError) as exc:
-        raise RenderError(f"{path}: decoding failed at frame {int(frames[done])} ({first_line(exc)})") from None
-    finally:
-        del reader
     return out
 
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.config import JobConfig, SamplingConfig
+from jobs.decode import keyframe_before
 from jobs.probe import VideoInfo
 from jobs.render import VideoDetections, render_video
 from sinks.parquet import FrameSink
@@ -112,7 +113,7 @@ def summarise_tracks(
     same = same[same.score >= top - slack].copy()
     keys = np.asarray(keyframes, np.int64)
     frames = same.frame.to_numpy(np.int64)
-    before = keys[np.maximum(np.searchsorted(keys, frames, side="right") - 1, 0)] if len(keys) else frames
+    before = keyframe_before(keys, frames) if len(keys) else frames
     same["decode"] = np.where(before <= frames, frames - before, frames)
     order = same.sort_values(["decode", "score", "frame"], ascending=[True, False, True])
     best = same.loc[order.groupby("track").head(1).index]
