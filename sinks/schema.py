@@ -94,8 +94,8 @@ def frames_table(
     labels = np.asarray(labels, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     is_masked = (labels == mask_label).astype(np.int32)
-    masked = np.add.reduceat(is_masked, offsets[:-1]) if len(labels) else np.zeros(len(counts), np.int32)
-    masked = np.where(counts > 0, masked, 0).astype(np.int32)
+    frame_of = np.repeat(np.arange(len(counts)), counts)  # each face's frame (row)
+    masked = np.bincount(frame_of, weights=is_masked, minlength=len(counts)).astype(np.int32)
     unmasked = counts - masked
     with np.errstate(invalid="ignore", divide="ignore"):
         compliance = np.where(counts > 0, masked / np.maximum(counts, 1), np.nan).astype(np.float32)

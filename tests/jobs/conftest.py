@@ -23,6 +23,15 @@ def scene(masked_photo: Path, unmasked_photo: Path) -> Scene:
     return Scene((read_rgb(unmasked_photo), read_rgb(masked_photo)), width=480, height=272)
 
 
+def _leaving(scene: Scene) -> PathScene:
+    """``scene``'s two photos moving right, out of its canvas by frame ~30 of 64."""
+    walkers = tuple(
+        Walker(photo, (k * scene.width // 2, 20), (scene.width * 2, 20), scene.height - 40)
+        for k, photo in enumerate(scene.photos)
+    )
+    return PathScene(walkers, 64, width=scene.width, height=scene.height)
+
+
 @pytest.fixture(scope="session")
 def video_set(tmp_path_factory: pytest.TempPathFactory, scene: Scene, ffmpeg: str) -> VideoSet:
     root = tmp_path_factory.mktemp("videos")
@@ -33,8 +42,13 @@ def video_set(tmp_path_factory: pytest.TempPathFactory, scene: Scene, ffmpeg: st
         "cams/vp9.webm": write_video(root / "cams/vp9.webm", scene, 36, ffmpeg=ffmpeg, codec="vp9"),
         "mpeg4.avi": write_video(root / "mpeg4.avi", scene, 30, ffmpeg=ffmpeg, codec="mpeg4", fps=30),
         "mjpeg.mov": write_video(root / "mjpeg.mov", scene, 20, ffmpeg=ffmpeg, codec="mjpeg", fps=10),
+        # faces leave the frame halfway: its shard ends with faceless frames
+        "leaves.mp4": write_video(root / "leaves.mp4", _leaving(scene), 64, ffmpeg=ffmpeg, gop=16),
     }
-    counts = {"long.mp4": 400, "cams/north/hevc.mkv": 48, "cams/vp9.webm": 36, "mpeg4.avi": 30, "mjpeg.mov": 20}
+    counts = {
+        "long.mp4": 400, "cams/north/hevc.mkv": 48, "cams/vp9.webm": 36, "mpeg4.avi": 30, "mjpeg.mov": 20,
+        "leaves.mp4": 64,
+    }
     (root / "empty.mp4").touch()
     (root / "notes.mkv").write_text("this is a text file with a video extension\n" * 50)
     data = good["long.mp4"].read_bytes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from sinks.schema import FRAMES_SCHEMA, frames_table, with_tracks
 
@@ -36,3 +37,32 @@ def test_with_tracks_on_a_slice() -> None:
     out = with_tracks(part, np.array([7, 8, 9, -1]))
     assert [[d["track"] for d in row] for row in out.column("detections").to_pylist()] == [[7], [8, 9, None]]
     assert [[d["x1"] for d in row] for row in out.column("detections").to_pylist()] == [[8.0], [12.0, 16.0, 20.0]]
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        [2, 0, 1, 3],
+        [1, 2, 0, 0],  # faceless frames at the end of a shard (a commit once failed on these)
+        [0, 0, 3, 0],
+        [0, 0, 0],
+        [4],
+    ],
+)
+def test_per_frame_totals(counts: list[int]) -> None:
+    rng = np.random.default_rng(sum(counts))
+    counts_arr = np.array(counts)
+    labels = rng.integers(0, 2, counts_arr.sum())
+    table = frames_table(
+        np.array(["v"] * len(counts), object), np.arange(len(counts)), np.arange(len(counts)) / 25.0, counts_arr,
+        labels, np.full(len(labels), 0.9), np.zeros((len(labels), 4), np.float32), ("Mask", "NoMask"),
+    )
+    rows = table.to_pylist()
+    for row, n in zip(rows, counts):
+        labels_of_row = [d["label"] for d in row["detections"]]
+        assert row["faces"] == n == len(labels_of_row)
+        assert row["masked"] == labels_of_row.count("Mask")
+        assert row["unmasked"] == labels_of_row.count("NoMask")
+        assert (row["compliance"] is None) == (n == 0)
+        if n:
+            assert row["compliance"] == pytest.approx(row["masked"] / n)
