@@ -2,12 +2,14 @@
 
     python -m benchmarks.bench_e2e                      # 2,700 frames of 720p and of 1080p H.264
     python -m benchmarks.bench_e2e --sizes 1080p --rounds 3 --frames 900
+    python -m benchmarks.bench_e2e --scene walkers --sizes 1080p  # four faces walking, long GOP
     python -m benchmarks.bench_e2e --video a.mp4 --video b.mov   # your own videos instead
     python -m benchmarks.bench_e2e --help
 
 For each size it generates (once, cached in ``--workdir``) an H.264 video of the shared photos
-panned and zoomed, encoded as cameras and phones do (x264 ``veryfast``: CABAC, B-frames), then
-measures, in this order and interleaved over ``--rounds``:
+panned and zoomed, encoded as cameras and phones do (x264 ``veryfast``: CABAC, B-frames; or with
+``--scene walkers`` four faces walking across, overlapping and leaving the picture, x264 High
+profile with 250-frame GOPs: see ``benchmarks.videos.ensure_walkers_video``), then measures, in this order and interleaved over ``--rounds``:
 
 - **baseline**: the seed's per-frame loop, AIZOO's fastest CPU path: ``cv2.VideoCapture``
   reads a frame, it goes to RGB, ``cv2.dnn.blobFromImage`` resizes it to 260x260 and scales by
@@ -50,7 +52,7 @@ import pandas as pd
 import torch
 
 from benchmarks.bench_detector import _caffe_pair, _default_weights, _machine
-from benchmarks.videos import SIZES, ensure_video
+from benchmarks.videos import SIZES, ensure_video, ensure_walkers_video
 from detector.compare import equal, same_faces
 from detector.detections import Detections
 from detector.postprocess import postprocess
@@ -190,7 +192,10 @@ def agreement(frames: pd.DataFrame, ref: list[Detections]) -> tuple[int, int, in
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", nargs="+", default=["720p", "1080p"], choices=sorted(SIZES))
-    p.add_argument("--frames", type=int, default=2700, help="frames per generated video (30 fps)")
+    p.add_argument("--frames", type=int, default=2700, help="frames per generated video")
+    p.add_argument("--scene", choices=["pan", "walkers"], default="pan",
+                   help="generated videos: the photos panned and zoomed (30 fps, a keyframe every 60), "
+                        "or four faces walking across (25 fps, a keyframe every 250)")
     p.add_argument("--video", type=Path, action="append", default=[],
                    help="a video of your own to measure instead of the generated ones (repeatable)")
     p.add_argument("--rounds", type=int, default=1, help="baseline and the maskjobs runs, alternated")
@@ -207,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"weights {weights}; {args.rounds} round(s)\n")
     if args.video:
         videos = [(v.name, v.resolve()) for v in args.video]
+    elif args.scene == "walkers":
+        videos = [(f"{size} H.264, walkers", ensure_walkers_video(args.workdir, size, args.frames)) for size in args.sizes]
     else:
         videos = [(f"{size} H.264", ensure_video(args.workdir, size, args.frames)) for size in args.sizes]
     modes = {"float32": (), "int8": ("--int8",)}

@@ -36,6 +36,49 @@ def ensure_video(
     return path
 
 
+def ensure_walkers_video(workdir: Path, size: str, frames: int) -> Path:
+    """A harder scene than :func:`ensure_video`'s: four faces (the two photos and their
+    mirror images, at different heights) walking across the picture along straight lines,
+    overlapping and leaving it, encoded as a surveillance camera might (x264 ``fast``, High
+    profile, CRF 26, 25 fps, x264's default keyframe interval of 250 frames). Generated once."""
+    from benchmarks.bench_detector import load_photos
+    from tests.videogen import PathScene, Walker
+
+    path = workdir / f"walkers-{size}-{frames}.mp4"
+    if path.exists():
+        return path
+    width, height = SIZES[size]
+    photos = list(load_photos())
+    photos += [p[:, ::-1].copy() for p in photos]
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return x * width, y * height
+
+    walkers = (
+        Walker(photos[0], at(-0.16, 0.07), at(0.99, 0.19), round(0.39 * height)),
+        Walker(photos[1], at(0.89, 0.52), at(-0.10, 0.48), round(0.33 * height)),
+        Walker(photos[2], at(0.31, -0.09), at(0.47, 0.65), round(0.24 * height)),
+        Walker(photos[3], at(0.10, 0.65), at(0.78, 0.04), round(0.28 * height)),
+    )
+    scene = PathScene(walkers, frames, width=width, height=height)
+    tmp = path.with_name(f".tmp-{path.name}")
+    print(f"generating {path} ({frames} frames, {width}x{height}, four walkers) ...", flush=True)
+    cmd = [
+        _ffmpeg(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+        "-r", "25", "-i", "-", "-c:v", "libx264", "-preset", "fast", "-crf", "26", "-profile:v", "high",
+        "-pix_fmt", "yuv420p", "-f", "mp4", str(tmp),
+    ]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    for i in range(frames):
+        proc.stdin.write(scene.frame(i).tobytes())
+    proc.stdin.close()
+    if proc.wait() != 0:
+        raise RuntimeError(f"ffmpeg failed writing {path}")
+    tmp.rename(path)
+    return path
+
+
 def ensure_repeated(source: Path, times: int) -> Path:
     """``source`` played ``times`` times in a row, as one video (stream copy, no re-encode)."""
     path = source.with_name(f"{source.stem}-x{times}{source.suffix}")
