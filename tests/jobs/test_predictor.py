@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,18 @@ def _policy(*, before: str = "", env_policy: str | None = None) -> str:
 )
 def test_openmp_threads_sleep_in_cpu_actors(before: str, env_policy: str | None, expected: str) -> None:
     assert _policy(before=before, env_policy=env_policy) == expected
+
+
+def test_a_cpu_detector_actor_runs_with_sleeping_openmp_threads(pth_weights: Path) -> None:
+    """The real actor in a real local Ray: its worker process got the setting before torch."""
+    from detector.weights import convert_weights
+    from jobs.config import DetectorConfig, RayConfig
+    from jobs.predictor import DetectorActor, WeightsPayload
+    from jobs.raycluster import ray_session
+
+    payload = WeightsPayload.from_converted(convert_weights(pth_weights))
+    with ray_session(RayConfig(num_cpus=1, object_store_mb=100)) as ray:
+        actor = ray.remote(DetectorActor).options(num_cpus=1).remote(payload, DetectorConfig(), threads=1, use_gpu=False)
+        assert ray.get(actor.ping.remote()) == "cpu"
+        policy = ray.get(actor.__ray_call__.remote(lambda self: os.environ.get("OMP_WAIT_POLICY", "unset")))
+        assert policy == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")  # a value set here is kept
