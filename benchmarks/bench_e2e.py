@@ -40,7 +40,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,8 +50,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.bench_detector import _caffe_pair, _default_weights, _machine
-from benchmarks.videos import SIZES, ensure_video, ensure_walkers_video
+from benchmarks.bench_detector import _caffe_pair
+from benchmarks.videos import SIZES, add_video_arguments, ensure_video, ensure_walkers_video, start
 from detector.compare import equal, same_faces
 from detector.detections import Detections
 from detector.postprocess import postprocess
@@ -192,23 +191,16 @@ def agreement(frames: pd.DataFrame, ref: list[Detections]) -> tuple[int, int, in
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", nargs="+", default=["720p", "1080p"], choices=sorted(SIZES))
-    p.add_argument("--frames", type=int, default=2700, help="frames per generated video")
     p.add_argument("--scene", choices=["pan", "walkers"], default="pan",
                    help="generated videos: the photos panned and zoomed (30 fps, a keyframe every 60), "
                         "or four faces walking across (25 fps, a keyframe every 250)")
-    p.add_argument("--video", type=Path, action="append", default=[],
-                   help="a video of your own to measure instead of the generated ones (repeatable)")
+    add_video_arguments(p)
     p.add_argument("--rounds", type=int, default=1, help="baseline and the maskjobs runs, alternated")
     p.add_argument("--seconds", type=float, default=5.0, help="per detector-alone measurement")
-    p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "maskjobs-bench")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    weights = (args.weights or _default_weights()).resolve()
-    args.workdir.mkdir(parents=True, exist_ok=True)
+    weights = start(args)
     cv2.setNumThreads(os.cpu_count() or 1)
     ref = Reference(weights)
-    print(_machine())
     print(f"weights {weights}; {args.rounds} round(s)\n")
     if args.video:
         videos = [(v.name, v.resolve()) for v in args.video]

@@ -14,9 +14,7 @@ count and labels, boxes at IoU >= 0.7). Then int8 frames/s at 1 and at 8 frames 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,10 +22,10 @@ import numpy as np
 import torch
 
 import detector.predictor as predictor_module
-from benchmarks.bench_detector import _default_weights, _machine, load_photos
+from benchmarks.bench_detector import load_photos
 from benchmarks.bench_e2e import _decoded
 from benchmarks.int8 import varied_frames
-from benchmarks.videos import ensure_video
+from benchmarks.videos import add_video_arguments, ensure_video, start
 from detector.compare import same_faces
 from detector.postprocess import fragile_frames, postprocess
 from detector.predictor import FaceMaskDetector
@@ -88,16 +86,10 @@ def speed(weights: Path, frames: np.ndarray, calibration: np.ndarray, seconds: f
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--video", type=Path, action="append", default=[], help="instead of the generated videos")
-    p.add_argument("--frames", type=int, default=2700, help="frames per generated video")
+    add_video_arguments(p)
     p.add_argument("--seconds", type=float, default=4.0, help="per speed measurement")
-    p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "maskjobs-bench")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    weights = (args.weights or _default_weights()).resolve()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    print(_machine())
+    weights = start(args)
     videos = args.video or [ensure_video(args.workdir, size, args.frames) for size in ("720p", "1080p")]
     sets = {}
     for video in videos:

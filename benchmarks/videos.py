@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 import subprocess
+import tempfile
 from pathlib import Path
 
 SIZES = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}
+
+
+def add_video_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of every benchmark over videos: ``--frames``, ``--video``, ``--weights``, ``--workdir``."""
+    p.add_argument("--frames", type=int, default=2700, help="frames per generated video")
+    p.add_argument("--video", type=Path, action="append", default=[],
+                   help="a video of your own to measure instead of the generated ones (repeatable)")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "maskjobs-bench")
+
+
+def start(args: argparse.Namespace) -> Path:
+    """For parsed :func:`add_video_arguments`: quiet logging, the work folder made, the
+    machine printed. Returns the weights' resolved path."""
+    from benchmarks.bench_detector import _default_weights, _machine
+
+    logging.basicConfig(level=logging.WARNING)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    print(_machine())
+    return (args.weights or _default_weights()).resolve()
 
 
 def _ffmpeg() -> str:
@@ -39,10 +62,10 @@ def ensure_video(
 def ensure_walkers_video(workdir: Path, size: str, frames: int) -> Path:
     """A harder scene than :func:`ensure_video`'s: four faces (the two photos and their
     mirror images, at different heights) walking across the picture along straight lines,
-    overlapping and leaving it, encoded as a surveillance camera might (x264 ``fast``, High
-    profile, CRF 26, 25 fps, x264's default keyframe interval of 250 frames). Generated once."""
+    overlapping and leaving it, encoded as a surveillance camera might (``h264-camera``: x264
+    ``fast``, High profile, CRF 26; 25 fps, a keyframe every 250 frames). Generated once."""
     from benchmarks.bench_detector import load_photos
-    from tests.videogen import PathScene, Walker
+    from tests.videogen import PathScene, Walker, write_video
 
     path = workdir / f"walkers-{size}-{frames}.mp4"
     if path.exists():
@@ -63,18 +86,7 @@ def ensure_walkers_video(workdir: Path, size: str, frames: int) -> Path:
     scene = PathScene(walkers, frames, width=width, height=height)
     tmp = path.with_name(f".tmp-{path.name}")
     print(f"generating {path} ({frames} frames, {width}x{height}, four walkers) ...", flush=True)
-    cmd = [
-        _ffmpeg(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-        "-r", "25", "-i", "-", "-c:v", "libx264", "-preset", "fast", "-crf", "26", "-profile:v", "high",
-        "-pix_fmt", "yuv420p", "-f", "mp4", str(tmp),
-    ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
-    assert proc.stdin is not None
-    for i in range(frames):
-        proc.stdin.write(scene.frame(i).tobytes())
-    proc.stdin.close()
-    if proc.wait() != 0:
-        raise RuntimeError(f"ffmpeg failed writing {path}")
+    write_video(tmp, scene, frames, ffmpeg=_ffmpeg(), codec="h264-camera", fps=25, gop=250)
     tmp.rename(path)
     return path
 

@@ -14,6 +14,8 @@ CODECS = {
     "h264": (["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"], ".mp4"),
     # What cameras and phones write: CABAC and B-frames, so decoding costs what it does in real use.
     "h264-main": (["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"], ".mp4"),
+    # A surveillance camera's settings: slower preset, High profile, more compression.
+    "h264-camera": (["-c:v", "libx264", "-preset", "fast", "-crf", "26", "-profile:v", "high", "-pix_fmt", "yuv420p"], ".mp4"),
     "h264-444": (["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p"], ".mp4"),  # odd sizes too
     "hevc": (["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-x265-params", "log-level=error"], ".mkv"),
     "vp9": (["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-pix_fmt", "yuv420p"], ".webm"),
