@@ -117,19 +117,20 @@ def decode_alone(path: Path, frames: int) -> float:
 
 
 def detector_alone(path: Path, frames_total: int, ref: Reference, weights: Path, seconds: float) -> tuple[float, float, float]:
-    """(ours float32, ours int8, OpenCV DNN + post-processing) frames per second on 256 resized
-    frames of ``path``; int8 is calibrated on 32 frames from the video's second half."""
-    frames = np.concatenate([b["frames"] for b in _decoded(path, 256, 16)])
-    later = range(max(256, frames_total // 2), frames_total, max(1, frames_total // 64))
-    calibration = np.concatenate([b["frames"] for b in _decoded(path, frames_total, 16, list(later))])[:32]
+    """(ours float32, ours int8, OpenCV DNN + post-processing) frames per second on the first
+    256 resized frames of ``path`` (all of a shorter video); int8 is calibrated on 32 frames
+    from the video's second half (past those 256; a shorter video's own first 32)."""
+    frames = np.concatenate([b["frames"] for b in _decoded(path, min(256, frames_total), 16)])
+    later = list(range(max(256, frames_total // 2), frames_total, max(1, frames_total // 64)))
+    calibration = np.concatenate([b["frames"] for b in _decoded(path, frames_total, 16, later)])[:32] if later else frames[:32]
     ours = FaceMaskDetector(weights, num_threads=os.cpu_count() or 1)
     int8 = FaceMaskDetector(weights, num_threads=os.cpu_count() or 1)
-    int8.quantize(calibration if len(calibration) else frames[:32])
-    sizes = [(1, 1)] * 16
+    int8.quantize(calibration)
 
     def run(det: FaceMaskDetector) -> int:
         for i in range(0, len(frames), 16):
-            det.detect_prepared(frames[i : i + 16], sizes)
+            batch = frames[i : i + 16]
+            det.detect_prepared(batch, [(1, 1)] * len(batch))
         return len(frames)
 
     def run_ref() -> int:
