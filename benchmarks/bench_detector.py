@@ -219,6 +219,7 @@ def build_rows(args: argparse.Namespace, reference: OpenCVDNN, batch: np.ndarray
     detectors: dict[str, FaceMaskDetector] = {
         f"fused (default), num_threads={t}": FaceMaskDetector(weights, num_threads=t),
         "fused (default), num_threads=None": FaceMaskDetector(weights),
+        "fused, dead filters kept (prune=False)": FaceMaskDetector(weights, num_threads=t, prune=False),
         "fused, whole batch per call": FaceMaskDetector(weights, num_threads=t, micro_batch=1 << 30),
         "eager channels-last": FaceMaskDetector(weights, backend="eager", num_threads=t),
         "eager contiguous": ContiguousEager(weights, t),

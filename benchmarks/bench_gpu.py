@@ -12,7 +12,9 @@ Sections (each reports and goes on if another fails):
 2. throughput: ``detect_prepared`` from uint8 host frames (upload, model, post-processing,
    detections back on the host) per batch size, fp16 and fp32, through the pinned staging buffer
    and, for comparison, a plain pageable upload; and ``suggested_batch_size``;
-3. end to end: ``maskjobs run`` over ``--copies`` copies of ``--video``, with one detector actor
+3. pruning: the pruned fp32 model (``detector.prune``, the default) against the full one, raw
+   outputs and frames/s at batch 256 and 512;
+4. end to end: ``maskjobs run`` over ``--copies`` copies of ``--video``, with one detector actor
    on the GPU (``resources.detector_gpus: 1``), then the same on CPUs only, wall clock each;
    the GPU run's detections are compared with the CPU run's.
 """
@@ -38,6 +40,12 @@ from detector.predictor import FaceMaskDetector
 
 
 def _frames(video: Path) -> tuple[np.ndarray, tuple[int, int]]:
+    """Every frame of ``video`` resized as the job does, and the video's (width, height). A
+    ``.npz`` holding ``frames`` and ``size`` (see :func:`save_frames`) is read as is, for a
+    machine without decord."""
+    if video.suffix == ".npz":
+        with np.load(video) as data:
+            return data["frames"], (int(data["size"][0]), int(data["size"][1]))
     from jobs.decode import STARTED, decode_shard
     from jobs.plan import Segment, Shard
 
@@ -47,6 +55,13 @@ def _frames(video: Path) -> tuple[np.ndarray, tuple[int, int]]:
     shard = Shard("gpu", (Segment(video.name, str(video), tuple(range(n))),))
     batches = [b for b in decode_shard(shard, input_size=260, batch_size=64) if b is not STARTED]
     return np.concatenate([b["frames"] for b in batches]), (int(batches[0]["width"][0]), int(batches[0]["height"][0]))
+
+
+def save_frames(video: Path, out: Path, *, every: int = 1) -> Path:
+    """Writes every ``every``-th prepared frame of ``video`` to ``out`` (``.npz``) for ``--video``."""
+    frames, size = _frames(video)
+    np.savez_compressed(out, frames=frames[::every], size=np.array(size))
+    return out
 
 
 def _same(a: Detections, b: Detections) -> bool:
@@ -112,6 +127,37 @@ def throughput(weights: Path, frames: np.ndarray, seconds: float) -> dict[str, A
     return out
 
 
+def pruning(weights: Path, frames: np.ndarray, seconds: float) -> dict[str, Any]:
+    """The pruned model (the fp32 default) against the full one on the GPU: largest raw
+    differences, and frames/s of ``raw`` at batch 256 and 512, alternated. (fp16 runs the full
+    model: pruned, it ran 0.82x on an H200, see ``benchmarks/README.md``.)"""
+    out: dict[str, Any] = {}
+    dets = {p: FaceMaskDetector(weights, device="cuda", prune=p) for p in (True, False)}
+    a, b = dets[True].raw(frames[:256]), dets[False].raw(frames[:256])
+    out["max_abs_loc"] = float((a[0] - b[0]).abs().max())
+    out["max_abs_scores"] = float((a[1] - b[1]).abs().max())
+    print(f"fp32: pruned vs full, max |loc| {out['max_abs_loc']:.2e}, max |scores| {out['max_abs_scores']:.2e}", flush=True)
+    for size in (256, 512):
+        batch = np.ascontiguousarray(np.resize(frames, (size, *frames.shape[1:])))
+        fps: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(3):
+            for pruned, det in dets.items():
+                for _ in range(2):
+                    det.raw(batch)
+                torch.cuda.synchronize()
+                n, t0 = 0, time.perf_counter()
+                while time.perf_counter() - t0 < seconds / 3:
+                    det.raw(batch)
+                    n += size
+                torch.cuda.synchronize()
+                fps[pruned].append(n / (time.perf_counter() - t0))
+        for pruned in (True, False):
+            out[f"b{size}_{'pruned' if pruned else 'full'}"] = float(np.median(fps[pruned]))
+        print(f"fp32 batch {size}: pruned {np.median(fps[True]):,.0f} frames/s, full {np.median(fps[False]):,.0f} "
+              f"(median of 3 alternated runs)", flush=True)
+    return out
+
+
 def end_to_end(weights: Path, video: Path, copies: int, work: Path) -> dict[str, Any]:
     import pandas as pd
 
@@ -164,12 +210,18 @@ def end_to_end(weights: Path, video: Path, copies: int, work: Path) -> dict[str,
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--weights", type=Path, required=True)
-    p.add_argument("--video", type=Path, required=True)
+    p.add_argument("--video", type=Path, required=True,
+                   help="a video, or a .npz of prepared frames written by --save-frames (no decord needed)")
+    p.add_argument("--save-frames", type=Path, help="write every --every-th prepared frame of --video here and stop")
+    p.add_argument("--every", type=int, default=1)
     p.add_argument("--copies", type=int, default=12)
     p.add_argument("--seconds", type=float, default=1.5)
     p.add_argument("--out", type=Path, default=Path("gpu-bench"))
-    p.add_argument("--sections", nargs="+", default=["agreement", "throughput", "e2e"])
+    p.add_argument("--sections", nargs="+", default=["agreement", "throughput", "pruning", "e2e"])
     args = p.parse_args(argv)
+    if args.save_frames:
+        print(save_frames(args.video, args.save_frames, every=args.every))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, {os.cpu_count()} CPUs", flush=True)
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
@@ -181,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
                 results[section] = agreement(args.weights, frames, size)
             elif section == "throughput":
                 results[section] = throughput(args.weights, frames, args.seconds)
+            elif section == "pruning":
+                results[section] = pruning(args.weights, frames, args.seconds)
             elif section == "e2e":
                 results[section] = end_to_end(args.weights, args.video, args.copies, args.out / "e2e")
         except Exception:  # report and go on: one section's failure must not waste the run
