@@ -211,13 +211,31 @@ def _track_videos(
     return tracked
 
 
-def split_by_frame(wanted: dict[int, tuple[int, np.ndarray]], parts: int) -> list[dict[int, tuple[int, np.ndarray]]]:
+def split_by_frame(
+    wanted: dict[int, tuple[int, np.ndarray]], parts: int, keyframes: Sequence[int] = ()
+) -> list[dict[int, tuple[int, np.ndarray]]]:
     """``wanted`` ``{track: (frame, box)}`` cut into at most ``parts`` pieces of contiguous
-    frames (each piece decodes its own stretch of the video), at least 4 frames each."""
-    frames = sorted({f for f, _ in wanted.values()})
+    frames, at least 4 frames each, that cost about the same to decode.
+
+    Each piece reads its own stretch of the video forward: every GOP it touches from the
+    keyframe to the last wanted frame in it (:func:`jobs.decode.read_frames`). A GOP is never
+    split between pieces. Without ``keyframes`` every frame counts as one.
+    """
+    frames = np.array(sorted({f for f, _ in wanted.values()}), np.int64)
     parts = max(1, min(parts, len(frames) // 4))
-    bounds = [frames[len(frames) * i // parts] for i in range(1, parts)]
-    out: list[dict[int, tuple[int, np.ndarray]]] = [{} for _ in range(parts)]
+    if parts == 1:
+        return [dict(wanted)]
+    keys = np.asarray(keyframes, np.int64)
+    starts = keyframe_before(keys, frames) if len(keys) else frames
+    gop_keys, first = np.unique(starts, return_index=True)  # the wanted frames, grouped by GOP
+    last = np.append(first[1:], len(frames)) - 1
+    cost = np.cumsum(frames[last] - np.minimum(gop_keys, frames[first]) + 1)
+    targets = cost[-1] * np.arange(1, parts) / parts
+    ends = np.searchsorted(cost, targets)  # a piece's last GOP: where the running cost is nearest its share
+    earlier = np.maximum(ends - 1, 0)
+    ends = np.unique(np.where((ends > 0) & (targets - cost[earlier] < cost[ends] - targets), earlier, ends))
+    bounds = frames[first[ends[ends + 1 < len(first)] + 1]]  # each later piece's first frame
+    out: list[dict[int, tuple[int, np.ndarray]]] = [{} for _ in range(len(bounds) + 1)]
     for track, (frame, box) in wanted.items():
         out[int(np.searchsorted(bounds, frame, side="right"))][track] = (frame, box)
     return out
@@ -259,7 +277,7 @@ def _render(
         annotate_to = None
         if a.enabled and not manifest.current(video, digest, sink.annotated_dir):  # type: ignore[union-attr]
             annotate_to = str(sink.annotated_dir / f"{video}.mp4")
-        for i, part in enumerate(split_by_frame(wanted, spread if annotate_to is None else 1)):
+        for i, part in enumerate(split_by_frame(wanted, spread if annotate_to is None else 1, info.keyframes)):
             if part or (i == 0 and annotate_to):
                 ref = remote.remote(path, dets, part, annotate_to if i == 0 else None, rate=rate, width=info.width,
                                     height=info.height, crf=a.crf, preset=a.preset)

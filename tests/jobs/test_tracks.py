@@ -162,3 +162,20 @@ def test_best_frame_is_a_top_score_that_decodes_fastest() -> None:
     assert int(summarise_tracks("v", dets, (0, 50), slack=0.0).best_frame[0]) == 37
     row = summarise_tracks("v", dets, (0, 50, 60)).iloc[0]
     assert int(row.best_frame) == 60 and row.score == pytest.approx(0.995)  # on a keyframe
+
+
+def test_split_by_frame_balances_decoding_over_long_gops() -> None:
+    from jobs.tracks import split_by_frame
+
+    box = np.zeros(4)
+    keyframes = list(range(0, 1000, 250))
+    # seven frames just after one keyframe, two deep into the next GOP: by count one piece would
+    # take 4 frames and the next 5 (decoding 5 + 246 frames); by decoding cost the GOPs part
+    wanted = {t: (f, box) for t, f in enumerate([1, 2, 3, 4, 5, 6, 7, 495, 496])}
+    parts = split_by_frame(wanted, 2, keyframes)
+    assert [sorted(f for f, _ in p.values()) for p in parts] == [[1, 2, 3, 4, 5, 6, 7], [495, 496]]
+    assert split_by_frame(wanted, 2) != parts  # without keyframes every frame counts as one
+    # a GOP is never split, whatever the parts asked for
+    wanted = {t: (f, box) for t, f in enumerate([260, 270, 280, 290, 300, 310, 320, 330, 900, 910])}
+    for part in split_by_frame(wanted, 2, keyframes):
+        assert len({f // 250 for f, _ in part.values()}) == 1
