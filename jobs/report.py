@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from jobs.errors import InputError
+from sinks.parquet import REPORT_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ def render_html(out: JobOutput, report_path: Path) -> str:
 def write_report(root: Path, output: Path | None = None) -> Path:
     """Writes the report of the job in ``root`` (default ``root/report.html``); returns its path."""
     out = load_output(root)
-    path = output or root / "report.html"
+    path = output or root / REPORT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(out, path.resolve()), encoding="utf-8")
     logger.info("report: %s", path)

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 _SEGMENTS_KEY = b"maskjobs.segments"
 _TMP_PREFIX = ".tmp-"
+REPORT_NAME = "report.html"  # written by ``maskjobs report`` beside the output: derived, cleared with it
 
 
 class OutputConflictError(InputError):
@@ -178,7 +179,7 @@ class FrameSink:
         for folder in (self.frames_dir, posixpath.join(self.root, "annotated")):
             if self._type(folder) == pafs.FileType.Directory:
                 self.fs.delete_dir(folder)
-        for path in (self.videos_file, self.job_file, self.tracks_file):
+        for path in (self.videos_file, self.job_file, self.tracks_file, posixpath.join(self.root, REPORT_NAME)):
             if self._type(path) == pafs.FileType.File:
                 self.fs.delete_file(path)
 

@@ -104,6 +104,21 @@ def test_start_removes_files_left_aside_by_a_killed_writer(tmp_path: Path) -> No
     assert not list((tmp_path / "job" / "frames").iterdir())
 
 
+def test_overwrite_clears_the_old_output_and_its_report(tmp_path: Path) -> None:
+    sink = FrameSink(tmp_path / "job")
+    sink.start({}, fingerprint="old")
+    _write(sink, "s", "v.mp4", 0, 9)
+    (tmp_path / "job" / parquet.REPORT_NAME).write_text("<html>the old job's report</html>")
+    (tmp_path / "job" / "mine.txt").write_text("a user's own file")
+    with pytest.raises(OutputConflictError):
+        FrameSink(tmp_path / "job").start({}, fingerprint="new")
+    assert (tmp_path / "job" / parquet.REPORT_NAME).is_file()  # refused: nothing removed
+    FrameSink(tmp_path / "job").start({}, fingerprint="new", overwrite=True)
+    assert not (tmp_path / "job" / parquet.REPORT_NAME).exists()
+    assert (tmp_path / "job" / "mine.txt").is_file()  # only what maskjobs writes is cleared
+    assert FrameSink(tmp_path / "job").committed_ranges() == {}
+
+
 def test_an_unknown_scheme_is_one_line() -> None:
     with pytest.raises(parquet.InputError, match="not an output location pyarrow can open"):
         FrameSink("nosuchscheme://x/y")
