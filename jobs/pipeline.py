@@ -191,10 +191,15 @@ class _Runner:
         if len(cat["frame"]) != expected:
             self._fail(run, f"decoded {len(cat['frame'])} of {expected} frames")
             return
-        table = frames_table(
-            cat["video"], cat["frame"], cat["time_s"], cat["counts"], cat["labels"], cat["scores"], cat["boxes"],
-            self.class_names,
-        )
+        try:
+            table = frames_table(
+                cat["video"], cat["frame"], cat["time_s"], cat["counts"], cat["labels"], cat["scores"], cat["boxes"],
+                self.class_names,
+            )
+        except Exception as exc:  # a bug met on this shard's data: its videos fail, the job goes on
+            logger.exception("shard %s: its detections could not be tabulated", run.shard.shard_id)
+            self._fail(run, f"its detections could not be tabulated ({type(exc).__name__}: {_first_line(exc)})")
+            return
         segments = [(s.video, s.frames[0], s.frames[-1]) for s in run.shard.segments]
         self.sink.write(run.shard.shard_id, table, segments)
 

@@ -198,6 +198,37 @@ def test_crash_and_hang_are_isolated(
     assert set(frames["video"]) == {"ok.mp4"} and len(frames) == 24
 
 
+def test_a_driver_error_on_one_shard_fails_only_its_video(
+    runner: CliRunner, caffe_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ffmpeg: str, scene
+) -> None:
+    """An exception while the driver tabulates one shard's detections (a bug met on one
+    video's data) fails that video with a one-line cause; the others are committed."""
+    import jobs.pipeline
+    from tests.videogen import write_video
+
+    root = tmp_path / "in"
+    root.mkdir()
+    for name in ("ok.mp4", "trips.mp4"):
+        write_video(root / name, scene, 24, ffmpeg=ffmpeg)
+    real = jobs.pipeline.frames_table
+
+    def tripping(videos, *args, **kwargs):
+        if "trips.mp4" in set(videos.tolist()):
+            raise IndexError("index 24 is out of bounds for axis 0 with size 24")
+        return real(videos, *args, **kwargs)
+
+    monkeypatch.setattr(jobs.pipeline, "frames_table", tripping)
+    cfg = _config(tmp_path, "planning:\n  pack_frames: 0\n  max_retries: 0\n")
+    result = _run(runner, str(root), "--out", str(tmp_path / "o"), "--weights", str(caffe_weights), "--config", str(cfg))
+    assert result.exit_code == 1, result.output
+    videos = pd.read_parquet(tmp_path / "o" / "videos.parquet").set_index("video")
+    assert videos.loc["ok.mp4", "status"] == "done" and videos.loc["ok.mp4", "frames_processed"] == 24
+    error = videos.loc["trips.mp4", "error"]
+    assert videos.loc["trips.mp4", "status"] == "failed" and "index 24 is out of bounds" in error and "\n" not in error
+    frames = pd.read_parquet(tmp_path / "o" / "frames")
+    assert set(frames["video"]) == {"ok.mp4"} and len(frames) == 24
+
+
 def _alive(procs: dict[int, int]) -> set[int]:
     """The processes of ``{pid: start_time}`` still running (a reused pid is not counted)."""
     return {pid for pid, start in procs.items() if (stat(pid) or (0, -1))[1] == start}
