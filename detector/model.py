@@ -145,8 +145,9 @@ class FusedAizooSSD:
     Every convolution runs as one oneDNN primitive with its ReLU fused (the same op
     ``torch.compile`` emits for CPU convolutions), on channels-last tensors, with its
     kernel reordered once per input shape into oneDNN's blocked layout instead of on
-    every call. Max-pooling, the heads' flattening and the sigmoid are
-    :class:`AizooSSD`'s own. Outputs equal ``model(x)`` to float rounding (~1e-6).
+    every call. Max-pooling is :func:`max_pool_2x2` (the same values, faster on even
+    sides); the heads' flattening and the sigmoid are :class:`AizooSSD`'s own. Outputs
+    equal ``model(x)`` to float rounding (~1e-6).
 
     The weights are read once, at construction: later changes to ``model`` are not seen.
     Thread-safe: packing for a new shape takes a lock; calls share the packed kernels.
@@ -180,7 +181,7 @@ class FusedAizooSSD:
             if i in self.spec.head_sources:
                 feats.append(x)
             if i < n - 2:
-                x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+                x = max_pool_2x2(x)
         loc = torch.cat([flatten_head(_conv(_conv(f, a, relu=True), b, relu=False), 4) for (a, b), f in zip(graph.loc_heads, feats)], 1)
         c = self.spec.num_classes
         cls = torch.cat([flatten_head(_conv(_conv(f, a, relu=True), b, relu=False), c) for (a, b), f in zip(graph.cls_heads, feats)], 1)
@@ -224,6 +225,23 @@ class FusedAizooSSD:
             return out
 
         return _PackedGraph(backbone, heads(self._loc), heads(self._cls))
+
+
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2, 2, ceil_mode=True)`` on (N, C, H, W), exactly; faster on
+    channels-last maps with even sides.
+
+    There the pairs of rows, then of columns, are two elementwise maxima over contiguous
+    NHWC memory: 0.51 ms instead of 1.35 for the 260 model's first map (21 x 260 x 260 once
+    pruned, one thread), whose channel count is no multiple of the SIMD width that torch's
+    channels-last pooling kernel is written for. Other maps go to ``F.max_pool2d``.
+    """
+    n, c, h, w = x.shape
+    if h % 2 or w % 2 or not x.is_contiguous(memory_format=torch.channels_last):
+        return F.max_pool2d(x, 2, 2, ceil_mode=True)
+    rows = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w * c)  # NHWC, two rows side by side
+    rows = torch.maximum(rows[:, :, 0], rows[:, :, 1]).reshape(n, h // 2, w // 2, 2 * c)
+    return torch.maximum(rows[..., :c], rows[..., c:]).permute(0, 3, 1, 2)
 
 
 def _conv_side(side: int, pad: int) -> int:

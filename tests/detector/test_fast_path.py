@@ -171,3 +171,18 @@ def test_detector_pickles_without_its_threads(caffe_weights: Path) -> None:
 def test_bad_settings_are_refused(caffe_weights: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         FaceMaskDetector(caffe_weights, **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(1, 21, 260, 260), (3, 58, 130, 130), (2, 63, 65, 65), (1, 5, 6, 9), (2, 16, 4, 4)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_max_pool_2x2_equals_torch_ceil_mode(shape: tuple[int, ...], channels_last: bool) -> None:
+    from detector.model import max_pool_2x2
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+    x[..., 0, 0] = float("-inf")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = max_pool_2x2(x)
+    want = torch.nn.functional.max_pool2d(x, 2, 2, ceil_mode=True)
+    assert got.shape == want.shape and torch.equal(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last or shape[2] % 2 == 1
