@@ -120,7 +120,7 @@ Int8Opt = Annotated[
     bool,
     typer.Option(
         "--int8",
-        help="CPU int8 model calibrated on the videos' keyframes: ~1.15-1.25x faster where few faces score "
+        help="CPU int8 model calibrated on the videos' keyframes: ~1.1-1.25x faster where few faces score "
         "near the threshold, slower where many do (those frames run again in float32); detections near "
         "float32's, not equal.",
     ),
