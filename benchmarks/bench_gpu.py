@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,20 @@ def save_frames(video: Path, out: Path, *, every: int = 1) -> Path:
     frames, size = _frames(video)
     np.savez_compressed(out, frames=frames[::every], size=np.array(size))
     return out
+
+
+def _cuda_fps(call: Callable[[], object], frames_per_call: int, seconds: float, *, warmup: int) -> float:
+    """Frames/s of ``call`` repeated for ``seconds`` after ``warmup`` calls, the GPU's queue
+    drained before the clock starts and before it stops."""
+    for _ in range(warmup):
+        call()
+    torch.cuda.synchronize()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        call()
+        n += frames_per_call
+    torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
 
 
 def _same(a: Detections, b: Detections) -> bool:
@@ -111,15 +126,7 @@ def throughput(weights: Path, frames: np.ndarray, seconds: float) -> dict[str, A
                     det._upload = lambda f: f.to(det.device)  # type: ignore[method-assign]
                 else:
                     det.__dict__.pop("_upload", None)
-                for _ in range(3):
-                    det.detect_prepared(batch, sizes)
-                torch.cuda.synchronize()
-                n, t0 = 0, time.perf_counter()
-                while time.perf_counter() - t0 < seconds:
-                    det.detect_prepared(batch, sizes)
-                    n += b
-                torch.cuda.synchronize()
-                fps = n / (time.perf_counter() - t0)
+                fps = _cuda_fps(lambda: det.detect_prepared(batch, sizes), b, seconds, warmup=3)
                 out[f"{name}_b{b}_{upload}"] = fps
                 print(f"{name} batch {b} {upload}: {fps:,.0f} frames/s (upload + model + post-processing)", flush=True)
             det.__dict__.pop("_upload", None)
@@ -142,15 +149,7 @@ def pruning(weights: Path, frames: np.ndarray, seconds: float) -> dict[str, Any]
         fps: dict[bool, list[float]] = {True: [], False: []}
         for _ in range(3):
             for pruned, det in dets.items():
-                for _ in range(2):
-                    det.raw(batch)
-                torch.cuda.synchronize()
-                n, t0 = 0, time.perf_counter()
-                while time.perf_counter() - t0 < seconds / 3:
-                    det.raw(batch)
-                    n += size
-                torch.cuda.synchronize()
-                fps[pruned].append(n / (time.perf_counter() - t0))
+                fps[pruned].append(_cuda_fps(lambda: det.raw(batch), size, seconds / 3, warmup=2))
         for pruned in (True, False):
             out[f"b{size}_{'pruned' if pruned else 'full'}"] = float(np.median(fps[pruned]))
         print(f"fp32 batch {size}: pruned {np.median(fps[True]):,.0f} frames/s, full {np.median(fps[False]):,.0f} "

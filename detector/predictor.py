@@ -53,8 +53,8 @@ class FaceMaskDetector:
         prune: run a copy of the model without its provably dead filters
             (:func:`~detector.prune.prune_dead_channels`; default): the same outputs to
             float rounding (~1e-6), ~15-20 % less time in float32 on CPU and CUDA with the
-            published weights. Not with ``half``: on tensor cores the pruned layers' odd channel counts
-            ran 0.82x the full model (H200, ``benchmarks/README.md``).
+            published weights. Not with ``half``: on tensor cores the pruned layers' odd
+            channel counts ran 0.82x the full model (H200, ``benchmarks/README.md``).
 
     ``model`` is the plain :class:`~detector.model.AizooSSD` as loaded (channels-last on
     CPU) whatever the backend; ``runner`` is the module that runs: ``model``, or its pruned
@@ -93,15 +93,14 @@ class FaceMaskDetector:
         flushed = flush_denormals_(model)
         if flushed:
             logger.debug("zeroed %d subnormal weights of %s", flushed, loaded.path)
+        if self.half:
+            model = model.half()
+        self.model = model
+        self.runner = model
         self.pruned: PruneReport | None = None
-        runner = model
         if prune and not self.half:  # fp16 on tensor cores ran 0.82x pruned (H200): odd channel counts
             runner, self.pruned = prune_dead_channels(model)
-            runner = runner.to(memory_format=torch.channels_last)
-        if self.half:
-            model, runner = model.half(), runner.half()
-        self.model = model
-        self.runner = runner
+            self.runner = runner.to(memory_format=torch.channels_last)
         self.anchors = generate_anchors(self.spec).to(self.device)
         self.score_threshold = score_threshold
         self.iou_threshold = iou_threshold

@@ -12,7 +12,7 @@ from torch import nn
 
 from detector.model import AizooSSD, fused_cpu_available
 from detector.predictor import FaceMaskDetector
-from detector.preprocess import to_tensor
+from detector.preprocess import resize_rgb, to_tensor
 from detector.prune import prune_dead_channels, relu_conv_bounds
 from detector.spec import ModelSpec
 from detector.weights import load_weights
@@ -27,9 +27,7 @@ def _convs(model: AizooSSD) -> dict[str, nn.Conv2d]:
 
 def _inputs(size: int) -> torch.Tensor:
     """The parity inputs resized to the model, plus the extremes of the input range."""
-    import cv2
-
-    frames = [cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR) for _, image in INPUTS]
+    frames = [resize_rgb(image, size) for _, image in INPUTS]
     frames += [np.zeros((size, size, 3), np.uint8), np.full((size, size, 3), 255, np.uint8)]
     return to_tensor(np.stack(frames)).contiguous()
 
