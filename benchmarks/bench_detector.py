@@ -15,6 +15,7 @@ torch row uses the same number of threads.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import platform
@@ -300,8 +301,18 @@ def _machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
         f"{platform.machine()}, {cores} CPUs ({model}); python {platform.python_version()}, "
-        f"torch {torch.__version__}, OpenCV {cv2.__version__}, numpy {np.__version__}"
+        f"torch {torch.__version__}, OpenCV {cv2.__version__}, numpy {np.__version__}, {_decord_version()}"
     )
+
+
+def _decord_version() -> str:
+    """Which distribution provides ``import decord``: decord2 (the maintained fork) or decord."""
+    for dist in ("decord2", "decord"):
+        try:
+            return f"{dist} {importlib.metadata.version(dist)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "no decord"
 
 
 def _print_table(b: int, rows: list[Row]) -> None:
