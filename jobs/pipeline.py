@@ -406,14 +406,15 @@ def run_job(
             runner.run(shards)
         if config.detector.int8:
             job["detector_backend"], job["int8_frames"] = _int8_record(ray, runner.actors)
+        timings["run_s"] = time.monotonic() - t0
+        failures.update({k: v for k, v in runner.failures.items() if k not in failures})
+
+        t0 = time.monotonic()
+        # the idle actors render too: their processes and CPUs are already there
+        people = finish_tracks(ray, sink, probed, failures, config, helpers=runner.actors)
+        timings["tracks_s"] = time.monotonic() - t0
     finally:
         runner.close()
-    timings["run_s"] = time.monotonic() - t0
-    failures.update({k: v for k, v in runner.failures.items() if k not in failures})
-
-    t0 = time.monotonic()
-    people = finish_tracks(ray, sink, probed, failures, config)
-    timings["tracks_s"] = time.monotonic() - t0
     rows = _video_rows(videos, infos, failures, sink.frame_totals(), config)
     for row in rows:
         row.update(people.get(row["video"], {"people": 0, "people_unmasked": 0}))

@@ -241,6 +241,14 @@ def split_by_frame(
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """The arguments of one :func:`jobs.render.render_video` call."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
 def _render(
     ray: Any,
     sink: FrameSink,
@@ -248,9 +256,15 @@ def _render(
     tracked: dict[str, VideoDetections],
     summaries: dict[str, pd.DataFrame],
     config: JobConfig,
+    helpers: Sequence[Any] = (),
 ) -> dict[str, dict[int, bytes]]:
     """Thumbnails per track (kept from the last run where they show the same face), and the
-    annotated videos whose rows changed, in Ray tasks. Returns ``{video: {track: JPEG}}``."""
+    annotated videos whose rows changed, in Ray tasks. Returns ``{video: {track: JPEG}}``.
+
+    ``helpers``: actors with a ``render`` method (:meth:`jobs.predictor.DetectorActor.render`)
+    that take the first pieces, one each, before tasks take the rest; a piece whose actor
+    died is run again as a task.
+    """
     old_thumbs = _old_thumbnails(sink)
     a = config.annotate
     manifest = _Manifest(sink.annotated_dir) if sink.annotated_dir is not None else None
@@ -260,7 +274,8 @@ def _render(
     remote = ray.remote(num_cpus=1, max_retries=1)(render_video)
     # thumbnails of one video are split over the CPUs the other videos leave idle
     spread = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, len(todo)))
-    pending: dict[Any, tuple[str, str | None, str]] = {}
+    idle = list(helpers)
+    pending: dict[Any, tuple[str, str | None, str, _Call | None]] = {}
     thumbs: dict[str, dict[int, bytes]] = {}
     for video, path, info in todo:
         dets, thumbs[video], wanted = tracked[video], {}, {}
@@ -279,12 +294,24 @@ def _render(
             annotate_to = str(sink.annotated_dir / f"{video}.mp4")
         for i, part in enumerate(split_by_frame(wanted, spread if annotate_to is None else 1, info.keyframes)):
             if part or (i == 0 and annotate_to):
-                ref = remote.remote(path, dets, part, annotate_to if i == 0 else None, rate=rate, width=info.width,
-                                    height=info.height, crf=a.crf, preset=a.preset)
-                pending[ref] = (video, annotate_to if i == 0 else None, digest)
-    for ref, (video, annotate_to, digest) in pending.items():
+                call = _Call(
+                    (path, dets, part, annotate_to if i == 0 else None),
+                    {"rate": rate, "width": info.width, "height": info.height, "crf": a.crf, "preset": a.preset},
+                )
+                if idle:
+                    pending[idle.pop(0).render.remote(*call.args, **call.kwargs)] = (video, call.args[3], digest, call)
+                else:
+                    pending[remote.remote(*call.args, **call.kwargs)] = (video, call.args[3], digest, None)
+    for ref, (video, annotate_to, digest, call) in pending.items():
         try:
-            thumbs[video].update(ray.get(ref))
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                if call is None:
+                    raise
+                logger.info("%s: the actor rendering it died; rendering in a task instead", video)
+                result = ray.get(remote.remote(*call.args, **call.kwargs))
+            thumbs[video].update(result)
         except Exception as exc:  # a Ray error: the render task failed; keep the rest of the output
             cause = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
             logger.warning("%s: thumbnails/annotated video failed (%s)", video, cause)
@@ -302,9 +329,11 @@ def finish_tracks(
     probed: list[tuple[str, str, VideoInfo]],
     failed: Collection[str],
     config: JobConfig,
+    helpers: Sequence[Any] = (),
 ) -> dict[str, dict[str, int]]:
     """Tracks every video with committed rows, writes the ids and ``tracks.parquet``, renders
-    thumbnails (and annotated videos for ``config.annotate.enabled``) of videos not in ``failed``.
+    thumbnails (and annotated videos for ``config.annotate.enabled``) of videos not in ``failed``
+    (``helpers``: idle actors that render too, see :func:`_render`).
 
     Returns ``{video: {"people": n, "people_unmasked": m}}``.
     """
@@ -317,7 +346,7 @@ def finish_tracks(
     logger.info("tracked %d videos, %d shard files updated", len(tracked), rewritten)
 
     todo = [(v, path, info) for v, path, info in probed if v not in failed and v in tracked]
-    thumbs = _render(ray, sink, todo, tracked, summaries, config)
+    thumbs = _render(ray, sink, todo, tracked, summaries, config, helpers)
     frames = [s.assign(thumbnail=s.track.map(thumbs.get(v, {}))) for v, s in summaries.items() if len(s)]
     table = (
         pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=TRACKS_SCHEMA, preserve_index=False)

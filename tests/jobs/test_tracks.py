@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +132,44 @@ def test_rerun_after_a_lost_shard_restores_the_same_tracks(walk_set: WalkSet, ca
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert video.stat().st_mtime_ns == video_mtime
     assert np.array_equal(sorted(p.name for p in (out / "frames").glob("part-*")), sorted(p.name for p in parts))
+
+
+def test_detector_actors_render_thumbnails_and_a_dead_one_leaves_its_piece_to_a_task(
+    walk_set: WalkSet, pth_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The finishing pass on a real Ray: thumbnails rendered in a real detector actor's
+    process are the same JPEGs as those of render tasks, and a piece handed to an actor that
+    has died is rendered in a task instead."""
+    from detector.weights import convert_weights
+    from jobs.config import DetectorConfig, RayConfig, resolve_config
+    from jobs.predictor import DetectorActor, WeightsPayload
+    from jobs.probe import probe_video
+    from jobs.raycluster import ray_session
+    from jobs.tracks import _render, _track_videos, summarise_tracks
+    from sinks.parquet import FrameSink
+
+    out = tmp_path / "job"
+    shutil.copytree(walk_set.out, out)
+    (out / "tracks.parquet").unlink()  # else the old thumbnails are kept, not rendered
+    sink, config = FrameSink(out), resolve_config()
+    tracked = _track_videos(sink, sink.part_segments(), config)
+    todo = [(v, str(walk_set.root / v), probe_video(str(walk_set.root / v))) for v in sorted(tracked)]
+    summaries = {v: summarise_tracks(v, tracked[v], info.keyframes) for v, _, info in todo}
+    payload = WeightsPayload.from_converted(convert_weights(pth_weights))
+    with ray_session(RayConfig(num_cpus=2, object_store_mb=100)) as ray:
+        by_tasks = _render(ray, sink, todo, tracked, summaries, config)
+        assert sum(len(t) for t in by_tasks.values()) == len(walk_set.unmasked["b_walk.mp4"])
+
+        actor = ray.remote(DetectorActor).options(num_cpus=1).remote(payload, DetectorConfig(), threads=1, use_gpu=False)
+        imported = actor.__ray_call__.remote(lambda self: "jobs.render" in sys.modules)
+        assert ray.get(imported) is False
+        assert _render(ray, sink, todo, tracked, summaries, config, [actor]) == by_tasks
+        assert ray.get(actor.__ray_call__.remote(lambda self: "jobs.render" in sys.modules)) is True
+
+        ray.kill(actor)
+        with caplog.at_level(logging.INFO, logger="jobs.tracks"):
+            assert _render(ray, sink, todo, tracked, summaries, config, [actor]) == by_tasks
+        assert "the actor rendering it died; rendering in a task instead" in caplog.text
 
 
 def test_split_by_frame_keeps_stretches_of_the_video_together() -> None:
