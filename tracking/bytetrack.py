@@ -39,11 +39,12 @@ def box_iou(a: np.ndarray, b: np.ndarray, *, buffer: float = 0.0) -> np.ndarray:
     """
     a = _buffered(np.asarray(a, np.float64).reshape(-1, 4), buffer)
     b = _buffered(np.asarray(b, np.float64).reshape(-1, 4), buffer)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    # explicit products, not np.prod: the tracker calls this on a few boxes per frame
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
@@ -152,9 +153,8 @@ class ByteTracker:
             return []
         # the better of the predicted and the last seen box: motion, or a face that stopped or jittered
         last = _to_xyxy(self.tracks.state[tracks])
-        iou = np.maximum(
-            box_iou(self._predict(tracks), boxes[dets], buffer=self.buffer), box_iou(last, boxes[dets], buffer=self.buffer)
-        )
+        both = box_iou(np.concatenate([self._predict(tracks), last]), boxes[dets], buffer=self.buffer)
+        iou = np.maximum(both[: len(tracks)], both[len(tracks) :])
         return [(int(tracks[r]), int(dets[c])) for r, c in _greedy_match(iou, threshold)]
 
     def _apply(self, pairs: list[tuple[int, int]], boxes: np.ndarray, out: np.ndarray) -> None:
