@@ -14,13 +14,14 @@ annotated videos whose inputs did not change are kept, not decoded again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,14 +242,6 @@ def split_by_frame(
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class _Call:
-    """The arguments of one :func:`jobs.render.render_video` call."""
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-
-
 def _render(
     ray: Any,
     sink: FrameSink,
@@ -275,7 +268,7 @@ def _render(
     # thumbnails of one video are split over the CPUs the other videos leave idle
     spread = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, len(todo)))
     idle = list(helpers)
-    pending: dict[Any, tuple[str, str | None, str, _Call | None]] = {}
+    pending: dict[Any, tuple[str, str | None, str, Callable[[], Any] | None]] = {}
     thumbs: dict[str, dict[int, bytes]] = {}
     for video, path, info in todo:
         dets, thumbs[video], wanted = tracked[video], {}, {}
@@ -294,24 +287,16 @@ def _render(
             annotate_to = str(sink.annotated_dir / f"{video}.mp4")
         for i, part in enumerate(split_by_frame(wanted, spread if annotate_to is None else 1, info.keyframes)):
             if part or (i == 0 and annotate_to):
-                call = _Call(
-                    (path, dets, part, annotate_to if i == 0 else None),
-                    {"rate": rate, "width": info.width, "height": info.height, "crf": a.crf, "preset": a.preset},
-                )
-                if idle:
-                    pending[idle.pop(0).render.remote(*call.args, **call.kwargs)] = (video, call.args[3], digest, call)
+                annotate = annotate_to if i == 0 else None
+                task = functools.partial(remote.remote, path, dets, part, annotate, rate=rate, width=info.width,
+                                         height=info.height, crf=a.crf, preset=a.preset)
+                if idle:  # the task stays as the fallback should the actor die
+                    pending[idle.pop(0).render.remote(*task.args, **task.keywords)] = (video, annotate, digest, task)
                 else:
-                    pending[remote.remote(*call.args, **call.kwargs)] = (video, call.args[3], digest, None)
-    for ref, (video, annotate_to, digest, call) in pending.items():
+                    pending[task()] = (video, annotate, digest, None)
+    for ref, (video, annotate_to, digest, fallback) in pending.items():
         try:
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayActorError:
-                if call is None:
-                    raise
-                logger.info("%s: the actor rendering it died; rendering in a task instead", video)
-                result = ray.get(remote.remote(*call.args, **call.kwargs))
-            thumbs[video].update(result)
+            thumbs[video].update(_rendered(ray, ref, fallback, video))
         except Exception as exc:  # a Ray error: the render task failed; keep the rest of the output
             cause = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
             logger.warning("%s: thumbnails/annotated video failed (%s)", video, cause)
@@ -321,6 +306,17 @@ def _render(
     if a.enabled:
         manifest.save()
     return thumbs
+
+
+def _rendered(ray: Any, ref: Any, fallback: Callable[[], Any] | None, video: str) -> dict[int, bytes]:
+    """``ray.get(ref)``; if the actor it ran on died, the same piece again as a task (``fallback``)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayActorError:
+        if fallback is None:
+            raise
+        logger.info("%s: the actor rendering it died; rendering in a task instead", video)
+        return ray.get(fallback())
 
 
 def finish_tracks(
