@@ -14,7 +14,7 @@ profile with 250-frame GOPs: see ``benchmarks.videos.ensure_walkers_video``), th
 - **baseline**: the seed's per-frame loop, AIZOO's fastest CPU path: ``cv2.VideoCapture``
   reads a frame, it goes to RGB, ``cv2.dnn.blobFromImage`` resizes it to 260x260 and scales by
   1/255, OpenCV DNN runs the published Caffe model, then the same post-processing as ours;
-- **decode alone**: ``jobs.decode.decode_shard`` over the whole video in this process (decord
+- **decode alone**: ``jobs.pipeline.decode.decode_shard`` over the whole video in this process (decord
   reads, resizes to 260x260): the most frames per second a single decoder can feed;
 - **detector alone**: ``FaceMaskDetector.detect_prepared`` on batches of 16 resized frames of the
   video, float32 and int8 (calibrated on 32 other frames of the video), against OpenCV DNN plus
@@ -100,8 +100,8 @@ def baseline_loop(path: Path, ref: Reference) -> tuple[float, list[Detections]]:
 
 
 def _decoded(path: Path, frames: int, batch: int, which: list[int] | None = None) -> Iterator[dict]:
-    from jobs.decode import STARTED, decode_shard
-    from jobs.plan import Segment, Shard
+    from jobs.pipeline.decode import STARTED, decode_shard
+    from jobs.pipeline.plan import Segment, Shard
 
     shard = Shard("bench", (Segment(path.name, str(path), tuple(which if which is not None else range(frames))),))
     for item in decode_shard(shard, input_size=260, batch_size=batch):

@@ -47,8 +47,8 @@ def _frames(video: Path) -> tuple[np.ndarray, tuple[int, int]]:
     if video.suffix == ".npz":
         with np.load(video) as data:
             return data["frames"], (int(data["size"][0]), int(data["size"][1]))
-    from jobs.decode import STARTED, decode_shard
-    from jobs.plan import Segment, Shard
+    from jobs.pipeline.decode import STARTED, decode_shard
+    from jobs.pipeline.plan import Segment, Shard
 
     import decord
 
@@ -177,7 +177,7 @@ def end_to_end(weights: Path, video: Path, copies: int, work: Path) -> dict[str,
         cfg.write_text(text)
         dest = work / f"out-{name}"
         shutil.rmtree(dest, ignore_errors=True)
-        cmd = [sys.executable, "-c", "from jobs.cli import app; app()", "run", str(inputs), "--out", str(dest),
+        cmd = [sys.executable, "-c", "from jobs.cli.main import app; app()", "run", str(inputs), "--out", str(dest),
                "--weights", str(weights), "--config", str(cfg)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)

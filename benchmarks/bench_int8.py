@@ -29,7 +29,7 @@ from benchmarks.videos import add_video_arguments, ensure_video, start
 from detector.compare import same_faces
 from detector.postprocess import fragile_frames, postprocess
 from detector.predictor import FaceMaskDetector
-from jobs.probe import probe_video
+from jobs.pipeline.probe import probe_video
 
 MARGINS = (0.0, 0.02, 0.03, 0.04, 0.05)
 

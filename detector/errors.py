@@ -7,6 +7,8 @@ family into exit codes at its boundary; library code never exits the process.
 
 from __future__ import annotations
 
+import re
+
 
 class MaskjobsError(Exception):
     """Base of all expected, user-facing errors. ``exit_code`` is what the CLI returns."""
@@ -34,3 +36,31 @@ class ImageReadError(InputError):
         self.path = str(path)
         self.cause = cause
         super().__init__(f"{self.path}: {cause}")
+
+
+_TRACEBACK = "Traceback (most recent call last):"
+_QUALIFIED = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt): ")
+
+
+def one_line(error: BaseException | str, *, limit: int = 200) -> str:
+    """The one line of an error that says what went wrong, for messages of the form "FILE: cause (LINE)".
+
+    Follows ``cause`` (how Ray wraps a task's exception) to the innermost error. A message that
+    carries a traceback (a Ray task error printed whole) ends with the exception's own line, so
+    that line is taken; any other message gives its first non-empty line. A leading qualified
+    exception name (``jobs.pipeline.decode.DecodeError: ``) is dropped. At most ``limit``
+    characters; an empty message gives the exception's type name.
+    """
+    seen: set[int] = set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        seen.add(id(error))
+        cause = getattr(error, "cause", None)
+        if not isinstance(cause, BaseException):
+            break
+        error = cause
+    text = error if isinstance(error, str) else str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "no message" if isinstance(error, str) else type(error).__name__
+    line = lines[-1] if any(line.startswith(_TRACEBACK) for line in lines) else lines[0]
+    return _QUALIFIED.sub("", line, count=1)[:limit]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.cli import app
+from jobs.cli.main import app
 
 if __name__ == "__main__":
     app(prog_name="maskjobs")

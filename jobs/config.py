@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, one_line
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def _read_yaml(source: str, text: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{source}: not valid YAML ({one_line(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
     return data

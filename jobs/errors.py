@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from detector.errors import ImageReadError, InputError, MaskjobsError, WeightsError
+from detector.errors import ImageReadError, InputError, MaskjobsError, WeightsError, one_line
 
 __all__ = [
-    "first_line", "ClusterError", "ConfigError", "ImageReadError", "InputError", "JobFailedError", "MaskjobsError",
+    "one_line", "ClusterError", "ConfigError", "ImageReadError", "InputError", "JobFailedError", "MaskjobsError",
     "WeightsError",
 ]
 
@@ -22,9 +22,3 @@ class JobFailedError(MaskjobsError):
     """The job ran but some inputs failed: exit code 1."""
 
     exit_code = 1
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (at most 200 characters)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from jobs.errors import ImageReadError
+from jobs.errors import ImageReadError, one_line
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".ppm", ".pgm"})
 VIDEO_EXTENSIONS = frozenset(
@@ -46,12 +46,12 @@ def iter_video_batches(path: Path, batch_size: int) -> Iterator[tuple[np.ndarray
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except (decord.DECORDError, RuntimeError) as exc:
-        raise ImageReadError(path, f"not a readable video ({str(exc).splitlines()[0][:160]})") from None
+        raise ImageReadError(path, f"not a readable video ({one_line(exc, limit=160)})") from None
     total = len(reader)
     for start in range(0, total, batch_size):
         idx = np.arange(start, min(start + batch_size, total))
         try:
             frames = reader.get_batch(idx.tolist()).asnumpy()
         except (decord.DECORDError, RuntimeError) as exc:
-            raise ImageReadError(path, f"decoding failed at frame {start} ({str(exc).splitlines()[0][:160]})") from None
+            raise ImageReadError(path, f"decoding failed at frame {start} ({one_line(exc, limit=160)})") from None
         yield idx, frames

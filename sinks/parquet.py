@@ -33,7 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from detector.errors import InputError
+from detector.errors import InputError, one_line
 from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, VIDEOS_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def open_location(location: str | Path) -> tuple[pafs.FileSystem, str]:
         fs, path = pafs.FileSystem.from_uri(text)
     except (pa.ArrowException, ValueError) as exc:
         raise InputError(
-            f"{display_location(text)}: not an output location pyarrow can open ({str(exc).splitlines()[0]})"
+            f"{display_location(text)}: not an output location pyarrow can open ({one_line(exc)})"
         ) from None
     return fs, path.rstrip("/")
 
@@ -152,7 +152,7 @@ class FrameSink:
         try:
             return self._start(job, fingerprint=fingerprint, overwrite=overwrite)
         except (OSError, pa.ArrowException) as exc:
-            raise InputError(f"{self.location}: cannot write the output here ({str(exc).splitlines()[0]})") from None
+            raise InputError(f"{self.location}: cannot write the output here ({one_line(exc)})") from None
 
     def _start(self, job: dict[str, Any], *, fingerprint: str, overwrite: bool) -> dict[str, list[tuple[int, int]]]:
         if self._type(self.root) == pafs.FileType.File:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.errors import WeightsError
+from detector.errors import WeightsError, one_line
 from detector.weights._keras_names import aizoo_key
 from detector.weights.convert import RawWeights
 
@@ -96,7 +96,7 @@ def read(path: Path) -> RawWeights:
                     if key is not None:
                         tensors[key] = np.asarray(layer_group[weight_name], dtype=np.float32)
     except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:  # h5py: corruption
-        raise WeightsError(h5_path, f"not a readable Keras HDF5 file ({str(exc).splitlines()[0][:160]})") from None
+        raise WeightsError(h5_path, f"not a readable Keras HDF5 file ({one_line(exc, limit=160)})") from None
     if not tensors:
         raise WeightsError(h5_path, "the Keras file holds no AIZOO layer weights")
     return RawWeights(path=h5_path, format="keras", tensors=tensors, layout="HWIO", bn_eps=eps, input_size=side)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.errors import WeightsError
+from detector.errors import WeightsError, one_line
 from detector.spec import ModelSpec
 from detector.weights._atomic import atomic_output
 from detector.weights.convert import RawWeights
@@ -78,7 +78,7 @@ def read(path: Path) -> RawWeights:
             tensors = {key: np.asarray(f.get_tensor(key), dtype=np.float32) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(
-            path, f"not a valid safetensors file ({str(exc).splitlines()[0][:160]}); is it truncated?"
+            path, f"not a valid safetensors file ({one_line(exc, limit=160)}); is it truncated?"
         ) from None
     version = metadata.get("format_version", str(FORMAT_VERSION))
     if metadata.get("maskjobs_format", FORMAT_NAME) != FORMAT_NAME or version != str(FORMAT_VERSION):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from detector.errors import WeightsError
+from detector.errors import WeightsError, one_line
 from detector.model import AizooSSD
 from detector.weights._atomic import atomic_output
 
@@ -62,7 +62,7 @@ def export_onnx(model: AizooSSD, out: Path | str) -> Path:
             )
     except (RuntimeError, ValueError, ImportError) as exc:  # the exporter's failures
         raise WeightsError(
-            out, f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+            out, f"ONNX export failed ({type(exc).__name__}: {one_line(exc, limit=160)})"
         ) from None
     logger.info("exported %s (input %d, dynamic batch)", out, size)
     return out

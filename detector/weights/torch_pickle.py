@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.errors import WeightsError
+from detector.errors import WeightsError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def _read_zip(path: Path) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad zip; report one line
-        raise WeightsError(path, f"not a loadable PyTorch checkpoint: {str(exc).splitlines()[0][:200]}") from None
+        raise WeightsError(path, f"not a loadable PyTorch checkpoint: {one_line(exc)}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

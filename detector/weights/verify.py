@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from detector.errors import WeightsError
+from detector.errors import WeightsError, one_line
 from detector.model import AizooSSD, flatten_head
 from detector.preprocess import to_tensor
 from detector.weights.convert import RawWeights, aizoo_layer_names, convert_layout
@@ -104,7 +104,7 @@ def opencv_parity(model: AizooSSD, prototxt: Path, caffemodel: Path, batch: np.n
         net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
     except cv2.error as exc:
         raise WeightsError(
-            caffemodel, f"OpenCV cannot read the Caffe pair ({str(exc).strip().splitlines()[-1][:160]})"
+            caffemodel, f"OpenCV cannot read the Caffe pair ({one_line(exc, limit=160)})"
         ) from None
     locs, scores = [], []
     for picture in batch:

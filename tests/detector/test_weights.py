@@ -180,9 +180,9 @@ def test_the_driver_converts_weights_without_torch(pth_weights: Path, caffe_weig
 
     code = (
         "import sys\n"
-        "import jobs.cli, jobs.runjob, jobs.cli_cluster\n"
+        "import jobs.cli.main\n"
         "from detector.weights import convert_weights\n"
-        "from jobs.predictor import WeightsPayload\n"
+        "from jobs.pipeline.actor import WeightsPayload\n"
         f"a = WeightsPayload.from_converted(convert_weights({str(pth_weights)!r}))\n"
         f"b = WeightsPayload.from_converted(convert_weights({str(caffe_weights)!r}))\n"
         "assert a.state.keys() == b.state.keys() and len(a.state) == 56\n"

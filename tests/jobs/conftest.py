@@ -86,7 +86,7 @@ def walk_set(
     shards); ``a_masked.mp4``: one masked face drifting (30 frames, packed into one shard)."""
     from typer.testing import CliRunner
 
-    from jobs.cli import app
+    from jobs.cli.main import app
 
     unmasked, masked = read_rgb(unmasked_photo), read_rgb(masked_photo)
     root = tmp_path_factory.mktemp("walks")

@@ -1,0 +1,76 @@
+"""``maskjobs report`` and ``maskjobs summary``: a job's results for people.
+
+Thin commands over :mod:`jobs.results.report`; errors of the MaskjobsError family become one
+stderr line and their exit code (2 for a directory that is not a job's output).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from jobs.cli.options import errors_to_exit_codes
+
+logger = logging.getLogger(__name__)
+
+commands = typer.Typer()
+
+DirArg = Annotated[Path, typer.Argument(help="A `maskjobs run --out` directory.")]
+
+
+@commands.command()
+@errors_to_exit_codes
+def report(
+    directory: DirArg,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML file to write (default: DIR/report.html).")
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page: totals, compliance over time, videos, unmasked people."""
+    from jobs.results.report import write_report
+
+    typer.echo(str(write_report(directory, output)))
+
+
+@commands.command()
+@errors_to_exit_codes
+def summary(directory: DirArg) -> None:
+    """Print a job's totals (the report's figures) and one line per video."""
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from jobs.results.report import clock, load_output, percent, totals
+
+    out = load_output(directory)
+    t = totals(out)
+    head = Table(title=f"maskjobs summary: {directory}", show_header=False)
+    head.add_column("figure")
+    head.add_column("value", justify="right")
+    for name, value in (
+        ("videos", f"{t['videos']} ({t['done']} done, {t['failed']} failed)"),
+        ("video time", clock(t["duration_s"])),
+        ("frames analysed", f"{t['frames']:,}"),
+        ("faces", f"{t['faces']:,}"),
+        ("masked faces", f"{t['masked']:,}"),
+        ("unmasked faces", f"{t['unmasked']:,}"),
+        ("face compliance", percent(t["compliance"])),
+        ("people", f"{t['people']:,}"),
+        ("unmasked people", f"{t['people_unmasked']:,}"),
+        ("people compliance", percent(t["people_compliance"])),
+    ):
+        head.add_row(name, value)
+    per = Table(title="videos")
+    for col in ("video", "status", "duration", "compliance", "people", "unmasked people"):
+        per.add_column(col, justify="left" if col in ("video", "status") else "right")
+    for r in out.videos.sort_values("video").to_dict("records"):
+        per.add_row(
+            r["video"], r["status"], clock(r["duration_s"]) if pd.notna(r["duration_s"]) else "–",
+            percent(r["compliance"]), str(int(r.get("people") or 0)), str(int(r.get("people_unmasked") or 0)),
+        )
+    console = Console(width=120)
+    console.print(head)
+    console.print(per)

@@ -1,0 +1,101 @@
+"""``maskjobs run`` end to end: inputs, weights, Ray, the job, the summary."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from jobs.cli.options import (
+    AnnotateOpt, BatchSizeOpt, ConfigOpt, FpsOpt, InputsArg, Int8Opt, OutOpt, OverwriteOpt, StrideOpt, WeightsOpt,
+    errors_to_exit_codes, run_overrides,
+)
+from jobs.config import JobConfig, resolve_config
+
+if TYPE_CHECKING:
+    from jobs.pipeline.job import JobResult
+
+logger = logging.getLogger(__name__)
+
+commands = typer.Typer()
+
+
+@commands.command()
+@errors_to_exit_codes
+def run(
+    inputs: InputsArg,
+    out: OutOpt,
+    config: ConfigOpt = None,
+    stride: StrideOpt = None,
+    fps: FpsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    weights: WeightsOpt = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: an embedded local Ray).")] = None,
+    overwrite: OverwriteOpt = False,
+    annotate: AnnotateOpt = False,
+    int8: Int8Opt = False,
+) -> None:
+    """Run the batch job: every video's sampled frames through the detector, into Parquet.
+
+    Exit code 0 when every video is done, 1 when any failed (after all others finished).
+    """
+    overrides = run_overrides(
+        stride=stride, fps=fps, batch_size=batch_size, weights=weights, annotate=annotate, int8=int8
+    )
+    cfg = resolve_config(config, {**overrides, "ray.address": address})
+    code = run_command(inputs, out, cfg, overwrite=overwrite)
+    raise typer.Exit(code)
+
+
+def run_command(inputs: list[str], out: str, config: JobConfig, *, overwrite: bool) -> int:
+    """Runs the job; returns the exit code (0 all done, 1 some videos failed).
+
+    ``out`` is a local path or a URI that pyarrow's filesystems understand (``s3://...``).
+    Ray and the pipeline are imported here, not at start-up, so ``maskjobs --help`` stays fast.
+    """
+    from detector.weights import convert_weights
+    from jobs.cli.progress import Progress
+    from jobs.inputs import discover
+    from jobs.pipeline.actor import WeightsPayload
+    from jobs.pipeline.job import run_job
+    from jobs.pipeline.session import ray_session
+    from jobs.weight_cache import resolve_weights
+    from sinks.parquet import FrameSink
+
+    videos = discover(inputs)
+    weights = WeightsPayload.from_converted(convert_weights(resolve_weights(config.detector.weights)))
+    sink = FrameSink(out)
+    progress = Progress()
+    t0 = time.monotonic()
+    with ray_session(config.ray) as ray:
+        ray_start_s = time.monotonic() - t0
+        logger.info("Ray ready in %.2f s", ray_start_s)
+        result = run_job(
+            ray, videos, config, weights, sink, overwrite=overwrite,
+            on_plan=progress.start, on_frames=progress.advance, timings={"ray_start_s": ray_start_s},
+        )
+    fps = progress.close()
+    print_summary(result, fps)
+    for v in result.failed:
+        sys.stderr.write(f"error: {v['path']}: {v['error']}\n")
+    return 1 if result.failed else 0
+
+
+def print_summary(result: JobResult, fps: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rate = f", {fps:.1f} frames/s" if fps > 0 else ", nothing left to process"
+    table = Table(title=f"maskjobs run: {len(result.videos)} videos{rate}")
+    for col in ("video", "status", "frames", "faces", "masked", "unmasked", "compliance", "people", "unmasked people"):
+        table.add_column(col, justify="left" if col in ("video", "status") else "right")
+    for v in result.videos:
+        comp = "-" if v["compliance"] is None else f"{v['compliance']:.1%}"
+        table.add_row(
+            v["video"], v["status"], str(v["frames_processed"]), str(v["faces"]), str(v["masked"]),
+            str(v["unmasked"]), comp, str(v["people"]), str(v["people_unmasked"]),
+        )
+    Console(width=120).print(table)

@@ -1,0 +1,143 @@
+"""Planning: which frames to sample, and how to cut them into shards.
+
+A long video is cut into shards of about ``shard_frames`` sampled frames, each starting
+at a keyframe where the container lists them, so shards decode independently and one
+long video keeps every worker busy. Short videos are packed into one shard up to
+``pack_frames`` so that tiny tasks do not dominate. Each committed shard records the frame
+range of each of its segments, so a rerun plans only the sampled frames not committed
+yet, whatever shards the earlier run used: every frame ends up committed exactly once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from jobs.config import SamplingConfig
+from jobs.pipeline.probe import VideoInfo
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Sampled frames ``frames`` (source indices, ascending) of one video."""
+
+    video: str
+    path: str
+    frames: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of work and of commit: segments decoded in order by one task."""
+
+    shard_id: str
+    segments: tuple[Segment, ...]
+
+    @property
+    def num_frames(self) -> int:
+        return sum(len(s.frames) for s in self.segments)
+
+    @property
+    def videos(self) -> tuple[str, ...]:
+        return tuple(s.video for s in self.segments)
+
+
+def sample_frames(info: VideoInfo, sampling: SamplingConfig) -> np.ndarray:
+    """Source frame indices to process: every ``stride``-th, or ``fps`` per second of video."""
+    total = info.frames_total
+    if sampling.fps is None or info.fps <= 0:
+        return np.arange(0, total, sampling.stride, dtype=np.int64)
+    step = info.fps / sampling.fps
+    if step <= 1:
+        return np.arange(total, dtype=np.int64)
+    idx = np.floor(np.arange(0, total, step) + 1e-9).astype(np.int64)
+    return np.unique(idx[idx < total])
+
+
+def _cut_points(frames: np.ndarray, keyframes: tuple[int, ...], shard_frames: int) -> list[int]:
+    """Positions in ``frames`` where a new shard starts (a keyframe at or after each target)."""
+    cuts = [0]
+    keys = sorted(keyframes)
+    pos = 0
+    while len(frames) - pos > shard_frames * 1.5:
+        target = int(frames[pos + shard_frames])
+        if keys:
+            k = bisect.bisect_left(keys, target)
+            if k == len(keys):
+                break
+            target = keys[k]
+        nxt = int(np.searchsorted(frames, target))
+        if nxt <= pos or nxt >= len(frames):
+            break
+        cuts.append(nxt)
+        pos = nxt
+    return cuts
+
+
+def _shard_id(segments: tuple[Segment, ...]) -> str:
+    h = hashlib.sha256()
+    for s in segments:
+        h.update(f"{s.video}\0{s.frames[0]}\0{s.frames[-1]}\0{len(s.frames)}\n".encode())
+    first = segments[0]
+    return f"{h.hexdigest()[:16]}-{first.frames[0]:08d}"
+
+
+def _runs(frames: np.ndarray, done: np.ndarray) -> list[np.ndarray]:
+    """The not-``done`` frames, split into runs that are contiguous in the sampled order."""
+    todo = np.flatnonzero(~done)
+    if len(todo) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(todo) > 1) + 1
+    return [frames[chunk] for chunk in np.split(todo, breaks)]
+
+
+def _committed_mask(frames: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
+    done = np.zeros(len(frames), dtype=bool)
+    for first, last in ranges:
+        done |= (frames >= first) & (frames <= last)
+    return done
+
+
+def plan_shards(
+    videos: list[tuple[str, str, VideoInfo]],
+    sampling: SamplingConfig,
+    *,
+    shard_frames: int,
+    pack_frames: int,
+    committed: dict[str, list[tuple[int, int]]] | None = None,
+) -> list[Shard]:
+    """Shards for ``(video id, path, info)`` triples, long ones first (they take longest).
+
+    ``committed`` maps a video id to the ``(first, last)`` frame ranges already committed;
+    their sampled frames are left out.
+    """
+    committed = committed or {}
+    singles: list[Shard] = []
+    packs: list[Shard] = []
+    pack: list[Segment] = []
+    pack_size = 0
+    for video, path, info in videos:
+        frames = sample_frames(info, sampling)
+        for run in _runs(frames, _committed_mask(frames, committed.get(video, []))):
+            if len(run) < pack_frames:
+                if pack and pack_size + len(run) > pack_frames:
+                    packs.append(Shard(_shard_id(tuple(pack)), tuple(pack)))
+                    pack, pack_size = [], 0
+                pack.append(Segment(video, path, tuple(run.tolist())))
+                pack_size += len(run)
+                continue
+            cuts = _cut_points(run, info.keyframes, shard_frames) + [len(run)]
+            for a, b in zip(cuts, cuts[1:]):
+                seg = (Segment(video, path, tuple(run[a:b].tolist())),)
+                singles.append(Shard(_shard_id(seg), seg))
+    if pack:
+        packs.append(Shard(_shard_id(tuple(pack)), tuple(pack)))
+    return sorted(singles, key=lambda s: -s.num_frames) + packs
+
+
+def split_pack(shard: Shard) -> list[Shard]:
+    """A packed shard as one shard per video (to isolate a video that fails)."""
+    return [Shard(_shard_id((seg,)), (seg,)) for seg in shard.segments]

@@ -1,0 +1,357 @@
+"""The driver's pass after every shard is committed: tracks, thumbnails, annotated videos.
+
+Per video, its committed detections are read back from the frames dataset (they are small)
+and tracked in frame order over all its sampled frames, so tracks continue across shard
+boundaries by construction. The track ids are then written into each committed shard file
+(atomically, and only where they changed), ``tracks.parquet`` is rewritten whole, and
+the source frames needed for thumbnails and ``--annotate`` are decoded in Ray tasks.
+
+Every run recomputes all of it from the committed rows, so a rerun (after a crash, or
+with new frames committed) leaves the same output a single run would have; thumbnails and
+annotated videos whose inputs did not change are kept, not decoded again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.config import JobConfig, SamplingConfig
+from jobs.errors import one_line
+from jobs.pipeline.decode import keyframe_before
+from jobs.pipeline.probe import VideoInfo
+from jobs.results.render import VideoDetections, render_video
+from sinks.parquet import FrameSink
+from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, with_tracks
+from jobs.results.bytetrack import track_sequence
+
+logger = logging.getLogger(__name__)
+
+MASK_LABEL = "Mask"
+MANIFEST = "manifest.json"
+
+
+def sampled_rate(info: VideoInfo, sampling: SamplingConfig) -> float:
+    """Sampled frames per second of video (the annotated video's frame rate)."""
+    fps = info.fps if info.fps > 0 else 25.0
+    if sampling.fps is not None:
+        return min(sampling.fps, fps)
+    return fps / sampling.stride
+
+
+def _read_video(sink: FrameSink, parts: list[str], video: str) -> VideoDetections:
+    """One video's committed rows, in frame order, flattened (``tracks`` all -1)."""
+    columns = ["video", "frame", "time_s", "detections"]
+    table = pa.concat_tables(
+        [sink.read_part(p).select(columns).filter(pc.field("video") == video) for p in parts]
+    ).sort_by("frame")
+    dets = table.column("detections").combine_chunks()
+    flat = dets.flatten()
+    return VideoDetections(
+        frames=table.column("frame").to_numpy(),
+        time_s=table.column("time_s").to_numpy(),
+        counts=pc.list_value_length(dets).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
+        boxes=np.stack([flat.field(k).to_numpy(zero_copy_only=False) for k in ("x1", "y1", "x2", "y2")], axis=1)
+        .astype(np.float64).reshape(-1, 4),
+        masked=pc.equal(flat.field("label"), MASK_LABEL).to_numpy(zero_copy_only=False).astype(bool),
+        scores=flat.field("score").to_numpy(zero_copy_only=False).astype(np.float64),
+        tracks=np.full(len(flat), -1, np.int64),
+    )
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])``, vectorised."""
+    lengths = np.asarray(lengths, np.int64)
+    before = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, np.int64) - before, lengths) + np.arange(int(lengths.sum()))
+
+
+BEST_SCORE_SLACK = 0.01
+
+
+def summarise_tracks(
+    video: str, dets: VideoDetections, keyframes: Sequence[int] = (), *, slack: float = BEST_SCORE_SLACK
+) -> pd.DataFrame:
+    """One row per track (TRACKS_SCHEMA columns but ``thumbnail``).
+
+    ``label`` is the majority label of its detections (a tie counts as NoMask). The best
+    frame is that of a detection with that label scoring within ``slack`` of the track's
+    best: of those, the one fewest frames after a keyframe (its thumbnail decodes from
+    there, ~30x less decoding than an arbitrary frame of a 2-second GOP), then the highest
+    score, then the earliest. Without ``keyframes`` it is the highest-scoring one.
+    """
+    frame_of = np.repeat(np.arange(len(dets.counts)), dets.counts)
+    df = pd.DataFrame(
+        {
+            "track": dets.tracks, "frame": dets.frames[frame_of], "time_s": dets.time_s[frame_of],
+            "masked": dets.masked, "score": dets.scores, "x1": dets.boxes[:, 0], "y1": dets.boxes[:, 1],
+            "x2": dets.boxes[:, 2], "y2": dets.boxes[:, 3],
+        }
+    )
+    df = df[df.track >= 0]
+    if df.empty:
+        return pd.DataFrame(columns=[f.name for f in TRACKS_SCHEMA if f.name != "thumbnail"])
+    g = df.groupby("track", sort=True)
+    out = g.agg(first_s=("time_s", "min"), last_s=("time_s", "max"), frames=("frame", "nunique"),
+                masked_share=("masked", "mean"))
+    out["label"] = np.where(out.masked_share > 0.5, MASK_LABEL, "NoMask")
+    df = df.join(out["label"], on="track")
+    same = df[df.masked == (df.label == MASK_LABEL)]
+    top = same.groupby("track")["score"].transform("max")
+    same = same[same.score >= top - slack].copy()
+    keys = np.asarray(keyframes, np.int64)
+    frames = same.frame.to_numpy(np.int64)
+    before = keyframe_before(keys, frames) if len(keys) else frames
+    same["decode"] = np.where(before <= frames, frames - before, frames)
+    order = same.sort_values(["decode", "score", "frame"], ascending=[True, False, True])
+    best = same.loc[order.groupby("track").head(1).index]
+    best = best.set_index("track")[["frame", "time_s", "score", "x1", "y1", "x2", "y2"]]
+    out = out.join(best.rename(columns={"frame": "best_frame", "time_s": "best_time_s"})).reset_index()
+    out.insert(0, "video", video)
+    return out[[f.name for f in TRACKS_SCHEMA if f.name != "thumbnail"]]
+
+
+def _digest(dets: VideoDetections, *extra: Any) -> str:
+    h = hashlib.sha256()
+    for arr in dataclasses.astuple(dets):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(json.dumps(extra, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+def _old_thumbnails(sink: FrameSink) -> dict[tuple[Any, ...], bytes]:
+    """Thumbnails of the previous run, keyed by what they show."""
+    cols = ["video", "track", "best_frame", "x1", "y1", "x2", "y2", "thumbnail"]
+    table = sink.read_tracks(cols)
+    if table is None:
+        return {}
+    return {
+        (r["video"], r["best_frame"], r["x1"], r["y1"], r["x2"], r["y2"]): r["thumbnail"]
+        for r in table.to_pylist()
+        if r["thumbnail"] is not None
+    }
+
+
+def _thumb_key(video: str, row: Any) -> tuple[Any, ...]:
+    return (video, int(row.best_frame), *(float(np.float32(getattr(row, k))) for k in ("x1", "y1", "x2", "y2")))
+
+
+class _Manifest:
+    """``annotated/manifest.json``: which annotated video was drawn from which rows."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / MANIFEST
+        self.entries: dict[str, dict[str, Any]] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def current(self, video: str, digest: str, folder: Path) -> bool:
+        entry = self.entries.get(video)
+        return entry is not None and entry["digest"] == digest and (folder / entry["file"]).is_file()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}-{MANIFEST}")
+        tmp.write_text(json.dumps(self.entries, indent=2, sort_keys=True))
+        os.replace(tmp, self.path)
+
+
+def _write_track_ids(sink: FrameSink, parts: list[str], tracked: dict[str, VideoDetections]) -> int:
+    """Writes each detection's track id into the committed shard files where it changed;
+    returns how many files were rewritten."""
+    rewritten = 0
+    for path in parts:
+        table = sink.read_part(path)
+        videos = table.column("video").to_numpy(zero_copy_only=False)
+        frames = table.column("frame").to_numpy()
+        counts = pc.list_value_length(table.column("detections")).fill_null(0).to_numpy(zero_copy_only=False)
+        row_start = np.cumsum(counts) - counts
+        ids = np.full(int(counts.sum()), -1, np.int64)
+        for video in np.unique(videos):
+            dets = tracked[video]
+            rows = np.flatnonzero(videos == video)
+            pos = np.searchsorted(dets.frames, frames[rows])
+            src = _ranges(dets.offsets[pos], dets.counts[pos])
+            ids[_ranges(row_start[rows], counts[rows])] = dets.tracks[src]
+        if table.schema == FRAMES_SCHEMA:  # else: written before detections had a track
+            old = pc.list_flatten(table.column("detections")).combine_chunks()
+            old_ids = old.field("track").fill_null(-1).to_numpy(zero_copy_only=False) if len(old) else ids[:0]
+            if np.array_equal(old_ids, ids):
+                continue
+        sink.replace_part(path, with_tracks(table, ids))
+        rewritten += 1
+    return rewritten
+
+
+def _track_videos(
+    sink: FrameSink, segments: list[tuple[Path, list[tuple[str, int, int]]]], config: JobConfig
+) -> dict[str, VideoDetections]:
+    """Every video with committed rows, read back and tracked over all its sampled frames."""
+    parts_of: dict[str, list[Path]] = {}
+    for path, segs in segments:
+        for video in dict.fromkeys(s[0] for s in segs):
+            parts_of.setdefault(video, []).append(path)
+    params = dataclasses.asdict(config.tracking)
+    tracked = {}
+    for video, parts in parts_of.items():
+        dets = _read_video(sink, parts, video)
+        tracked[video] = dataclasses.replace(
+            dets, tracks=track_sequence(dets.counts, dets.boxes, dets.scores, **params)
+        )
+    return tracked
+
+
+def split_by_frame(
+    wanted: dict[int, tuple[int, np.ndarray]], parts: int, keyframes: Sequence[int] = ()
+) -> list[dict[int, tuple[int, np.ndarray]]]:
+    """``wanted`` ``{track: (frame, box)}`` cut into at most ``parts`` pieces of contiguous
+    frames, at least 4 frames each, that cost about the same to decode.
+
+    Each piece reads its own stretch of the video forward: every GOP it touches from the
+    keyframe to the last wanted frame in it (:func:`jobs.pipeline.decode.read_frames`). A GOP is never
+    split between pieces. Without ``keyframes`` every frame counts as one.
+    """
+    frames = np.array(sorted({f for f, _ in wanted.values()}), np.int64)
+    parts = max(1, min(parts, len(frames) // 4))
+    if parts == 1:
+        return [dict(wanted)]
+    keys = np.asarray(keyframes, np.int64)
+    starts = keyframe_before(keys, frames) if len(keys) else frames
+    gop_keys, first = np.unique(starts, return_index=True)  # the wanted frames, grouped by GOP
+    last = np.append(first[1:], len(frames)) - 1
+    cost = np.cumsum(frames[last] - np.minimum(gop_keys, frames[first]) + 1)
+    targets = cost[-1] * np.arange(1, parts) / parts
+    ends = np.searchsorted(cost, targets)  # a piece's last GOP: where the running cost is nearest its share
+    earlier = np.maximum(ends - 1, 0)
+    ends = np.unique(np.where((ends > 0) & (targets - cost[earlier] < cost[ends] - targets), earlier, ends))
+    bounds = frames[first[ends[ends + 1 < len(first)] + 1]]  # each later piece's first frame
+    out: list[dict[int, tuple[int, np.ndarray]]] = [{} for _ in range(len(bounds) + 1)]
+    for track, (frame, box) in wanted.items():
+        out[int(np.searchsorted(bounds, frame, side="right"))][track] = (frame, box)
+    return out
+
+
+def _render(
+    ray: Any,
+    sink: FrameSink,
+    todo: list[tuple[str, str, VideoInfo]],
+    tracked: dict[str, VideoDetections],
+    summaries: dict[str, pd.DataFrame],
+    config: JobConfig,
+    helpers: Sequence[Any] = (),
+) -> dict[str, dict[int, bytes]]:
+    """Thumbnails per track (kept from the last run where they show the same face), and the
+    annotated videos whose rows changed, in Ray tasks. Returns ``{video: {track: JPEG}}``.
+
+    ``helpers``: actors with a ``render`` method (:meth:`jobs.pipeline.actor.DetectorActor.render`)
+    that take the first pieces, one each, before tasks take the rest; a piece whose actor
+    died is run again as a task.
+    """
+    old_thumbs = _old_thumbnails(sink)
+    a = config.annotate
+    manifest = _Manifest(sink.annotated_dir) if sink.annotated_dir is not None else None
+    if a.enabled and sink.annotated_dir.is_dir():  # type: ignore[union-attr]  (run_job checked it)
+        for stale in sink.annotated_dir.rglob(".tmp-*"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+    remote = ray.remote(num_cpus=1, max_retries=1)(render_video)
+    # thumbnails of one video are split over the CPUs the other videos leave idle
+    spread = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, len(todo)))
+    idle = list(helpers)
+    pending: dict[Any, tuple[str, str | None, str, Callable[[], Any] | None]] = {}
+    thumbs: dict[str, dict[int, bytes]] = {}
+    for video, path, info in todo:
+        dets, thumbs[video], wanted = tracked[video], {}, {}
+        for row in summaries[video].itertuples():
+            if row.label == MASK_LABEL:  # the report shows the unmasked; a thumbnail costs a seek
+                continue
+            key = _thumb_key(video, row)
+            if key in old_thumbs:
+                thumbs[video][int(row.track)] = old_thumbs[key]
+            else:
+                wanted[int(row.track)] = (int(row.best_frame), np.array([row.x1, row.y1, row.x2, row.y2]))
+        rate = sampled_rate(info, config.sampling)
+        digest = _digest(dets, rate, a.crf, a.preset)
+        annotate_to = None
+        if a.enabled and not manifest.current(video, digest, sink.annotated_dir):  # type: ignore[union-attr]
+            annotate_to = str(sink.annotated_dir / f"{video}.mp4")
+        for i, part in enumerate(split_by_frame(wanted, spread if annotate_to is None else 1, info.keyframes)):
+            if part or (i == 0 and annotate_to):
+                annotate = annotate_to if i == 0 else None
+                task = functools.partial(remote.remote, path, dets, part, annotate, rate=rate, width=info.width,
+                                         height=info.height, crf=a.crf, preset=a.preset)
+                if idle:  # the task stays as the fallback should the actor die
+                    pending[idle.pop(0).render.remote(*task.args, **task.keywords)] = (video, annotate, digest, task)
+                else:
+                    pending[task()] = (video, annotate, digest, None)
+    for ref, (video, annotate_to, digest, fallback) in pending.items():
+        try:
+            thumbs[video].update(_rendered(ray, ref, fallback, video))
+        except Exception as exc:  # a Ray error: the render task failed; keep the rest of the output
+            cause = one_line(exc, limit=300)
+            logger.warning("%s: thumbnails/annotated video failed (%s)", video, cause)
+            continue
+        if annotate_to is not None:
+            manifest.entries[video] = {"file": f"{video}.mp4", "digest": digest, "frames": len(tracked[video].frames)}
+    if a.enabled:
+        manifest.save()
+    return thumbs
+
+
+def _rendered(ray: Any, ref: Any, fallback: Callable[[], Any] | None, video: str) -> dict[int, bytes]:
+    """``ray.get(ref)``; if the actor it ran on died, the same piece again as a task (``fallback``)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayActorError:
+        if fallback is None:
+            raise
+        logger.info("%s: the actor rendering it died; rendering in a task instead", video)
+        return ray.get(fallback())
+
+
+def finish_tracks(
+    ray: Any,
+    sink: FrameSink,
+    probed: list[tuple[str, str, VideoInfo]],
+    failed: Collection[str],
+    config: JobConfig,
+    helpers: Sequence[Any] = (),
+) -> dict[str, dict[str, int]]:
+    """Tracks every video with committed rows, writes the ids and ``tracks.parquet``, renders
+    thumbnails (and annotated videos for ``config.annotate.enabled``) of videos not in ``failed``
+    (``helpers``: idle actors that render too, see :func:`_render`).
+
+    Returns ``{video: {"people": n, "people_unmasked": m}}``.
+    """
+    t0 = time.monotonic()
+    segments = sink.part_segments()
+    tracked = _track_videos(sink, segments, config)
+    keyframes = {video: info.keyframes for video, _, info in probed}
+    summaries = {video: summarise_tracks(video, dets, keyframes.get(video, ())) for video, dets in tracked.items()}
+    rewritten = _write_track_ids(sink, [p for p, _ in segments], tracked)
+    logger.info("tracked %d videos, %d shard files updated", len(tracked), rewritten)
+
+    todo = [(v, path, info) for v, path, info in probed if v not in failed and v in tracked]
+    thumbs = _render(ray, sink, todo, tracked, summaries, config, helpers)
+    frames = [s.assign(thumbnail=s.track.map(thumbs.get(v, {}))) for v, s in summaries.items() if len(s)]
+    table = (
+        pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=TRACKS_SCHEMA, preserve_index=False)
+        if frames else TRACKS_SCHEMA.empty_table()
+    )
+    sink.write_tracks(table)
+    logger.info("tracks, thumbnails and annotations in %.1f s", time.monotonic() - t0)
+    return {
+        v: {"people": len(s), "people_unmasked": int((s.label != MASK_LABEL).sum()) if len(s) else 0}
+        for v, s in summaries.items()
+    }

@@ -1,0 +1,63 @@
+"""Decoding shards: forward reading returns exactly the frames decord's random access does."""
+
+from __future__ import annotations
+
+import decord
+import numpy as np
+import pytest
+
+from detector.preprocess import resize_rgb
+from jobs.pipeline.decode import STARTED, decode_shard, read_frames
+from jobs.pipeline.plan import Segment, Shard
+
+SAMPLINGS = {
+    "every frame": lambda n: np.arange(n),
+    "stride 3": lambda n: np.arange(0, n, 3),
+    "fps-like steps": lambda n: np.unique(np.floor(np.arange(0, n, 7.3)).astype(np.int64)),
+    "random": lambda n: np.sort(np.random.default_rng(n).choice(n, min(n, 12), replace=False)),
+    "second half": lambda n: np.arange(n // 2, n),
+}
+
+
+@pytest.mark.parametrize("video", ["long.mp4", "cams/north/hevc.mkv", "cams/vp9.webm", "mpeg4.avi", "mjpeg.mov"])
+@pytest.mark.parametrize("sampling", sorted(SAMPLINGS))
+def test_read_frames_equals_random_access(video_set, video: str, sampling: str) -> None:
+    path = str(video_set.root / video)
+    ref = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    idx = SAMPLINGS[sampling](len(ref))
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    keys = np.asarray(reader.get_key_indices(), dtype=np.int64)
+    got = [frame.copy() for frame in read_frames(reader, idx, keys)]
+    assert len(got) == len(idx)
+    for i, frame in zip(idx.tolist(), got):
+        assert np.array_equal(frame, ref.get_batch([i]).asnumpy()[0]), f"{video} frame {i}"
+
+
+def test_decode_shard_batches(video_set) -> None:
+    path = str(video_set.root / "long.mp4")
+    frames = tuple(range(5, 400, 7))
+    shard = Shard("s", (Segment("long.mp4", path, frames),))
+    items = list(decode_shard(shard, input_size=260, batch_size=16))
+    assert items[0] == STARTED
+    batches = items[1:]
+    assert [len(b["frame"]) for b in batches] == [16, 16, 16, 9]
+    got_idx = np.concatenate([b["frame"] for b in batches])
+    assert got_idx.tolist() == list(frames)
+    ref = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    want = np.stack([resize_rgb(ref.get_batch([i]).asnumpy()[0], 260) for i in frames])
+    assert np.array_equal(np.concatenate([b["frames"] for b in batches]), want)
+    stamps = ref.get_frame_timestamp(list(frames))[:, 0]
+    assert np.allclose(np.concatenate([b["time_s"] for b in batches]), stamps)
+    assert set(np.concatenate([b["width"] for b in batches]).tolist()) == {480}
+
+
+def test_decode_shard_runs_opencv_on_one_thread_and_restores_it(video_set) -> None:
+    import cv2
+
+    cv2.setNumThreads(2)
+    shard = Shard("s", (Segment("mjpeg.mov", str(video_set.root / "mjpeg.mov"), tuple(range(20))),))
+    seen = []
+    for item in decode_shard(shard, input_size=260, batch_size=8):
+        seen.append(cv2.getNumThreads())
+    assert seen and set(seen) == {1}  # while the task decodes (it holds one CPU)
+    assert cv2.getNumThreads() == 2  # a caller in the same process gets its setting back

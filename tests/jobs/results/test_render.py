@@ -1,0 +1,81 @@
+"""``maskjobs run --annotate``: the annotated MP4s decode, and their boxes are where the rows say."""
+
+from __future__ import annotations
+
+import json
+
+import decord
+import imageio_ffmpeg
+import numpy as np
+import pandas as pd
+
+from jobs.results.render import MASK_RGB, NOMASK_RGB, VideoDetections, annotate_video
+from tests.jobs.conftest import WalkSet
+from tests.videogen import Scene, write_video
+
+
+def _edge_points(d: dict, n: int = 5) -> list[tuple[int, int]]:
+    """Points (x, y) along the four edges of a detection's box, away from the corners."""
+    x1, y1, x2, y2 = (int(round(d[k])) for k in ("x1", "y1", "x2", "y2"))
+    ts = np.linspace(0.25, 0.75, n)
+    pts = [(x1, round(y1 + t * (y2 - y1))) for t in ts] + [(x2, round(y1 + t * (y2 - y1))) for t in ts]
+    pts += [(round(x1 + t * (x2 - x1)), y2) for t in ts]  # the top edge may be under the label
+    return pts
+
+
+def test_annotated_videos_are_browser_playable_h264_of_every_sampled_frame(walk_set: WalkSet) -> None:
+    videos = pd.read_parquet(walk_set.out / "videos.parquet").set_index("video")
+    manifest = json.loads((walk_set.out / "annotated" / "manifest.json").read_text())
+    assert set(manifest) == set(walk_set.scenes)
+    for video in walk_set.scenes:
+        path = walk_set.out / "annotated" / manifest[video]["file"]
+        assert path.name == f"{video}.mp4"
+        reader = decord.VideoReader(str(path))
+        assert len(reader) == videos.loc[video, "frames_processed"] == manifest[video]["frames"]
+        assert reader[0].shape == (videos.loc[video, "height"], videos.loc[video, "width"], 3)
+        assert abs(reader.get_avg_fps() - 25) < 0.01
+        meta = next(imageio_ffmpeg.read_frames(str(path)))
+        assert meta["codec"].startswith("h264") and meta["pix_fmt"].startswith("yuv420p")
+        data = path.read_bytes()
+        assert 0 < data.find(b"moov") < data.find(b"mdat")  # faststart: playable while downloading
+
+
+def test_boxes_are_drawn_where_the_rows_say(walk_set: WalkSet) -> None:
+    frames = pd.read_parquet(walk_set.out / "frames")
+    walk = frames[frames.video == "b_walk.mp4"].set_index("frame").sort_index()
+    annotated = decord.VideoReader(str(walk_set.out / "annotated" / "b_walk.mp4.mp4"))
+    source = decord.VideoReader(str(walk_set.root / "b_walk.mp4"))
+    checked = 0
+    for pos in range(0, len(walk), 17):
+        frame = int(walk.index[pos])
+        drawn = annotated[pos].asnumpy().astype(int)
+        plain = source[frame].asnumpy().astype(int)
+        for d in walk.loc[frame, "detections"]:
+            colour = np.array(MASK_RGB if d["label"] == "Mask" else NOMASK_RGB)
+            other = np.array(NOMASK_RGB if d["label"] == "Mask" else MASK_RGB)
+            for x, y in _edge_points(d):
+                assert np.abs(drawn[y, x] - colour).max() < 80, (frame, d, (x, y), drawn[y, x])
+                assert np.abs(drawn[y, x] - other).max() > 120
+                assert np.abs(plain[y, x] - colour).max() > 60  # the source is not already that colour there
+                checked += 1
+            # inside the box, away from the edges and the label: the source picture, not paint
+            cx, cy = round((d["x1"] + d["x2"]) / 2), round((d["y1"] * 0.3 + d["y2"] * 0.7))
+            assert np.abs(drawn[cy, cx] - plain[cy, cx]).max() < 40
+    assert checked >= 8 * 2 * 15
+
+
+def test_an_odd_sized_video_is_padded_to_even_dimensions(tmp_path, scene: Scene, ffmpeg: str) -> None:
+    """yuv420p needs even dimensions: a 321x241 source comes out 322x242, its pixels in place."""
+    odd = Scene(scene.photos, width=321, height=241)
+    source = write_video(tmp_path / "odd.mp4", odd, 6, ffmpeg=ffmpeg, codec="h264-444")
+    frames = np.array([0, 2, 4])
+    box = np.array([[100.0, 60.0, 180.0, 150.0]] * 3)
+    dets = VideoDetections(frames, frames / 25.0, np.ones(3, np.int64), box, np.zeros(3, bool), np.full(3, 0.9),
+                           np.array([4, 4, 4]))
+    out = tmp_path / "annotated" / "odd.mp4"
+    assert annotate_video(str(source), dets, str(out), rate=12.5, width=321, height=241) == 3
+    reader = decord.VideoReader(str(out))
+    assert len(reader) == 3 and reader[0].shape == (242, 322, 3)
+    image = reader[1].asnumpy().astype(int)
+    assert np.abs(image[105, 100] - NOMASK_RGB).max() < 80 and np.abs(image[105, 180] - NOMASK_RGB).max() < 80
+    assert not list(out.parent.glob(".tmp-*"))
