@@ -15,10 +15,8 @@ torch row uses the same number of threads.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import os
-import platform
 import statistics
 import threading
 import time
@@ -30,48 +28,16 @@ import cv2
 import numpy as np
 import torch
 
+from benchmarks.common import caffe_pair, default_weights, load_photos, machine
 from detector.detections import Detections
 from detector.postprocess import postprocess
 from detector.predictor import FaceMaskDetector
 from detector.weights import load_weights
 
-logger = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parents[1]
 FRAME_SOURCE_SIZE = (640, 480)  # (width, height) the frames are said to come from, for detect_prepared
 
 
-def _shared_dir() -> Path:
-    return Path(os.environ.get("MASKJOBS_SHARED", REPO.parent / "shared"))
-
-
-def _default_weights() -> Path:
-    env = os.environ.get("MASKJOBS_WEIGHTS")
-    return Path(env) if env else _shared_dir() / "models" / "aizoo" / "face_mask_detection.caffemodel"
-
-
-def _caffe_pair(weights: Path) -> tuple[Path, Path]:
-    """The Caffe pair OpenCV runs: beside ``weights`` if it is one, else the shared copy."""
-    if weights.suffix in (".caffemodel", ".prototxt"):
-        return weights.with_suffix(".prototxt"), weights.with_suffix(".caffemodel")
-    base = _shared_dir() / "models" / "aizoo" / "face_mask_detection"
-    return base.with_suffix(".prototxt"), base.with_suffix(".caffemodel")
-
-
 # -- inputs --------------------------------------------------------------------------------
-
-
-def load_photos() -> list[np.ndarray]:
-    """The shared RGB photos that exist (none if the shared folder is missing)."""
-    media = _shared_dir() / "media"
-    photos = []
-    for name in ("aizoo_demo2.jpg", "skimage_astronaut.png"):
-        bgr = cv2.imread(str(media / name))
-        if bgr is not None:
-            photos.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    if not photos:
-        logger.warning("no photos under %s: using random frames", media)
-    return photos
 
 
 def make_frames(n: int, size: int, *, seed: int = 0, random_only: bool = False) -> np.ndarray:
@@ -120,6 +86,7 @@ class MainBaseline(FaceMaskDetector):
 
     def __init__(self, weights: Path, threads: int) -> None:
         super().__init__(weights, backend="eager", num_threads=threads, micro_batch=1 << 30)
+        self.engine.module = self._forward  # this variant's model call, on the eager engine's micro-batches
         self._unflushed = load_weights(weights).model.eval().to(memory_format=torch.channels_last)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,6 +99,7 @@ class ContiguousEager(FaceMaskDetector):
     def __init__(self, weights: Path, threads: int) -> None:
         super().__init__(weights, backend="eager", num_threads=threads)
         self.model.to(memory_format=torch.contiguous_format)
+        self.engine.module = self._forward  # this variant's model call, on the eager engine's micro-batches
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(x.contiguous())
@@ -142,6 +110,7 @@ class PerShapeGraph(FaceMaskDetector):
 
     def __init__(self, weights: Path, threads: int, build: Callable[[torch.nn.Module, torch.Tensor], Callable]) -> None:
         super().__init__(weights, backend="eager", num_threads=threads)
+        self.engine.module = self._forward  # this variant's model call, on the eager engine's micro-batches
         self._build = build
         self._graphs: dict[tuple[int, ...], Callable] = {}
         self._graph_lock = threading.Lock()
@@ -288,33 +257,6 @@ def run_batch(args: argparse.Namespace, reference: OpenCVDNN, frames: np.ndarray
     return rows
 
 
-def _machine() -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"{platform.machine()}, {cores} CPUs ({model}); python {platform.python_version()}, "
-        f"torch {torch.__version__}, OpenCV {cv2.__version__}, numpy {np.__version__}, {_decord_version()}"
-    )
-
-
-def _decord_version() -> str:
-    """Which distribution provides ``import decord``: decord2 (the maintained fork) or decord."""
-    for dist in ("decord2", "decord"):
-        try:
-            return f"{dist} {importlib.metadata.version(dist)}"
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return "no decord"
-
-
 def _print_table(b: int, rows: list[Row]) -> None:
     print(f"\nbatch {b}")
     print(f"  {'variant':<42} {'call':<16} {'frames/s':>9} {'frames/CPU-s':>13} {'x OpenCV':>9} {'x OpenCV+post':>14}  check")
@@ -327,7 +269,7 @@ def _print_table(b: int, rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> None:
     default_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_detector", description=__doc__.splitlines()[0])
-    p.add_argument("--weights", type=Path, default=_default_weights(),
+    p.add_argument("--weights", type=Path, default=default_weights(),
                    help="our detector's weights (default: $MASKJOBS_WEIGHTS, else the shared Caffe model)")
     p.add_argument("--seconds", type=float, default=1.0, help="seconds per row and round (default 1)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported (default 5)")
@@ -345,12 +287,12 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    prototxt, caffemodel = _caffe_pair(args.weights)
+    prototxt, caffemodel = caffe_pair(args.weights)
     reference = OpenCVDNN(prototxt, caffemodel, size=260)
     batch_sizes = [int(s) for s in args.batch_sizes.split(",")]
     frames = make_frames(max(batch_sizes), 260, random_only=args.random_frames)
 
-    print(f"machine: {_machine()}")
+    print(f"machine: {machine()}")
     print(f"weights: {args.weights}; OpenCV on {caffemodel.name}; threads: {args.threads} "
           f"(torch.set_num_threads, cv2.setNumThreads); {args.rounds} rounds x {args.seconds:g} s per row, medians")
     extra: dict[str, FaceMaskDetector] = {}

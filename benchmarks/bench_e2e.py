@@ -41,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.bench_detector import _caffe_pair
+from benchmarks.common import caffe_pair, decoded_batches
 from benchmarks.videos import SIZES, add_video_arguments, ensure_video, ensure_walkers_video, start
 from detector.compare import equal, same_faces
 from detector.detections import Detections
@@ -63,7 +62,7 @@ class Reference:
     """OpenCV DNN on the published Caffe pair plus our post-processing: AIZOO's CPU path."""
 
     def __init__(self, weights: Path) -> None:
-        prototxt, caffemodel = _caffe_pair(weights)
+        prototxt, caffemodel = caffe_pair(weights)
         self.net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
         spec_source = FaceMaskDetector(weights)
         self.spec = spec_source.spec
@@ -99,20 +98,10 @@ def baseline_loop(path: Path, ref: Reference) -> tuple[float, list[Detections]]:
     return time.perf_counter() - t0, out
 
 
-def _decoded(path: Path, frames: int, batch: int, which: list[int] | None = None) -> Iterator[dict]:
-    from jobs.pipeline.decode import STARTED, decode_shard
-    from jobs.pipeline.plan import Segment, Shard
-
-    shard = Shard("bench", (Segment(path.name, str(path), tuple(which if which is not None else range(frames))),))
-    for item in decode_shard(shard, input_size=260, batch_size=batch):
-        if item is not STARTED:
-            yield item
-
-
 def decode_alone(path: Path, frames: int) -> float:
     """Frames per second of one decode task (decord, resize to 260x260) in this process."""
     t0 = time.perf_counter()
-    n = sum(len(b["frame"]) for b in _decoded(path, frames, 16))
+    n = sum(len(b["frame"]) for b in decoded_batches(path, frames, 16))
     return n / (time.perf_counter() - t0)
 
 
@@ -120,9 +109,9 @@ def detector_alone(path: Path, frames_total: int, ref: Reference, weights: Path,
     """(ours float32, ours int8, OpenCV DNN + post-processing) frames per second on the first
     256 resized frames of ``path`` (all of a shorter video); int8 is calibrated on 32 frames
     from the video's second half (past those 256; a shorter video's own first 32)."""
-    frames = np.concatenate([b["frames"] for b in _decoded(path, min(256, frames_total), 16)])
+    frames = np.concatenate([b["frames"] for b in decoded_batches(path, min(256, frames_total), 16)])
     later = list(range(max(256, frames_total // 2), frames_total, max(1, frames_total // 64)))
-    calibration = np.concatenate([b["frames"] for b in _decoded(path, frames_total, 16, later)])[:32] if later else frames[:32]
+    calibration = np.concatenate([b["frames"] for b in decoded_batches(path, frames_total, 16, later)])[:32] if later else frames[:32]
     ours = FaceMaskDetector(weights, num_threads=os.cpu_count() or 1)
     int8 = FaceMaskDetector(weights, num_threads=os.cpu_count() or 1)
     int8.quantize(calibration)

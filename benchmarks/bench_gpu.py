@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.common import decoded_batches
 from detector.detections import Detections
 from detector.predictor import FaceMaskDetector
 
@@ -47,14 +48,11 @@ def _frames(video: Path) -> tuple[np.ndarray, tuple[int, int]]:
     if video.suffix == ".npz":
         with np.load(video) as data:
             return data["frames"], (int(data["size"][0]), int(data["size"][1]))
-    from jobs.pipeline.decode import STARTED, decode_shard
-    from jobs.pipeline.plan import Segment, Shard
+    from jobs.video import open_video
 
-    import decord
-
-    n = len(decord.VideoReader(str(video), ctx=decord.cpu(0)))
-    shard = Shard("gpu", (Segment(video.name, str(video), tuple(range(n))),))
-    batches = [b for b in decode_shard(shard, input_size=260, batch_size=64) if b is not STARTED]
+    with open_video(video) as opened:
+        n = len(opened)
+    batches = list(decoded_batches(video, n, 64))
     return np.concatenate([b["frames"] for b in batches]), (int(batches[0]["width"][0]), int(batches[0]["height"][0]))
 
 
@@ -123,13 +121,13 @@ def throughput(weights: Path, frames: np.ndarray, seconds: float) -> dict[str, A
             sizes = [(1920, 1080)] * b
             for upload in ("pinned", "pageable"):
                 if upload == "pageable":
-                    det._upload = lambda f: f.to(det.device)  # type: ignore[method-assign]
+                    det.engine._upload = lambda f: f.to(det.device)  # type: ignore[method-assign]
                 else:
-                    det.__dict__.pop("_upload", None)
+                    det.engine.__dict__.pop("_upload", None)
                 fps = _cuda_fps(lambda: det.detect_prepared(batch, sizes), b, seconds, warmup=3)
                 out[f"{name}_b{b}_{upload}"] = fps
                 print(f"{name} batch {b} {upload}: {fps:,.0f} frames/s (upload + model + post-processing)", flush=True)
-            det.__dict__.pop("_upload", None)
+            det.engine.__dict__.pop("_upload", None)
         print(f"suggested batch size ({name}): {out[f'suggested_batch_{name}']}", flush=True)
     return out
 

@@ -21,9 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import detector.predictor as predictor_module
-from benchmarks.bench_detector import load_photos
-from benchmarks.bench_e2e import _decoded
+from benchmarks.common import decoded_batches, load_photos
 from benchmarks.int8 import varied_frames
 from benchmarks.videos import add_video_arguments, ensure_video, start
 from detector.compare import same_faces
@@ -68,10 +66,10 @@ def speed(weights: Path, frames: np.ndarray, calibration: np.ndarray, seconds: f
     start = time.perf_counter()
     det.quantize(calibration, margin=0.0)
     out["calibrate_s"] = time.perf_counter() - start
-    saved = predictor_module.INT8_MICRO_BATCH
+    saved = det.engine.micro_batch  # frames per int8 call (detector.runners.int8.INT8_MICRO_BATCH)
     try:
         for per_call in (1, saved):
-            predictor_module.INT8_MICRO_BATCH = per_call
+            det.engine.micro_batch = per_call
             det.raw(frames[:16])
             n, t0 = 0, time.perf_counter()
             while time.perf_counter() - t0 < seconds:
@@ -80,7 +78,7 @@ def speed(weights: Path, frames: np.ndarray, calibration: np.ndarray, seconds: f
                 n += len(frames)
             out[f"{per_call} a call"] = n / (time.perf_counter() - t0)
     finally:
-        predictor_module.INT8_MICRO_BATCH = saved
+        det.engine.micro_batch = saved
     return out
 
 
@@ -94,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     sets = {}
     for video in videos:
         n = probe_video(str(video)).frames_total
-        frames = np.concatenate([b["frames"] for b in _decoded(video, n, 16)])
+        frames = np.concatenate([b["frames"] for b in decoded_batches(video, n, 16)])
         calibration = np.stack([frames[i] for i in range(30, len(frames), 84)][:32])
         sets[video.name] = (frames, calibration)
     photos = load_photos()

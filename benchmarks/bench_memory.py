@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.bench_detector import _default_weights, _machine
+from benchmarks.common import default_weights, machine
 from benchmarks.videos import ensure_clips, ensure_repeated, ensure_video
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "maskjobs-bench")
     args = p.parse_args(argv)
-    weights = (args.weights or _default_weights()).resolve()
+    weights = (args.weights or default_weights()).resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(_machine())
+    print(machine())
     short = ensure_video(args.workdir, "1080p", int(args.minutes * 60 * 30))
     long = ensure_repeated(short, args.repeat)
     clips = ensure_clips(args.workdir, args.clips, "720p", args.clip_frames) if args.clips else None

@@ -8,6 +8,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from benchmarks.common import default_weights, load_photos, machine
+from benchmarks.videogen import CODECS, PathScene, Scene, Walker, write_video
+
 SIZES = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}
 
 
@@ -23,12 +26,10 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
 def start(args: argparse.Namespace) -> Path:
     """For parsed :func:`add_video_arguments`: quiet logging, the work folder made, the
     machine printed. Returns the weights' resolved path."""
-    from benchmarks.bench_detector import _default_weights, _machine
-
     logging.basicConfig(level=logging.WARNING)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(_machine())
-    return (args.weights or _default_weights()).resolve()
+    print(machine())
+    return (args.weights or default_weights()).resolve()
 
 
 def _ffmpeg() -> str:
@@ -45,9 +46,6 @@ def ensure_video(
 
     ``h264-main`` is x264 ``veryfast`` (CABAC, B-frames), as cameras and phones write it.
     """
-    from benchmarks.bench_detector import load_photos
-    from tests.videogen import CODECS, Scene, write_video
-
     path = workdir / (name or f"{codec}-{size}-{frames}{CODECS[codec][1]}")
     if not path.exists():
         width, height = SIZES[size]
@@ -64,9 +62,6 @@ def ensure_walkers_video(workdir: Path, size: str, frames: int) -> Path:
     mirror images, at different heights) walking across the picture along straight lines,
     overlapping and leaving it, encoded as a surveillance camera might (``h264-camera``: x264
     ``fast``, High profile, CRF 26; 25 fps, a keyframe every 250 frames). Generated once."""
-    from benchmarks.bench_detector import load_photos
-    from tests.videogen import PathScene, Walker, write_video
-
     path = workdir / f"walkers-{size}-{frames}.mp4"
     if path.exists():
         return path

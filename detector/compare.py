@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector.detections import Detections
-from jobs.results.bytetrack import box_iou
+from detector.boxes import box_iou
 
 
 def _order(d: Detections) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_CLASS_NAMES = ("Mask", "NoMask")
+from detector.spec import CLASS_NAMES
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Detections:
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
-    class_names: tuple[str, ...] = field(default=DEFAULT_CLASS_NAMES)
+    class_names: tuple[str, ...] = field(default=CLASS_NAMES)
 
     def __post_init__(self) -> None:
         k = len(self.scores)
@@ -35,7 +35,7 @@ class Detections:
             raise ValueError("a label is out of range of class_names")
 
     @classmethod
-    def empty(cls, class_names: tuple[str, ...] = DEFAULT_CLASS_NAMES) -> Detections:
+    def empty(cls, class_names: tuple[str, ...] = CLASS_NAMES) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), class_names)
 
     def __len__(self) -> int:

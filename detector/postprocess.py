@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from detector.box_coder import decode_boxes
-from detector.detections import DEFAULT_CLASS_NAMES, Detections
+from detector.detections import Detections
+from detector.spec import CLASS_NAMES
 
 _AREA_EPS = 1e-3  # AIZOO's single_class_non_max_suppression adds this to widths and heights
 
@@ -103,7 +104,7 @@ def postprocess(
     score_threshold: float = 0.5,
     iou_threshold: float = 0.4,
     variances: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2),
-    class_names: tuple[str, ...] = DEFAULT_CLASS_NAMES,
+    class_names: tuple[str, ...] = CLASS_NAMES,
 ) -> list[Detections]:
     """Turns raw model outputs into per-picture detections.
 

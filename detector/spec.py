@@ -3,10 +3,39 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ANCHOR_SIZES = ((0.04, 0.056), (0.08, 0.11), (0.16, 0.22), (0.32, 0.45), (0.64, 0.72))
 ANCHOR_RATIOS = (1.0, 0.62, 0.42)
+
+# The classes, in the order of the model's class head: the one place they are spelled. Every
+# masked/unmasked count reads label index MASK_INDEX as "masked", so a weight file that names
+# or orders its classes otherwise is refused (see :func:`check_class_names`), never followed.
+MASK = "Mask"
+NO_MASK = "NoMask"
+CLASS_NAMES: tuple[str, ...] = (MASK, NO_MASK)
+MASK_INDEX = CLASS_NAMES.index(MASK)
+
+
+def is_masked(labels: int | np.ndarray) -> bool | np.ndarray:
+    """Whether label indices (an ``int`` or an integer array) mean a masked face."""
+    return labels == MASK_INDEX
+
+
+def check_class_names(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` as a tuple if they are :data:`CLASS_NAMES` exactly; else ``ValueError`` naming both."""
+    found = tuple(names)
+    if found != CLASS_NAMES:
+        raise ValueError(
+            f"class_names {list(found)} differ from {list(CLASS_NAMES)}: a renamed or reordered list "
+            f"would invert the masked counts"
+        )
+    return found
 
 
 @dataclass(frozen=True)
@@ -27,7 +56,10 @@ class ModelSpec:
     anchor_sizes: tuple[tuple[float, ...], ...] = ANCHOR_SIZES
     anchor_ratios: tuple[float, ...] = ANCHOR_RATIOS
     variances: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
-    class_names: tuple[str, ...] = ("Mask", "NoMask")
+    class_names: tuple[str, ...] = CLASS_NAMES  # always CLASS_NAMES: checked, so a file cannot change them
+
+    def __post_init__(self) -> None:
+        check_class_names(self.class_names)
 
     @property
     def anchors_per_cell(self) -> int:

@@ -8,7 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from jobs.errors import ImageReadError, one_line
+from jobs.errors import ImageReadError
+from jobs.video import open_video
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".ppm", ".pgm"})
 VIDEO_EXTENSIONS = frozenset(
@@ -36,22 +37,12 @@ def read_image_rgb(path: Path) -> np.ndarray:
 
 
 def iter_video_batches(path: Path, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yields ``(frame_indices, frames (B, H, W, 3) uint8 RGB)`` over every frame, in order."""
-    import decord
+    """Yields ``(frame_indices, frames (B, H, W, 3) uint8 RGB)`` over every frame, in order.
 
-    if not path.exists():
-        raise ImageReadError(path, "no such file")
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "the file is empty")
-    try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    except (decord.DECORDError, RuntimeError) as exc:
-        raise ImageReadError(path, f"not a readable video ({one_line(exc, limit=160)})") from None
-    total = len(reader)
-    for start in range(0, total, batch_size):
-        idx = np.arange(start, min(start + batch_size, total))
-        try:
-            frames = reader.get_batch(idx.tolist()).asnumpy()
-        except (decord.DECORDError, RuntimeError) as exc:
-            raise ImageReadError(path, f"decoding failed at frame {start} ({one_line(exc, limit=160)})") from None
-        yield idx, frames
+    Raises :class:`jobs.video.VideoReadError` (an :class:`ImageReadError`) naming the file and
+    the cause."""
+    with open_video(path) as video:
+        total = len(video)
+        for start in range(0, total, batch_size):
+            idx = np.arange(start, min(start + batch_size, total))
+            yield idx, video.batch(idx)

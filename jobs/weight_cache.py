@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from detector.weights import sha256_of
-from detector.weights._atomic import atomic_output
 from jobs.errors import InputError, WeightsError
+from sinks.atomic import atomic_output, sweep
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ FETCH_SETS = {
 }
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
+# A download left aside this long is a killed fetch's, not one still running in another process.
+_STALE_PART_S = 24 * 3600
 
 
 def cache_dir() -> Path:
@@ -151,6 +153,7 @@ def fetch(formats: Iterable[str], *, base: str | None = None) -> list[Path]:
         if fmt not in FETCH_SETS:
             raise InputError(f"unknown format {fmt!r} to fetch (known: {', '.join(FETCH_SETS)})")
         names += [n for n in FETCH_SETS[fmt] if n not in names]
+    sweep(weights_cache(), older_than_s=_STALE_PART_S, recursive=True)
     paths = []
     for name in names:
         dest = weights_cache() / name

@@ -6,6 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detector.spec import is_masked
+
 DETECTION_TYPE = pa.struct(
     [
         ("label", pa.string()),
@@ -82,20 +84,21 @@ def frames_table(
     scores: np.ndarray,
     boxes: np.ndarray,
     class_names: tuple[str, ...],
-    mask_label: int = 0,
 ) -> pa.Table:
     """One row per frame.
 
     Args:
         video, frame, time_s, counts: (F,) per frame; ``counts`` faces per frame.
         labels (K,) int, scores (K,) float, boxes (K, 4) float: every face, frame after frame.
+        class_names: the label names (:data:`detector.spec.CLASS_NAMES`; label
+            :data:`~detector.spec.MASK_INDEX` is counted as masked).
     """
     counts = np.asarray(counts, dtype=np.int32)
     labels = np.asarray(labels, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    is_masked = (labels == mask_label).astype(np.int32)
+    masked_face = is_masked(labels).astype(np.int32)
     frame_of = np.repeat(np.arange(len(counts)), counts)  # each face's frame (row)
-    masked = np.bincount(frame_of, weights=is_masked, minlength=len(counts)).astype(np.int32)
+    masked = np.bincount(frame_of, weights=masked_face, minlength=len(counts)).astype(np.int32)
     unmasked = counts - masked
     with np.errstate(invalid="ignore", divide="ignore"):
         compliance = np.where(counts > 0, masked / np.maximum(counts, 1), np.nan).astype(np.float32)

@@ -165,7 +165,10 @@ def build(weights: ConvertedWeights) -> LoadedWeights:
 
 
 def save_native(loaded: LoadedWeights, out: Path | str) -> Path:
-    """Writes ``loaded`` as a native ``.safetensors`` file (atomically) and returns its path."""
+    """Writes ``loaded`` as a native ``.safetensors`` file at ``out`` and returns its path.
+
+    ``out`` is written in place (:func:`detector.weights.native.write`): callers that need it
+    to appear whole wrap this in :func:`sinks.atomic.atomic_output`."""
     metadata = native.metadata_for(
         loaded.spec,
         source_format=loaded.format,

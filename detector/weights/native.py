@@ -6,7 +6,7 @@ kernels OIHW, BatchNorm folded. ``__metadata__`` (strings; JSON for lists):
     maskjobs_format  "aizoo-ssd"        format_version  "1"
     input_size       "260"              anchor_sizes    "[[0.04, 0.056], ...]"
     anchor_ratios    "[1.0, 0.62, 0.42]"  variances     "[0.1, 0.1, 0.2, 0.2]"
-    class_names      '["Mask", "NoMask"]'
+    class_names      '["Mask", "NoMask"]'  (must be detector.spec.CLASS_NAMES, in that order)
     source_format    "caffe"            source_file     "face_mask_detection.caffemodel"
     source_sha256    "<hex digest of the file imported>"
 
@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from detector.errors import WeightsError, one_line
-from detector.spec import ModelSpec
-from detector.weights._atomic import atomic_output
+from detector.spec import ModelSpec, check_class_names
 from detector.weights.convert import RawWeights
 
 FORMAT_NAME = "aizoo-ssd"
@@ -65,7 +64,7 @@ def spec_fields(metadata: dict[str, str]) -> dict[str, Any]:
     if "variances" in metadata:
         fields["variances"] = tuple(float(v) for v in json.loads(metadata["variances"]))
     if "class_names" in metadata:
-        fields["class_names"] = tuple(str(v) for v in json.loads(metadata["class_names"]))
+        fields["class_names"] = check_class_names([str(v) for v in json.loads(metadata["class_names"])])
     return fields
 
 
@@ -84,6 +83,7 @@ def read(path: Path) -> RawWeights:
     if metadata.get("maskjobs_format", FORMAT_NAME) != FORMAT_NAME or version != str(FORMAT_VERSION):
         found = f"{metadata.get('maskjobs_format')!r} version {version}"
         raise WeightsError(path, f"metadata says {found}, expected {FORMAT_NAME!r} version {FORMAT_VERSION}")
+    _check_classes(path, metadata)
     try:
         input_size = int(metadata["input_size"]) if "input_size" in metadata else None
         spec_fields(metadata)  # fail here, naming the file, rather than when the model is built
@@ -94,12 +94,32 @@ def read(path: Path) -> RawWeights:
     )
 
 
+def _check_classes(path: Path, metadata: dict[str, str]) -> None:
+    """Refuses a file whose ``class_names`` are not :data:`~detector.spec.CLASS_NAMES`: label 0 is
+    counted as masked everywhere, so following a renamed or reordered list would silently invert
+    the masked and unmasked counts."""
+    if "class_names" not in metadata:
+        return
+    try:
+        names = json.loads(metadata["class_names"])
+        if not isinstance(names, list):
+            raise TypeError(f"a JSON list was expected, got {type(names).__name__}")
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(path, f"unreadable class_names metadata ({exc})") from None
+    try:
+        check_class_names([str(v) for v in names])
+    except ValueError as exc:
+        raise WeightsError(path, str(exc)) from None
+
+
 def write(tensors: dict[str, np.ndarray], metadata: dict[str, str], out: Path) -> Path:
-    """Writes ``tensors`` and ``metadata`` to ``out`` atomically (see :func:`atomic_output`)."""
+    """Writes ``tensors`` and ``metadata`` to ``out``, in place.
+
+    A caller that needs the file to appear whole or not at all writes to a temporary path
+    and moves it into place (``jobs`` uses :func:`sinks.atomic.atomic_output`): detector has
+    no output policy of its own.
+    """
     from safetensors.numpy import save_file
 
-    with atomic_output(Path(out)) as tmp:
-        save_file(
-            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(tmp), metadata=metadata
-        )
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(out), metadata=metadata)
     return Path(out)

@@ -18,7 +18,6 @@ import torch
 
 from detector.errors import WeightsError, one_line
 from detector.model import AizooSSD
-from detector.weights._atomic import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -42,17 +41,22 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def export_onnx(model: AizooSSD, out: Path | str) -> Path:
-    """Writes ``model`` as a self-contained ONNX file at ``out`` (atomically) and returns its path."""
+    """Writes ``model`` as a self-contained ONNX file at ``out``, in place, and returns its path.
+
+    ``out`` is written as given (a caller that needs it to appear whole wraps this in
+    :func:`sinks.atomic.atomic_output`, as ``maskjobs models export`` does); a failure of the
+    exporter is a :class:`WeightsError` naming ``out``.
+    """
     out = Path(out)
     size = model.spec.input_size
     example = torch.zeros(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
     try:
-        with atomic_output(out) as tmp, _quiet_exporter():
+        with _quiet_exporter():
             torch.onnx.export(
                 model.eval(),
                 (example,),
-                tmp,
+                out,
                 dynamo=True,
                 input_names=[INPUT_NAME],
                 output_names=list(OUTPUT_NAMES),
@@ -64,5 +68,4 @@ def export_onnx(model: AizooSSD, out: Path | str) -> Path:
         raise WeightsError(
             out, f"ONNX export failed ({type(exc).__name__}: {one_line(exc, limit=160)})"
         ) from None
-    logger.info("exported %s (input %d, dynamic batch)", out, size)
     return out

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from jobs.cli.options import errors_to_exit_codes
-from jobs.errors import InputError, JobFailedError
+from jobs.errors import InputError, JobFailedError, WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +45,12 @@ def import_(
     """Convert a weight file of any supported format to the native .safetensors format."""
     from detector.weights import load_weights, save_native
     from jobs.weight_cache import resolve_weights, weights_cache
+    from sinks.atomic import atomic_output
 
     loaded = load_weights(resolve_weights(src))
-    out = save_native(loaded, output or weights_cache() / _native_name(loaded.spec.input_size))
+    out = output or weights_cache() / _native_name(loaded.spec.input_size)
+    with atomic_output(out) as tmp:  # the cache never holds a partial file
+        save_native(loaded, tmp)
     typer.echo(f"{out}: from {loaded.path} ({loaded.format}, input {loaded.spec.input_size}, sha256 {loaded.sha256})")
 
 
@@ -123,9 +126,16 @@ def export(
     from detector.weights import load_weights
     from detector.weights.onnx_export import export_onnx
     from jobs.weight_cache import resolve_weights
+    from sinks.atomic import atomic_output
 
     loaded = load_weights(resolve_weights(file))
-    out = export_onnx(loaded.model, onnx)
+    out = onnx
+    try:
+        with atomic_output(out) as tmp:
+            export_onnx(loaded.model, tmp)
+    except WeightsError as exc:  # name the file asked for, not the one written aside
+        raise WeightsError(out, exc.cause) from None
+    logger.info("exported %s (input %d, dynamic batch)", out, loaded.spec.input_size)
     typer.echo(f"{out}: ONNX of {loaded.path} ({loaded.format}, input {loaded.spec.input_size}, dynamic batch)")
 
 

@@ -63,11 +63,11 @@ def run_command(inputs: list[str], out: str, config: JobConfig, *, overwrite: bo
     from jobs.pipeline.job import run_job
     from jobs.pipeline.session import ray_session
     from jobs.weight_cache import resolve_weights
-    from sinks.parquet import FrameSink
+    from sinks.store import OutputStore
 
     videos = discover(inputs)
     weights = WeightsPayload.from_converted(convert_weights(resolve_weights(config.detector.weights)))
-    sink = FrameSink(out)
+    sink = OutputStore(out)
     progress = Progress()
     t0 = time.monotonic()
     with ray_session(config.ray) as ray:

@@ -36,7 +36,7 @@ import yaml
 from jobs.cluster.shipping import code_dirs
 from jobs.config import JobConfig
 from jobs.errors import InputError
-from sinks.parquet import display_location, is_uri
+from sinks.location import display_location, is_uri
 
 logger = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import numpy as np
 from detector.spec import ModelSpec
 from detector.weights import ConvertedWeights, LoadedWeights
 from jobs.config import DetectorConfig
+from jobs.pipeline.records import DecodedBatch, DetectedBatch
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ class WeightsPayload:
 
 
 class DetectorActor:
-    """Ray actor body. ``__call__`` takes a decoded batch and returns its detections:
-    ``{video, frame, time_s (B,), counts (B,), labels (K,), scores (K,), boxes (K, 4)}``."""
+    """Ray actor body. ``__call__`` takes a decoded batch (:class:`DecodedBatch`) and returns
+    its detections (:class:`DetectedBatch`): ``{video, frame, time_s (B,), counts (B,),
+    labels (K,), scores (K,), boxes (K, 4)}``."""
 
     def __init__(self, weights: WeightsPayload, config: DetectorConfig, *, threads: int | None, use_gpu: bool) -> None:
         """``config.int8``: batches are refused until :meth:`calibrate` has run (the driver
@@ -85,21 +87,21 @@ class DetectorActor:
         self.calibrated = True
         return self.detector.backend
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: DecodedBatch) -> DetectedBatch:
         if not self.calibrated:
             raise RuntimeError("int8 detector actor used before calibrate()")
         sizes = list(zip(batch["width"].tolist(), batch["height"].tolist()))
         dets = self.detector.detect_prepared(batch["frames"], sizes)
         counts = np.array([len(d) for d in dets], dtype=np.int32)
-        return {
-            "video": batch["video"],
-            "frame": batch["frame"],
-            "time_s": batch["time_s"],
-            "counts": counts,
-            "labels": np.concatenate([d.labels for d in dets]) if dets else np.zeros(0, np.int64),
-            "scores": np.concatenate([d.scores for d in dets]) if dets else np.zeros(0, np.float32),
-            "boxes": np.concatenate([d.boxes for d in dets]) if dets else np.zeros((0, 4), np.float32),
-        }
+        return DetectedBatch(
+            video=batch["video"],
+            frame=batch["frame"],
+            time_s=batch["time_s"],
+            counts=counts,
+            labels=np.concatenate([d.labels for d in dets]) if dets else np.zeros(0, np.int64),
+            scores=np.concatenate([d.scores for d in dets]) if dets else np.zeros(0, np.float32),
+            boxes=np.concatenate([d.boxes for d in dets]) if dets else np.zeros((0, 4), np.float32),
+        )
 
     def frame_counts(self) -> dict[str, Any]:
         """The backend, frames whose int8 outputs were kept, and frames run again in float32."""

@@ -9,23 +9,30 @@ on their own, without the frames before them.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from detector.preprocess import resize_rgb
-from jobs.pipeline.decode import keyframe_before, read_frames
 from jobs.errors import one_line
-from jobs.pipeline.probe import VideoInfo
+from jobs.video import ProbedVideo, VideoReadError, keyframe_before, open_video
 
 logger = logging.getLogger(__name__)
 
 MOST_VIDEOS = 8
 
 
+class CalibrationPick(NamedTuple):
+    """The frames of one video to calibrate on: source indices, ascending."""
+
+    video: str
+    path: str
+    frames: list[int]
+
+
 def pick_calibration(
-    probed: list[tuple[str, str, VideoInfo]], total: int, *, most_videos: int = MOST_VIDEOS
-) -> list[tuple[str, str, list[int]]]:
+    probed: list[ProbedVideo], total: int, *, most_videos: int = MOST_VIDEOS
+) -> list[CalibrationPick]:
     """``[(video, path, frame indices)]``: ``total`` frames from up to ``most_videos`` videos
     evenly spread over ``probed`` (in job order), each video's share spread over its length.
 
@@ -47,7 +54,7 @@ def pick_calibration(
             snapped = np.unique(keyframe_before(keys, targets))
             if len(snapped) >= len(targets):
                 targets = snapped
-        out.append((video, path, [int(t) for t in targets[:share]]))
+        out.append(CalibrationPick(video, path, [int(t) for t in targets[:share]]))
     return out
 
 
@@ -57,21 +64,18 @@ def read_calibration(path: str, frames: list[int], *, input_size: int) -> np.nda
     A video that cannot be read gives no frames (k = 0) rather than an error: calibration
     uses the others, and the video's own shards report what is wrong with it.
     """
-    import decord
-
     want = np.asarray(sorted(frames), np.int64)
     try:
-        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        keys = np.asarray(reader.get_key_indices(), dtype=np.int64)
-        out = np.stack([resize_rgb(image, input_size) for image in read_frames(reader, want, keys)])
-        del reader
-        return out
-    except (decord.DECORDError, RuntimeError, IndexError, ValueError) as exc:
+        with open_video(path) as video:
+            return np.stack([resize_rgb(image, input_size) for image in video.read(want)])
+    except VideoReadError as exc:
+        logger.warning("%s: not used for int8 calibration (%s)", path, exc.cause)
+    except ValueError as exc:  # no frame at all to stack
         logger.warning("%s: not used for int8 calibration (%s)", path, one_line(exc))
-        return np.zeros((0, input_size, input_size, 3), np.uint8)
+    return np.zeros((0, input_size, input_size, 3), np.uint8)
 
 
-def start_calibration(ray: Any, picks: list[tuple[str, str, list[int]]], *, input_size: int) -> list[Any]:
+def start_calibration(ray: Any, picks: list[CalibrationPick], *, input_size: int) -> list[Any]:
     """Starts reading ``picks`` in Ray tasks; returns their refs, in order (pass them to
     ``DetectorActor.calibrate`` as arguments: Ray hands the actor the arrays)."""
     remote = ray.remote(num_cpus=0.5, max_retries=1)(read_calibration)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from jobs.config import SamplingConfig
-from jobs.pipeline.probe import VideoInfo
+from jobs.pipeline.records import SegmentRange
+from jobs.video import ProbedVideo, VideoInfo
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,11 @@ class Segment:
     video: str
     path: str
     frames: tuple[int, ...]
+
+    @property
+    def span(self) -> SegmentRange:
+        """What a committed shard records of this segment: its video and first and last frame."""
+        return SegmentRange(self.video, self.frames[0], self.frames[-1])
 
 
 @dataclass(frozen=True)
@@ -102,14 +108,14 @@ def _committed_mask(frames: np.ndarray, ranges: list[tuple[int, int]]) -> np.nda
 
 
 def plan_shards(
-    videos: list[tuple[str, str, VideoInfo]],
+    videos: list[ProbedVideo],
     sampling: SamplingConfig,
     *,
     shard_frames: int,
     pack_frames: int,
     committed: dict[str, list[tuple[int, int]]] | None = None,
 ) -> list[Shard]:
-    """Shards for ``(video id, path, info)`` triples, long ones first (they take longest).
+    """Shards for the probed videos (``(video id, path, info)``), long ones first (they take longest).
 
     ``committed`` maps a video id to the ``(first, last)`` frame ranges already committed;
     their sampled frames are left out.

@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 
 import numpy as np
 
-from jobs.errors import one_line
+from jobs.video import VideoInfo, VideoReadError, open_video
+
+__all__ = ["ProbeError", "VideoInfo", "probe_video"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class VideoInfo:
-    """What a probe found. ``keyframes`` are frame indices where decoding can start."""
-
-    frames_total: int
-    fps: float
-    duration_s: float
-    width: int
-    height: int
-    codec: str
-    keyframes: tuple[int, ...]
-
-
 class ProbeError(RuntimeError):
-    """The file is not a decodable video; the message says why in one line."""
+    """The file is not a decodable video; the message says why in one line (without the path:
+    the driver records it against the video)."""
 
 
 def _fourcc(path: str) -> str:
@@ -44,26 +32,22 @@ def _fourcc(path: str) -> str:
 
 def probe_video(path: str) -> VideoInfo:
     """Opens ``path`` with decord and reads its frame count, rate, size and keyframes."""
-    import decord
-
-    if not os.path.exists(path):
-        raise ProbeError("no such file")
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        raise ProbeError("the file is empty")
     try:
-        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    except (decord.DECORDError, RuntimeError) as exc:
-        raise ProbeError(f"not a readable video ({one_line(exc)})") from None
-    total = len(reader)
-    if total <= 0:
-        raise ProbeError("the video has no frames")
-    height, width = reader[0].shape[:2] if total else (0, 0)
-    fps = float(reader.get_avg_fps() or 0.0)
-    try:
-        keyframes = tuple(int(k) for k in np.asarray(reader.get_key_indices()).tolist())
-    except (decord.DECORDError, RuntimeError):
-        keyframes = ()
-    duration = float(reader.get_frame_timestamp(total - 1)[1]) if total else 0.0
+        video = open_video(path)
+    except VideoReadError as exc:
+        raise ProbeError(exc.cause) from None
+    with video:
+        reader = video.reader
+        total = len(reader)
+        if total <= 0:
+            raise ProbeError("the video has no frames")
+        height, width = reader[0].shape[:2] if total else (0, 0)
+        fps = float(reader.get_avg_fps() or 0.0)
+        try:
+            keyframes = tuple(int(k) for k in np.asarray(video.keyframes()).tolist())
+        except VideoReadError:  # no usable index: the planner cuts shards anywhere
+            keyframes = ()
+        duration = float(reader.get_frame_timestamp(total - 1)[1]) if total else 0.0
     return VideoInfo(
         frames_total=total,
         fps=fps,
@@ -73,4 +57,3 @@ def probe_video(path: str) -> VideoInfo:
         codec=_fourcc(path),
         keyframes=keyframes,
     )
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,8 @@ from typing import Any
 
 from jobs.config import RayConfig
 from jobs.errors import InputError, one_line
+from jobs.pipeline import ray_private
+from jobs.pipeline.watchdog import descendants, start_watchdog, stat
 
 logger = logging.getLogger(__name__)
 
@@ -19,15 +22,13 @@ logger = logging.getLogger(__name__)
 def ray_session(cfg: RayConfig) -> Iterator[Any]:
     """Yields the ``ray`` module, connected; an embedded instance stops with the block.
 
-    Embedded: no dashboard, HTTP API or autoscaler (:func:`_without_http_api_and_autoscaler`),
-    quiet logs, this machine's CPUs, a bounded object store, and a watchdog
-    (:mod:`jobs.pipeline.watchdog`) so a killed command leaves no Ray process running.
+    Embedded: no dashboard, HTTP API or autoscaler (:func:`_without_http_api_and_autoscaler`
+    on a Ray it was tested on), quiet logs, this machine's CPUs, a bounded object store, and
+    a watchdog (:mod:`jobs.pipeline.watchdog`) so a killed command leaves no Ray process running.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
-
-    from jobs.pipeline.watchdog import start_watchdog
 
     watchdog = None
     try:
@@ -36,16 +37,16 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
                 ray.init(address=cfg.address, logging_level=logging.WARNING, log_to_driver=False)
             else:
                 watchdog = start_watchdog()
-                with _without_http_api_and_autoscaler():
-                    ray.init(
-                        address="local",
-                        num_cpus=cfg.num_cpus or os.cpu_count() or 1,
-                        num_gpus=cfg.num_gpus,
-                        include_dashboard=False,
-                        object_store_memory=cfg.object_store_mb * 1024 * 1024,
-                        logging_level=logging.ERROR,
-                        log_to_driver=False,
-                    )
+                _start_embedded(
+                    ray,
+                    address="local",
+                    num_cpus=cfg.num_cpus or os.cpu_count() or 1,
+                    num_gpus=cfg.num_gpus,
+                    include_dashboard=False,
+                    object_store_memory=cfg.object_store_mb * 1024 * 1024,
+                    logging_level=logging.ERROR,
+                    log_to_driver=False,
+                )
         except ConnectionError as exc:
             raise InputError(f"cannot connect to Ray at {cfg.address}: {one_line(exc)}") from None
         yield ray
@@ -55,6 +56,55 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
         if watchdog is not None:
             watchdog.terminate()
             watchdog.wait()
+
+
+START_UP_PATCHES = "the embedded Ray's start-up patches (no HTTP API, no autoscaler, node polled)"
+
+
+def _start_embedded(ray: Any, **init: Any) -> None:
+    """``ray.init(**init)`` with :func:`_without_http_api_and_autoscaler` on a tested Ray
+    (:mod:`jobs.pipeline.ray_private`). Any exception while the patches are applied or Ray
+    starts under them stops what that start left running and starts Ray as Ray does: a
+    patch that no longer fits costs the seconds it saved, never the job."""
+    if ray_private.tested(START_UP_PATCHES):
+        before = descendants(os.getpid())
+        try:
+            with _without_http_api_and_autoscaler():
+                ray.init(**init)
+            return
+        except Exception as exc:  # any trouble, not only a missing name: Ray's own start
+            ray_private.fall_back(START_UP_PATCHES, exc)
+            _stop_failed_start(ray, before)
+    ray.init(**init)
+
+
+def _stop_failed_start(ray: Any, before: dict[int, int]) -> None:
+    """Shuts down what a failed ``ray.init`` left: its driver state, and the processes it
+    started (those of this process's descendants not in ``before``, ``{pid: start time}``),
+    which a ``ray.init`` that fails half-way does not stop itself."""
+    try:
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception as exc:  # the processes are killed below all the same
+        logger.debug("ray.shutdown after a failed start: %s", exc)
+    for pid, start in descendants(os.getpid()).items():
+        if before.get(pid) == start:
+            continue
+        st = stat(pid)
+        if st is not None and st[1] == start:  # still the process seen (a reused pid is not killed)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _no_api_server(*args: Any, **kwargs: Any) -> tuple[None, None]:
+    """Replaces ``ray._private.services.start_api_server``: no process, no URL."""
+    return None, None
+
+
+def _no_monitor(node: Any) -> None:
+    """Replaces ``ray._private.node.Node.start_monitor``: no autoscaler monitor."""
 
 
 @contextmanager
@@ -72,19 +122,15 @@ def _without_http_api_and_autoscaler() -> Iterator[None]:
       node is listed, polled every 50 ms.
 
     Together: ``ray.init`` ~3.6 -> ~1.6-2.5 s and ``ray.shutdown`` ~1.4 -> ~0.3 s on 2 cores.
-    These are Ray internals (2.60), patched only around this ``ray.init`` call and only
-    where they exist; with another Ray the block starts Ray as Ray does.
+    These are Ray internals (2.60), patched only around this ``ray.init`` call; a Ray that
+    lacks them raises here, before anything is patched, and :func:`_start_embedded` starts
+    Ray as Ray does.
     """
-    try:
-        import ray._private.node as ray_node
-        import ray._private.services as ray_services
-        from ray._raylet import GcsClient, NodeID
+    import ray._private.node as ray_node
+    import ray._private.services as ray_services
+    from ray._raylet import GcsClient, NodeID
 
-        saved = ray_services.start_api_server, ray_node.Node.start_monitor, ray_services.get_node
-    except (ImportError, AttributeError):
-        logger.debug("this Ray lacks the internals _without_http_api_and_autoscaler expects; starting it as is")
-        yield
-        return
+    saved = ray_services.start_api_server, ray_node.Node.start_monitor, ray_services.get_node
     get_node = saved[2]
 
     def get_node_once_listed(gcs_address: str, node_id: str) -> Any:
@@ -97,8 +143,8 @@ def _without_http_api_and_autoscaler() -> Iterator[None]:
             logger.debug("polling the GCS for the node failed (%s)", exc)
         return get_node(gcs_address, node_id)
 
-    ray_services.start_api_server = lambda *args, **kwargs: (None, None)
-    ray_node.Node.start_monitor = lambda self: None
+    ray_services.start_api_server = _no_api_server
+    ray_node.Node.start_monitor = _no_monitor
     ray_services.get_node = get_node_once_listed
     try:
         yield

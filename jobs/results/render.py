@@ -8,17 +8,17 @@ aside and renamed into place.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
+from detector.spec import MASK, NO_MASK
 from jobs.errors import one_line
+from jobs.video import VideoReadError, open_video
+from sinks.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -57,26 +57,13 @@ class RenderError(RuntimeError):
 
 def _read(path: str, frames: np.ndarray) -> Iterator[np.ndarray]:
     """The (H, W, 3) uint8 RGB frames at ascending ``frames``, read forward by one reader
-    (:func:`jobs.pipeline.decode.read_frames`: each GOP decoded once), which is closed when the
+    (:meth:`jobs.video.OpenVideo.read`: each GOP decoded once), which is closed when the
     generator is. Each array is valid until the next one is read. Raises :class:`RenderError`."""
-    import decord
-
-    from jobs.pipeline.decode import read_frames
-
     try:
-        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        keys = np.asarray(reader.get_key_indices(), dtype=np.int64)
-    except (decord.DECORDError, RuntimeError) as exc:
-        raise RenderError(f"{path}: cannot open the video ({one_line(exc)})") from None
-    done = 0
-    try:
-        for image in read_frames(reader, frames, keys):
-            yield image
-            done += 1
-    except (decord.DECORDError, RuntimeError, IndexError) as exc:
-        raise RenderError(f"{path}: decoding failed at frame {int(frames[done])} ({one_line(exc)})") from None
-    finally:
-        del reader
+        with open_video(path) as video:
+            yield from video.read(frames)
+    except VideoReadError as exc:
+        raise RenderError(str(exc)) from None
 
 
 def _batches(
@@ -87,7 +74,7 @@ def _batches(
 
     Each chunk is read with a fresh reader that is closed before the chunk is handed over:
     decord keeps decoding ahead, holding every frame, while its caller waits (here on
-    ffmpeg's pipe; see :func:`jobs.pipeline.decode.decode_shard`), so an open reader would fill memory
+    ffmpeg's pipe; see :class:`jobs.video.OpenVideo`), so an open reader would fill memory
     on a long video.
     """
     pos = 0
@@ -151,7 +138,7 @@ def draw_frame(image: np.ndarray, dets: VideoDetections, i: int, time_s: float) 
         colour = MASK_RGB if masked else NOMASK_RGB
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
-        text = f"{'#' + str(int(track)) + ' ' if track >= 0 else ''}{'Mask' if masked else 'NoMask'} {score:.2f}"
+        text = f"{'#' + str(int(track)) + ' ' if track >= 0 else ''}{MASK if masked else NO_MASK} {score:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
         above = y1 - thick - 2
         ty = above if above - th - 2 >= bar_h else y2 + th + thick + 2  # below the box if no room above
@@ -187,36 +174,32 @@ def annotate_video(
     written."""
     import imageio_ffmpeg
 
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
-    cmd = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-        "-s", f"{width}x{height}", "-r", f"{rate:.6f}", "-i", "-",
-        "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", preset, "-crf", str(crf),
-        "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-an", "-f", "mp4", str(tmp),
-    ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdin is not None
-    written = 0
-    try:
-        for idx, images in _batches(path, dets.frames):
-            for image in images:
-                if image.shape[:2] != (height, width):
-                    size = f"{image.shape[1]}x{image.shape[0]}"
-                    raise RenderError(f"{path}: a frame near {int(idx[0])} is {size}, not {width}x{height}")
-                proc.stdin.write(draw_frame(image, dets, written, float(dets.time_s[written])).tobytes())
-                written += 1
-        proc.stdin.close()
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.wait() != 0:
-            raise RenderError(f"{out}: ffmpeg failed ({one_line(err)})")
-        os.replace(tmp, target)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(out) as tmp:  # ``-f mp4``: the format is not read from the temporary name
+        cmd = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+            "-s", f"{width}x{height}", "-r", f"{rate:.6f}", "-i", "-",
+            "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", preset, "-crf", str(crf),
+            "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-an", "-f", "mp4", str(tmp),
+        ]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdin is not None
+        written = 0
+        try:
+            for idx, images in _batches(path, dets.frames):
+                for image in images:
+                    if image.shape[:2] != (height, width):
+                        size = f"{image.shape[1]}x{image.shape[0]}"
+                        raise RenderError(f"{path}: a frame near {int(idx[0])} is {size}, not {width}x{height}")
+                    proc.stdin.write(draw_frame(image, dets, written, float(dets.time_s[written])).tobytes())
+                    written += 1
+            proc.stdin.close()
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            if proc.wait() != 0:
+                raise RenderError(f"{out}: ffmpeg failed ({one_line(err)})")
+        except BaseException:
+            proc.kill()  # before the temporary file is removed: ffmpeg may still be writing it
+            proc.wait()
+            raise
     return written
 
 

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from detector.spec import MASK
 from jobs.errors import InputError
-from sinks.parquet import REPORT_NAME
+from sinks.layout import REPORT_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def _video_sections(out: JobOutput, report_dir: Path) -> str:
 
 
 def _thumbnails(tracks: pd.DataFrame) -> str:
-    unmasked = tracks[tracks.label != "Mask"].sort_values(["video", "first_s", "track"])
+    unmasked = tracks[tracks.label != MASK].sort_values(["video", "first_s", "track"])
     shown = unmasked.head(MAX_THUMBNAILS)
     figures = []
     for r in shown.to_dict("records"):

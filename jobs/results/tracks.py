@@ -18,9 +18,7 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import time
-import uuid
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,18 +28,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detector.spec import MASK, NO_MASK
 from jobs.config import JobConfig, SamplingConfig
 from jobs.errors import one_line
-from jobs.pipeline.decode import keyframe_before
-from jobs.pipeline.probe import VideoInfo
+from jobs.video import VideoInfo, keyframe_before
 from jobs.results.render import VideoDetections, render_video
-from sinks.parquet import FrameSink
+from sinks.atomic import atomic_output, sweep
+from sinks.store import OutputStore
 from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, with_tracks
 from jobs.results.bytetrack import track_sequence
 
 logger = logging.getLogger(__name__)
 
-MASK_LABEL = "Mask"
+MASK_LABEL = MASK  # a masked face's label in frames.parquet (detector.spec defines the names)
 MANIFEST = "manifest.json"
 
 
@@ -53,7 +52,7 @@ def sampled_rate(info: VideoInfo, sampling: SamplingConfig) -> float:
     return fps / sampling.stride
 
 
-def _read_video(sink: FrameSink, parts: list[str], video: str) -> VideoDetections:
+def _read_video(sink: OutputStore, parts: list[str], video: str) -> VideoDetections:
     """One video's committed rows, in frame order, flattened (``tracks`` all -1)."""
     columns = ["video", "frame", "time_s", "detections"]
     table = pa.concat_tables(
@@ -108,7 +107,7 @@ def summarise_tracks(
     g = df.groupby("track", sort=True)
     out = g.agg(first_s=("time_s", "min"), last_s=("time_s", "max"), frames=("frame", "nunique"),
                 masked_share=("masked", "mean"))
-    out["label"] = np.where(out.masked_share > 0.5, MASK_LABEL, "NoMask")
+    out["label"] = np.where(out.masked_share > 0.5, MASK_LABEL, NO_MASK)
     df = df.join(out["label"], on="track")
     same = df[df.masked == (df.label == MASK_LABEL)]
     top = same.groupby("track")["score"].transform("max")
@@ -133,7 +132,7 @@ def _digest(dets: VideoDetections, *extra: Any) -> str:
     return h.hexdigest()[:24]
 
 
-def _old_thumbnails(sink: FrameSink) -> dict[tuple[Any, ...], bytes]:
+def _old_thumbnails(sink: OutputStore) -> dict[tuple[Any, ...], bytes]:
     """Thumbnails of the previous run, keyed by what they show."""
     cols = ["video", "track", "best_frame", "x1", "y1", "x2", "y2", "thumbnail"]
     table = sink.read_tracks(cols)
@@ -162,13 +161,11 @@ class _Manifest:
         return entry is not None and entry["digest"] == digest and (folder / entry["file"]).is_file()
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}-{MANIFEST}")
-        tmp.write_text(json.dumps(self.entries, indent=2, sort_keys=True))
-        os.replace(tmp, self.path)
+        with atomic_output(self.path) as tmp:
+            tmp.write_text(json.dumps(self.entries, indent=2, sort_keys=True))
 
 
-def _write_track_ids(sink: FrameSink, parts: list[str], tracked: dict[str, VideoDetections]) -> int:
+def _write_track_ids(sink: OutputStore, parts: list[str], tracked: dict[str, VideoDetections]) -> int:
     """Writes each detection's track id into the committed shard files where it changed;
     returns how many files were rewritten."""
     rewritten = 0
@@ -196,7 +193,7 @@ def _write_track_ids(sink: FrameSink, parts: list[str], tracked: dict[str, Video
 
 
 def _track_videos(
-    sink: FrameSink, segments: list[tuple[Path, list[tuple[str, int, int]]]], config: JobConfig
+    sink: OutputStore, segments: list[tuple[Path, list[tuple[str, int, int]]]], config: JobConfig
 ) -> dict[str, VideoDetections]:
     """Every video with committed rows, read back and tracked over all its sampled frames."""
     parts_of: dict[str, list[Path]] = {}
@@ -220,7 +217,7 @@ def split_by_frame(
     frames, at least 4 frames each, that cost about the same to decode.
 
     Each piece reads its own stretch of the video forward: every GOP it touches from the
-    keyframe to the last wanted frame in it (:func:`jobs.pipeline.decode.read_frames`). A GOP is never
+    keyframe to the last wanted frame in it (:func:`jobs.video.read_frames`). A GOP is never
     split between pieces. Without ``keyframes`` every frame counts as one.
     """
     frames = np.array(sorted({f for f, _ in wanted.values()}), np.int64)
@@ -245,7 +242,7 @@ def split_by_frame(
 
 def _render(
     ray: Any,
-    sink: FrameSink,
+    sink: OutputStore,
     todo: list[tuple[str, str, VideoInfo]],
     tracked: dict[str, VideoDetections],
     summaries: dict[str, pd.DataFrame],
@@ -263,8 +260,7 @@ def _render(
     a = config.annotate
     manifest = _Manifest(sink.annotated_dir) if sink.annotated_dir is not None else None
     if a.enabled and sink.annotated_dir.is_dir():  # type: ignore[union-attr]  (run_job checked it)
-        for stale in sink.annotated_dir.rglob(".tmp-*"):  # left by a killed run
-            stale.unlink(missing_ok=True)
+        sweep(sink.annotated_dir, recursive=True)  # left by a killed run
     remote = ray.remote(num_cpus=1, max_retries=1)(render_video)
     # thumbnails of one video are split over the CPUs the other videos leave idle
     spread = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, len(todo)))
@@ -322,7 +318,7 @@ def _rendered(ray: Any, ref: Any, fallback: Callable[[], Any] | None, video: str
 
 def finish_tracks(
     ray: Any,
-    sink: FrameSink,
+    sink: OutputStore,
     probed: list[tuple[str, str, VideoInfo]],
     failed: Collection[str],
     config: JobConfig,

@@ -48,6 +48,7 @@ def _port_outputs(
     return cache[key]
 
 
+@pytest.mark.slow  # OpenCV DNN parity over many inputs, for each format
 @pytest.mark.parametrize("fmt", sorted(IMPORTERS))
 def test_every_format_matches_the_reference(
     fmt: str, weight_files: dict[str, Path], reference_outputs, outputs_by_weights
@@ -67,6 +68,7 @@ def test_builtin_inputs_are_deterministic_pictures() -> None:
     assert a[3].max() == 0 and a[4].min() == 255
 
 
+@pytest.mark.slow  # float64 forward passes over many inputs
 def test_self_consistency_checks_the_batchnorm_folding(aizoo_dir: Path) -> None:
     """The 360 model has no reference runtime: the float64 unfolded forward is its check."""
     raw = read_weights(aizoo_dir / "model360.pth")

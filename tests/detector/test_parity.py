@@ -56,6 +56,7 @@ def test_at_least_twenty_inputs() -> None:
     assert len(INPUTS) >= 20
 
 
+@pytest.mark.slow  # OpenCV DNN parity over every input, for each weight file
 @pytest.mark.parametrize("name,image", INPUTS, ids=[n for n, _ in INPUTS])
 def test_raw_outputs_match_reference(detector: FaceMaskDetector, reference, name: str, image: np.ndarray) -> None:
     ref_loc, ref_cls = reference.raw(image)

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detector.model import AizooSSD, fused_cpu_available
+from detector.fused import fused_cpu_available
+from detector.model import AizooSSD
 from detector.predictor import FaceMaskDetector
 from detector.preprocess import resize_rgb, to_tensor
 from detector.prune import prune_dead_channels, relu_conv_bounds
@@ -37,6 +38,7 @@ def published(request: pytest.FixtureRequest, aizoo_dir: Path) -> AizooSSD:
     return load_weights(aizoo_dir / request.param).model.eval()
 
 
+@pytest.mark.slow  # full and pruned models over many inputs
 def test_the_pruned_model_equals_the_full_one(published: AizooSSD) -> None:
     before = {k: v.clone() for k, v in published.state_dict().items()}
     pruned, report = prune_dead_channels(published)
@@ -52,6 +54,7 @@ def test_the_pruned_model_equals_the_full_one(published: AizooSSD) -> None:
         assert torch.equal(value, before[key]), key
 
 
+@pytest.mark.slow  # runs the full models over many inputs
 def test_every_removed_filter_outputs_zero_in_the_full_model(published: AizooSSD) -> None:
     pruned, report = prune_dead_channels(published)
     full, narrow = _convs(published), _convs(pruned)
@@ -147,6 +150,7 @@ def test_grouped_convolutions_are_refused() -> None:
         prune_dead_channels(model)
 
 
+@pytest.mark.slow  # builds and runs full and pruned detectors
 @pytest.mark.parametrize("backend", ["eager", pytest.param("fused", marks=pytest.mark.skipif(not fused_cpu_available(), reason="torch built without oneDNN"))])
 def test_the_detector_runs_the_pruned_copy(pth_weights: Path, backend: str) -> None:
     pruned = FaceMaskDetector(pth_weights, backend=backend)

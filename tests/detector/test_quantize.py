@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.videogen import Scene
 from detector.compare import same_faces
 from detector.predictor import FaceMaskDetector
 from detector.preprocess import resize_rgb
 from detector.quantize import int8_available
 from tests.conftest import read_rgb
-from tests.videogen import Scene
 
-pytestmark = pytest.mark.skipif(not int8_available(), reason="this torch build has no x86 quantized engine")
+pytestmark = [
+    pytest.mark.skipif(not int8_available(), reason="this torch build has no x86 quantized engine"),
+    pytest.mark.slow,  # calibrates int8 models and runs them over hundreds of frames
+]
 
 
 @pytest.fixture(scope="module")

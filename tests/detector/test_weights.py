@@ -173,6 +173,7 @@ def test_spec_conv_shapes_describe_the_model(size: int) -> None:
     assert spec.conv_shapes == want
 
 
+@pytest.mark.slow  # spawns a Python process
 def test_the_driver_converts_weights_without_torch(pth_weights: Path, caffe_weights: Path) -> None:
     """What ``maskjobs run``'s process imports and does up to Ray: no torch (~1.5 s of CPU)."""
     import subprocess
@@ -201,3 +202,29 @@ def test_converted_weights_build_the_loaded_model(pth_weights: Path) -> None:
     assert built.sha256 == loaded.sha256 == converted.sha256 and built.spec == loaded.spec
     for (k, a), (_, b) in zip(built.model.state_dict().items(), loaded.model.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize(
+    "names", [["NoMask", "Mask"], ["mask", "no_mask"], ["Mask"], ["Mask", "NoMask", "Other"]], ids=str
+)
+def test_native_file_that_changes_the_class_names_is_refused(
+    names: list[str], weight_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Label 0 is counted as masked everywhere: a file that renames or reorders its classes
+    would silently invert the counts, so it fails to load, naming the file and the cause."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(weight_files["native"]), framework="numpy") as f:
+        metadata = dict(f.metadata())
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    assert json.loads(metadata["class_names"]) == ["Mask", "NoMask"]
+    metadata["class_names"] = json.dumps(names)
+    bad = tmp_path / "renamed.safetensors"
+    save_file(tensors, str(bad), metadata=metadata)
+    with pytest.raises(WeightsError, match="class_names") as info:
+        load_weights(bad)
+    assert info.value.path == str(bad) and "invert the masked counts" in info.value.cause
+    assert "\n" not in str(info.value)

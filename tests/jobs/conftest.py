@@ -1,4 +1,8 @@
-"""Generated test videos: real faces, several codecs and containers, and broken files."""
+"""Generated test videos: real faces, several codecs and containers, and broken files.
+
+Building them encodes videos with ffmpeg (and ``walk_set`` runs ``maskjobs run`` on a real Ray): a
+test that uses ``video_set`` or ``walk_set`` is marked ``slow``, so ``pytest -m "not slow"`` never builds them.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.videogen import PathScene, Scene, Walker, write_video
 from tests.conftest import read_rgb
-from tests.videogen import PathScene, Scene, Walker, write_video
 
 
 @dataclass(frozen=True)

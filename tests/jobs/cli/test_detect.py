@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from benchmarks.videogen import Scene, write_video
 from jobs.cli.main import app
 from tests.conftest import read_rgb
-from tests.videogen import Scene, write_video
 
 
 @pytest.fixture
@@ -77,6 +77,7 @@ def test_no_weights_anywhere(runner: CliRunner, masked_photo: Path, monkeypatch,
     assert result.exit_code == 2 and "no weights" in result.stderr
 
 
+@pytest.mark.slow  # encodes and decodes a video
 def test_detect_every_frame_of_a_video(
     runner: CliRunner, caffe_weights: Path, masked_photo: Path, unmasked_photo: Path, tmp_path: Path, ffmpeg: str
 ) -> None:

@@ -123,6 +123,7 @@ def test_verify_finds_the_caffe_pair_beside_the_file(
     assert "ok: within 0.0001" in result.stdout and max(_diffs(result.stdout)) <= TOLERANCE
 
 
+@pytest.mark.slow  # float64 forward passes over many inputs
 def test_verify_without_a_reference_checks_self_consistency(
     runner: CliRunner, aizoo_dir: Path, cache: Path, tmp_path: Path
 ) -> None:
@@ -147,6 +148,7 @@ def test_verify_fails_with_exit_1_over_the_tolerance(
     assert max(_diffs(result.stdout)) > TOLERANCE
 
 
+@pytest.mark.slow  # ONNX export, then parity over many inputs
 def test_export_onnx_runs_in_onnxruntime_like_the_reference(
     runner: CliRunner, weight_files: dict[str, Path], reference, tmp_path: Path
 ) -> None:
@@ -290,6 +292,7 @@ def mirror(tmp_path: Path, aizoo_dir: Path) -> Iterator[Mirror]:
         thread.join()
 
 
+@pytest.mark.slow  # downloads every published file over HTTP
 def test_fetch_downloads_verifies_and_caches(
     runner: CliRunner, mirror: Mirror, cache: Path, aizoo_dir: Path, masked_photo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,6 +22,8 @@ from jobs.pipeline.watchdog import descendants, stat
 from sinks.schema import FRAMES_SCHEMA, VIDEOS_SCHEMA
 from tests.jobs.conftest import VideoSet
 
+pytestmark = pytest.mark.slow  # every test runs `maskjobs run` on real videos and a real local Ray
+
 SMALL_SHARDS = "planning:\n  shard_frames: 96\n  pack_frames: 60\n"
 
 
@@ -176,7 +178,7 @@ def test_crash_and_hang_are_isolated(
 ) -> None:
     """A decoder that crashes (every attempt) or hangs, and a file whose probe hangs (a FIFO),
     fail their own videos; the others complete."""
-    from tests.videogen import write_video
+    from benchmarks.videogen import write_video
 
     root = tmp_path / "in"
     root.mkdir()
@@ -203,21 +205,21 @@ def test_a_driver_error_on_one_shard_fails_only_its_video(
 ) -> None:
     """An exception while the driver tabulates one shard's detections (a bug met on one
     video's data) fails that video with a one-line cause; the others are committed."""
-    import jobs.pipeline.job
-    from tests.videogen import write_video
+    import jobs.pipeline.commit
+    from benchmarks.videogen import write_video
 
     root = tmp_path / "in"
     root.mkdir()
     for name in ("ok.mp4", "trips.mp4"):
         write_video(root / name, scene, 24, ffmpeg=ffmpeg)
-    real = jobs.pipeline.job.frames_table
+    real = jobs.pipeline.commit.frames_table
 
     def tripping(videos, *args, **kwargs):
         if "trips.mp4" in set(videos.tolist()):
             raise IndexError("index 24 is out of bounds for axis 0 with size 24")
         return real(videos, *args, **kwargs)
 
-    monkeypatch.setattr(jobs.pipeline.job, "frames_table", tripping)
+    monkeypatch.setattr(jobs.pipeline.commit, "frames_table", tripping)
     cfg = _config(tmp_path, "planning:\n  pack_frames: 0\n  max_retries: 0\n")
     result = _run(runner, str(root), "--out", str(tmp_path / "o"), "--weights", str(caffe_weights), "--config", str(cfg))
     assert result.exit_code == 1, result.output
@@ -285,7 +287,7 @@ def test_resume_after_sigkill(video_set: VideoSet, caffe_weights: Path, tmp_path
     frames = pd.read_parquet(out / "frames")
     assert len(frames) == 400 and not frames.duplicated(["video", "frame"]).any()
     assert sorted(frames["frame"]) == list(range(400))
-    assert not list((out / "frames").glob(".tmp-*"))
+    assert not list((out / "frames").glob(".*.part"))  # nothing left aside
     assert not _gone(started), "Ray processes outlived the command"
 
 

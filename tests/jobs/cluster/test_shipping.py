@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from jobs.cluster.shipping import _from_pyproject, code_dirs, code_packages
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -37,6 +39,7 @@ def test_shipped_packages_are_the_distributions_top_level_names() -> None:
     assert [Path(d).name for d in code_dirs()] == list(code_packages())
 
 
+@pytest.mark.slow  # spawns a Python process
 def test_the_entrypoint_imports_from_the_shipped_folders_alone(tmp_path: Path) -> None:
     for folder in code_dirs():
         shutil.copytree(folder, tmp_path / Path(folder).name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -49,6 +52,7 @@ def test_the_entrypoint_imports_from_the_shipped_folders_alone(tmp_path: Path) -
     assert proc.stdout.split() == [",".join(code_packages())]
 
 
+@pytest.mark.slow  # spawns a Python process
 def test_a_package_outside_the_distribution_is_not_importable_there(tmp_path: Path) -> None:
     """The check above can fail: with ``sinks`` left out, importing the pipeline breaks."""
     for folder in code_dirs():

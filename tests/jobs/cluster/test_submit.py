@@ -22,6 +22,8 @@ from tests.conftest import S3Server
 from tests.jobs.conftest import VideoSet
 from tests.rayhead import RayHead
 
+pytestmark = pytest.mark.slow  # a real Ray head and real videos
+
 SMALL_SHARDS = "planning:\n  shard_frames: 96\n  pack_frames: 60\n"
 MANY_SHARDS = "planning:\n  shard_frames: 40\n  pack_frames: 0\n"
 
@@ -79,7 +81,7 @@ def _assert_every_frame_once(out: Path, video: str, n: int) -> None:
     frames = pd.read_parquet(out / "frames")
     assert not frames.duplicated(["video", "frame"]).any()
     np.testing.assert_array_equal(np.sort(frames.loc[frames["video"] == video, "frame"].to_numpy()), np.arange(n))
-    assert not list((out / "frames").glob(".tmp-*"))
+    assert not list((out / "frames").glob(".*.part"))  # nothing left aside
 
 
 def test_submit_wait_reads_complete_output(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test spawns a Python process or starts Ray
+
 _PROBE = (
     "import os, sys\n"
     "{before}\n"

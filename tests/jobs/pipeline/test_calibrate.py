@@ -7,7 +7,8 @@ import pytest
 
 from detector.preprocess import resize_rgb
 from jobs.pipeline.calibrate import pick_calibration, read_calibration
-from jobs.pipeline.probe import VideoInfo, probe_video
+from jobs.pipeline.probe import probe_video
+from jobs.video import VideoInfo
 from tests.jobs.conftest import VideoSet
 
 
@@ -34,6 +35,7 @@ def test_few_keyframes_take_evenly_spaced_frames_and_shares_add_up() -> None:
     assert pick_calibration([], 32) == [] and pick_calibration(probed, 0) == []
 
 
+@pytest.mark.slow  # decodes the generated videos
 def test_read_calibration_matches_decoding(video_set: VideoSet) -> None:
     import decord
 
@@ -46,6 +48,7 @@ def test_read_calibration_matches_decoding(video_set: VideoSet) -> None:
     assert got.shape == (5, 260, 260, 3) and np.array_equal(got, want)
 
 
+@pytest.mark.slow  # needs the generated video set
 @pytest.mark.parametrize("name", ["truncated.mp4", "notes.mkv"])
 def test_an_unreadable_video_gives_no_frames(video_set: VideoSet, name: str) -> None:
     got = read_calibration(str(video_set.root / name), [0, 10], input_size=260)

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from detector.preprocess import resize_rgb
-from jobs.pipeline.decode import STARTED, decode_shard, read_frames
+from jobs.pipeline.decode import STARTED, decode_shard
 from jobs.pipeline.plan import Segment, Shard
+from jobs.video import read_frames
+
+pytestmark = pytest.mark.slow  # decodes the generated videos
 
 SAMPLINGS = {
     "every frame": lambda n: np.arange(n),

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import time
+
+import pytest
 
 from jobs.config import RayConfig
 from jobs.pipeline.session import ray_session
-from jobs.pipeline.watchdog import descendants
+from tests.jobs.pipeline.rayprocs import none_left, ray_processes
 
-
-def _cmdlines() -> list[str]:
-    """This test process's Ray descendants (other fixtures may run servers of their own)."""
-    out = []
-    for pid in descendants(os.getpid()):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                line = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "ray" in line or "jobs.pipeline.watchdog" in line:
-            out.append(line)
-    return out
+pytestmark = pytest.mark.slow  # starts an embedded Ray
 
 
 def test_embedded_ray_starts_no_http_api_or_autoscaler_and_stops_clean() -> None:
@@ -30,11 +18,8 @@ def test_embedded_ray_starts_no_http_api_or_autoscaler_and_stops_clean() -> None
     original = ray_services.start_api_server
     with ray_session(RayConfig(num_cpus=1, object_store_mb=100)) as ray:
         assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
-        running = _cmdlines()
+        running = ray_processes()
         assert any("raylet" in c for c in running) and any("gcs_server" in c for c in running)
         assert not [c for c in running if "dashboard/dashboard.py" in c or "autoscaler/_private/monitor.py" in c]
         assert ray_services.start_api_server is original  # patched only around ray.init
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and _cmdlines():
-        time.sleep(0.2)
-    assert _cmdlines() == []
+    assert none_left(), ray_processes()

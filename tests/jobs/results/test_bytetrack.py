@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jobs.results.bytetrack import box_iou, track_sequence
+from detector.boxes import box_iou
+from jobs.results.bytetrack import track_sequence
 from jobs.results.bytetrack import NO_TRACK
 
 

@@ -8,10 +8,13 @@ import decord
 import imageio_ffmpeg
 import numpy as np
 import pandas as pd
+import pytest
 
+from benchmarks.videogen import Scene, write_video
 from jobs.results.render import MASK_RGB, NOMASK_RGB, VideoDetections, annotate_video
 from tests.jobs.conftest import WalkSet
-from tests.videogen import Scene, write_video
+
+pytestmark = pytest.mark.slow  # encodes and decodes videos; most tests read the walkers job's output
 
 
 def _edge_points(d: dict, n: int = 5) -> list[tuple[int, int]]:
@@ -78,4 +81,4 @@ def test_an_odd_sized_video_is_padded_to_even_dimensions(tmp_path, scene: Scene,
     assert len(reader) == 3 and reader[0].shape == (242, 322, 3)
     image = reader[1].asnumpy().astype(int)
     assert np.abs(image[105, 100] - NOMASK_RGB).max() < 80 and np.abs(image[105, 180] - NOMASK_RGB).max() < 80
-    assert not list(out.parent.glob(".tmp-*"))
+    assert not list(out.parent.glob(".*.part"))  # nothing left aside

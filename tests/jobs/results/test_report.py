@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from jobs.cli.main import app
 from tests.jobs.conftest import WalkSet
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,2000",
@@ -49,6 +49,7 @@ def _browse(chromium: str, page: Path, tmp_path: Path, *args: str) -> subprocess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
 
 
+@pytest.mark.slow  # reads the walkers job's output (a real `maskjobs run`)
 def test_report_is_self_contained(report: Path, walk_set: WalkSet) -> None:
     text = report.read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)  # nothing fetched from a network
@@ -56,6 +57,7 @@ def test_report_is_self_contained(report: Path, walk_set: WalkSet) -> None:
     assert text.count("data:image/jpeg;base64,") == 1  # one unmasked person
 
 
+@pytest.mark.slow  # the walkers job's output, in a headless Chromium
 def test_report_renders_in_chromium(chromium: str, report: Path, walk_set: WalkSet, tmp_path: Path) -> None:
     dom = _browse(chromium, report, tmp_path, "--dump-dom").stdout
     # the inline script ran: the table is sorted by compliance, worst first
@@ -88,6 +90,7 @@ def test_report_renders_in_chromium(chromium: str, report: Path, walk_set: WalkS
     assert cv2.matchTemplate(image, thumb, cv2.TM_CCOEFF_NORMED).max() > 0.95
 
 
+@pytest.mark.slow  # reads the walkers job's output (a real `maskjobs run`)
 def test_summary_prints_the_report_totals(walk_set: WalkSet) -> None:
     result = CliRunner().invoke(app, ["summary", str(walk_set.out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -40,6 +40,7 @@ def _walker_of(walk_set: WalkSet, video: str, frame: int, box: tuple[float, ...]
     return hits[0] if len(hits) == 1 else -1
 
 
+@pytest.mark.slow  # reads the walkers job's output (a real `maskjobs run`)
 def test_one_track_per_person_following_their_paths(walk_set: WalkSet) -> None:
     dets = _detections(pd.read_parquet(walk_set.out / "frames"))
     tracks = pd.read_parquet(walk_set.out / "tracks.parquet")
@@ -61,6 +62,7 @@ def test_one_track_per_person_following_their_paths(walk_set: WalkSet) -> None:
             assert _walker_of(walk_set, video, row.best_frame, (row.x1, row.y1, row.x2, row.y2)) == walker
 
 
+@pytest.mark.slow  # reads the walkers job's output (a real `maskjobs run`)
 def test_a_person_crossing_the_frame_is_one_track(walk_set: WalkSet) -> None:
     dets = _detections(pd.read_parquet(walk_set.out / "frames"))
     walk = dets[dets.video == "b_walk.mp4"].sort_values("frame")
@@ -74,6 +76,7 @@ def test_a_person_crossing_the_frame_is_one_track(walk_set: WalkSet) -> None:
     assert row.first_s == 0 and abs(row.last_s - 119 / 25) < 1e-3 and row.masked_share == 0
 
 
+@pytest.mark.slow  # reads the walkers job's output (a real `maskjobs run`)
 def test_track_ids_are_stable_across_shard_boundaries(walk_set: WalkSet) -> None:
     parts = []
     for path in sorted((walk_set.out / "frames").glob("part-*.parquet")):
@@ -95,6 +98,7 @@ def test_track_ids_are_stable_across_shard_boundaries(walk_set: WalkSet) -> None
         assert set(ids_before) == {0, 1} and ids_before == ids_after  # each person keeps their id
 
 
+@pytest.mark.slow  # reads the walkers job's output (a real `maskjobs run`)
 def test_videos_count_people(walk_set: WalkSet) -> None:
     assert pq.read_schema(walk_set.out / "videos.parquet").remove_metadata() == VIDEOS_SCHEMA
     assert pq.read_schema(walk_set.out / "tracks.parquet").remove_metadata() == TRACKS_SCHEMA
@@ -104,6 +108,7 @@ def test_videos_count_people(walk_set: WalkSet) -> None:
         assert videos.loc[video, "people_unmasked"] == len(walk_set.unmasked[video])
 
 
+@pytest.mark.slow  # reruns `maskjobs run` on real videos
 def test_rerun_after_a_lost_shard_restores_the_same_tracks(walk_set: WalkSet, caffe_weights: Path, tmp_path: Path) -> None:
     """A shard file lost (as if the job died before committing it): the rerun decodes only it,
     the frames come back exactly once with the same track ids, untouched files are not
@@ -134,6 +139,7 @@ def test_rerun_after_a_lost_shard_restores_the_same_tracks(walk_set: WalkSet, ca
     assert np.array_equal(sorted(p.name for p in (out / "frames").glob("part-*")), sorted(p.name for p in parts))
 
 
+@pytest.mark.slow  # starts Ray and renders from real videos
 def test_detector_actors_render_thumbnails_and_a_dead_one_leaves_its_piece_to_a_task(
     walk_set: WalkSet, pth_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -146,12 +152,12 @@ def test_detector_actors_render_thumbnails_and_a_dead_one_leaves_its_piece_to_a_
     from jobs.pipeline.probe import probe_video
     from jobs.pipeline.session import ray_session
     from jobs.results.tracks import _render, _track_videos, summarise_tracks
-    from sinks.parquet import FrameSink
+    from sinks.store import OutputStore
 
     out = tmp_path / "job"
     shutil.copytree(walk_set.out, out)
     (out / "tracks.parquet").unlink()  # else the old thumbnails are kept, not rendered
-    sink, config = FrameSink(out), resolve_config()
+    sink, config = OutputStore(out), resolve_config()
     tracked = _track_videos(sink, sink.part_segments(), config)
     todo = [(v, str(walk_set.root / v), probe_video(str(walk_set.root / v))) for v in sorted(tracked)]
     summaries = {v: summarise_tracks(v, tracked[v], info.keyframes) for v, _, info in todo}

@@ -1,4 +1,4 @@
-"""The Parquet sink over pyarrow filesystems: local paths, ``file://`` URIs and a non-local one."""
+"""The output store over pyarrow filesystems: local paths, ``file://`` URIs, a non-local one and S3."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from sinks import parquet
-from sinks.parquet import FrameSink, OutputConflictError, is_uri
+from detector.errors import InputError
+from sinks import writer
+from sinks.layout import REPORT_NAME
+from sinks.location import is_uri
+from sinks.policy import OutputConflictError
+from sinks.store import OutputStore
 from sinks.schema import FRAMES_SCHEMA
 from tests.conftest import S3Server
 
@@ -30,7 +34,7 @@ def _table(video: str, first: int, last: int):
     )
 
 
-def _write(sink: FrameSink, shard: str, video: str, first: int, last: int) -> None:
+def _write(sink: OutputStore, shard: str, video: str, first: int, last: int) -> None:
     sink.write(shard, _table(video, first, last), [(video, first, last)])
 
 
@@ -50,17 +54,17 @@ def test_is_uri(text: str, expected: bool) -> None:
 
 def test_a_file_uri_and_the_local_path_are_the_same_output(tmp_path: Path) -> None:
     out = tmp_path / "job"
-    sink = FrameSink(out.as_uri())
+    sink = OutputStore(out.as_uri())
     assert isinstance(sink.fs, pafs.LocalFileSystem) and sink.root == str(out)
     assert sink.start({"x": 1}, fingerprint="f") == {}
     _write(sink, "a-0", "a.mp4", 0, 9)
-    assert FrameSink(out).committed_ranges() == {"a.mp4": [(0, 9)]}
+    assert OutputStore(out).committed_ranges() == {"a.mp4": [(0, 9)]}
     assert pd.read_parquet(out / "frames")["frame"].tolist() == list(range(10))
 
 
 def test_a_non_local_filesystem_commits_each_shard_once_and_resumes() -> None:
     fs, _ = pafs.FileSystem.from_uri("mock:///")  # an in-memory, non-local pyarrow filesystem
-    sink = FrameSink("bucket/job", filesystem=fs)
+    sink = OutputStore("bucket/job", filesystem=fs)
     assert sink.start({"config": "c"}, fingerprint="f1") == {}
     _write(sink, "a-0", "a.mp4", 0, 49)
     _write(sink, "a-1", "a.mp4", 50, 99)
@@ -68,10 +72,10 @@ def test_a_non_local_filesystem_commits_each_shard_once_and_resumes() -> None:
     assert _files(fs, "bucket/job/frames") == ["part-a-0.parquet", "part-a-1.parquet"]
     assert sink.frame_totals() == {"a.mp4": {"frames": 100, "faces": 100, "masked": 50, "unmasked": 50}}
 
-    again = FrameSink("bucket/job", filesystem=fs)  # a rerun on the same output
+    again = OutputStore("bucket/job", filesystem=fs)  # a rerun on the same output
     assert again.start({"config": "c"}, fingerprint="f1") == {"a.mp4": [(0, 49), (50, 99)]}
     with pytest.raises(OutputConflictError, match="different config"):
-        FrameSink("bucket/job", filesystem=fs).start({}, fingerprint="f2")
+        OutputStore("bucket/job", filesystem=fs).start({}, fingerprint="f2")
     again.commit([], {"status": "done"})
     with fs.open_input_stream("bucket/job/job.json") as f:
         assert json.loads(f.read())["status"] == "done"
@@ -81,7 +85,7 @@ def test_a_non_local_filesystem_commits_each_shard_once_and_resumes() -> None:
 
 def test_a_write_that_fails_midway_leaves_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
     fs, _ = pafs.FileSystem.from_uri("mock:///")
-    sink = FrameSink("b/job", filesystem=fs)
+    sink = OutputStore("b/job", filesystem=fs)
     sink.start({}, fingerprint="f")
     _write(sink, "s-0", "v.mp4", 0, 9)
 
@@ -89,7 +93,7 @@ def test_a_write_that_fails_midway_leaves_no_file(monkeypatch: pytest.MonkeyPatc
         where.write(b"PAR1 partial bytes")
         raise OSError("the connection dropped")
 
-    monkeypatch.setattr(parquet.pq, "write_table", broken)
+    monkeypatch.setattr(writer.pq, "write_table", broken)
     with pytest.raises(OSError, match="connection dropped"):
         _write(sink, "s-1", "v.mp4", 10, 19)
     assert _files(fs, "b/job/frames") == ["part-s-0.parquet"]  # nothing partial, nothing aside
@@ -97,37 +101,44 @@ def test_a_write_that_fails_midway_leaves_no_file(monkeypatch: pytest.MonkeyPatc
 
 
 def test_start_removes_files_left_aside_by_a_killed_writer(tmp_path: Path) -> None:
-    sink = FrameSink(tmp_path / "job")
+    sink = OutputStore(tmp_path / "job")
     sink.start({}, fingerprint="f")
-    (tmp_path / "job" / "frames" / ".tmp-dead-part-x.parquet").write_bytes(b"partial")
-    FrameSink(str(tmp_path / "job")).start({}, fingerprint="f")
+    left = [
+        tmp_path / "job" / "frames" / ".part-x.parquet.0123456789abcdef.part",
+        tmp_path / "job" / ".videos.parquet.0123456789abcdef.part",  # the root's files are written aside too
+        tmp_path / "job" / "frames" / ".tmp-dead-part-x.parquet",  # named as an earlier version did
+    ]
+    for path in left:
+        path.write_bytes(b"partial")
+    OutputStore(str(tmp_path / "job")).start({}, fingerprint="f")
     assert not list((tmp_path / "job" / "frames").iterdir())
+    assert sorted(p.name for p in (tmp_path / "job").iterdir()) == ["frames", "job.json"]
 
 
 def test_overwrite_clears_the_old_output_and_its_report(tmp_path: Path) -> None:
-    sink = FrameSink(tmp_path / "job")
+    sink = OutputStore(tmp_path / "job")
     sink.start({}, fingerprint="old")
     _write(sink, "s", "v.mp4", 0, 9)
-    (tmp_path / "job" / parquet.REPORT_NAME).write_text("<html>the old job's report</html>")
+    (tmp_path / "job" / REPORT_NAME).write_text("<html>the old job's report</html>")
     (tmp_path / "job" / "mine.txt").write_text("a user's own file")
     with pytest.raises(OutputConflictError):
-        FrameSink(tmp_path / "job").start({}, fingerprint="new")
-    assert (tmp_path / "job" / parquet.REPORT_NAME).is_file()  # refused: nothing removed
-    FrameSink(tmp_path / "job").start({}, fingerprint="new", overwrite=True)
-    assert not (tmp_path / "job" / parquet.REPORT_NAME).exists()
+        OutputStore(tmp_path / "job").start({}, fingerprint="new")
+    assert (tmp_path / "job" / REPORT_NAME).is_file()  # refused: nothing removed
+    OutputStore(tmp_path / "job").start({}, fingerprint="new", overwrite=True)
+    assert not (tmp_path / "job" / REPORT_NAME).exists()
     assert (tmp_path / "job" / "mine.txt").is_file()  # only what maskjobs writes is cleared
-    assert FrameSink(tmp_path / "job").committed_ranges() == {}
+    assert OutputStore(tmp_path / "job").committed_ranges() == {}
 
 
 def test_an_unknown_scheme_is_one_line() -> None:
-    with pytest.raises(parquet.InputError, match="not an output location pyarrow can open"):
-        FrameSink("nosuchscheme://x/y")
+    with pytest.raises(InputError, match="not an output location pyarrow can open"):
+        OutputStore("nosuchscheme://x/y")
 
 
 def test_s3_output_commits_each_shard_once_and_resumes(s3_server: S3Server) -> None:
     """pyarrow's S3 filesystem against an S3 endpoint on 127.0.0.1: written aside, moved into place."""
     uri = s3_server.uri("sink/job")
-    sink = FrameSink(uri)
+    sink = OutputStore(uri)
     assert isinstance(sink.fs, pafs.S3FileSystem)
     assert sink.location == "s3://maskjobs/sink/job"  # no credentials in messages
     assert sink.start({"config": "c"}, fingerprint="f1") == {}
@@ -135,8 +146,11 @@ def test_s3_output_commits_each_shard_once_and_resumes(s3_server: S3Server) -> N
     _write(sink, "a-1", "a.mp4", 10, 24)
     assert _files(sink.fs, "maskjobs/sink/job/frames") == ["part-a-0.parquet", "part-a-1.parquet"]
     sink.commit([], {"fingerprint": "f1", "status": "done"})
-    again = FrameSink(uri)
+    with sink.fs.open_output_stream("maskjobs/sink/job/frames/.part-a-2.parquet.0123456789abcdef.part") as f:
+        f.write(b"PAR1 a killed writer's upload")
+    again = OutputStore(uri)
     assert again.start({"config": "c"}, fingerprint="f1") == {"a.mp4": [(0, 9), (10, 24)]}
     assert again.frame_totals()["a.mp4"]["frames"] == 25
+    assert _files(sink.fs, "maskjobs/sink/job/frames") == ["part-a-0.parquet", "part-a-1.parquet"]  # swept
     with pytest.raises(OutputConflictError, match="^s3://maskjobs/sink/job: holds the output"):
-        FrameSink(uri).start({}, fingerprint="f2")
+        OutputStore(uri).start({}, fingerprint="f2")

@@ -1,4 +1,5 @@
-"""Test videos with real faces: the shared photos panned and zoomed, encoded by ffmpeg."""
+"""Generated footage with real faces: the shared photos panned, zoomed or walked along straight
+paths, encoded by ffmpeg. The tests' video fixtures and the benchmarks' videos both come from here."""
 
 from __future__ import annotations
 

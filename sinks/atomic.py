@@ -1,0 +1,163 @@
+"""Atomic file output: write a temporary file beside the target, move it into place when complete.
+
+Every file maskjobs writes goes through here, on a local path or on any pyarrow filesystem,
+so a reader sees the whole new file or the old one (or none), never part of one. One naming
+scheme for the file written aside: ``.NAME.<16 hex>.part`` in the target's folder (dot-prefixed,
+so Parquet readers and ``ls`` skip it; beside the target, so the final move is a rename on the
+same file system). A local file is fsynced before the rename, and its folder after it on POSIX,
+so a crash leaves the old file or the complete new one, never an empty one. On an object store
+the move is a single server-side copy: the final object appears whole or not at all.
+
+A writer that is killed leaves its ``.part`` behind; :func:`sweep` removes them (all of them
+where the caller owns the folder, e.g. an output location at the start of a run; else only those
+older than a grace period, so a concurrent writer's file is left alone).
+
+Two shapes:
+    atomic_write(fs, path, write_fn)   pyarrow filesystems (local, S3, ...): ``write_fn(stream)``
+    atomic_output(path) -> temp Path   for libraries that want a path (safetensors, ONNX, ffmpeg)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import posixpath
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+logger = logging.getLogger(__name__)
+
+PART_SUFFIX = ".part"
+# ``.NAME.<hex>.part``; the hex is the random part (the earlier weights writer put its pid before
+# it, ``.NAME.<pid>.<hex>.part``, which matches too). ``.tmp-...`` was the earlier name of the
+# output store's and the renderers' files written aside: swept as well, so a rerun over an output
+# written by an earlier version still cleans it.
+_PART_NAME = re.compile(r"^\..+\.[0-9a-f]{8,}\.part$")
+_LEGACY_PREFIX = ".tmp-"
+
+
+def part_name(name: str) -> str:
+    """The base name to write ``name`` aside under: ``.NAME.<16 hex>.part``."""
+    return f".{name}.{secrets.token_hex(8)}{PART_SUFFIX}"
+
+
+def is_part(name: str) -> bool:
+    """Whether base ``name`` is a file written aside by :func:`atomic_write` / :func:`atomic_output`."""
+    return bool(_PART_NAME.match(name)) or name.startswith(_LEGACY_PREFIX)
+
+
+def _fsync_file(path: str | Path) -> None:
+    """Flushes a closed file's data to disk (for one a library wrote and closed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: str | Path) -> None:
+    """Makes a rename in ``folder`` durable; POSIX only (Windows cannot open a folder for it)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _delete_quietly(fs: pafs.FileSystem, path: str) -> bool:
+    """Removes ``path``; False if it could not be (gone already, or no permission)."""
+    try:
+        fs.delete_file(path)
+    except (OSError, pa.ArrowException):
+        return False
+    return True
+
+
+def atomic_write(fs: pafs.FileSystem, path: str, write_fn: Callable[[BinaryIO], None]) -> None:
+    """Writes ``path`` on ``fs`` with ``write_fn(stream)`` aside, then moves it into place.
+
+    On any exception the file written aside is removed and ``path`` is untouched. The folder
+    of ``path`` must exist on a local filesystem (object stores have no folders to create).
+    """
+    tmp = posixpath.join(posixpath.dirname(path), part_name(posixpath.basename(path)))
+    local = isinstance(fs, pafs.LocalFileSystem)
+    try:
+        if local:
+            with open(tmp, "wb") as f:  # local: fsync before the rename, so a crash leaves no empty file
+                write_fn(f)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            with fs.open_output_stream(tmp) as f:
+                write_fn(f)
+        fs.move(tmp, path)
+    except BaseException:
+        _delete_quietly(fs, tmp)
+        raise
+    if local:
+        _fsync_dir(posixpath.dirname(path))
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary local path beside ``path``; moved to ``path`` if the block succeeds.
+
+    The block (or the library it calls) creates and closes the file at the yielded path. On any
+    exception it is removed, so ``path`` is either the complete new file or untouched, and no
+    partial file is left behind. Creates ``path``'s folder. Permissions follow the umask.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(part_name(dest.name))
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def sweep(
+    directory: str | Path,
+    *,
+    fs: pafs.FileSystem | None = None,
+    older_than_s: float | None = None,
+    recursive: bool = False,
+) -> int:
+    """Removes the files written aside (:func:`is_part`) in ``directory``; returns how many.
+
+    ``fs``: the filesystem ``directory`` is on (default: local). ``older_than_s``: only those
+    last modified that many seconds ago or more (None: all, for a caller that owns the folder;
+    a file whose age is unknown is then kept). A missing folder has nothing to sweep.
+    """
+    fs = fs or pafs.LocalFileSystem()
+    root = Path(directory).as_posix() if isinstance(directory, Path) else str(directory).rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=recursive))
+    cutoff = None if older_than_s is None else time.time() - older_than_s
+    removed = 0
+    for info in infos:
+        if info.type != pafs.FileType.File or not is_part(info.base_name):
+            continue
+        if cutoff is not None and (info.mtime is None or _timestamp(info.mtime) > cutoff):
+            continue
+        removed += _delete_quietly(fs, info.path)
+    if removed:
+        logger.info("%s: removed %d file(s) left aside by an interrupted write", root, removed)
+    return removed
+
+
+def _timestamp(mtime: dt.datetime) -> float:
+    # pyarrow gives aware datetimes (UTC) for most filesystems; a naive one is UTC too
+    return (mtime if mtime.tzinfo else mtime.replace(tzinfo=dt.timezone.utc)).timestamp()

@@ -1,0 +1,58 @@
+"""Whether a run may use an output location, and preparing it: resume, overwrite or refuse.
+
+An output holds one job's results. A rerun with the same result fingerprint (config and
+weights, :meth:`jobs.config.JobConfig.result_fingerprint`) resumes it: the shards already
+committed are kept and only the rest is planned. Another fingerprint is refused with
+:class:`OutputConflictError` unless ``overwrite``, which first clears what maskjobs wrote there
+(and only that: a user's own files in the folder are kept).
+"""
+
+from __future__ import annotations
+
+
+import pyarrow.fs as pafs
+
+from detector.errors import InputError
+from sinks.atomic import sweep
+from sinks.layout import OutputLayout
+from sinks.reader import OutputReader
+
+class OutputConflictError(InputError):
+    """The output location holds a job with another config."""
+
+
+def prepare_output(layout: OutputLayout, reader: OutputReader, *, fingerprint: str, overwrite: bool) -> None:
+    """Checks that a job with ``fingerprint`` may write to ``layout``, clears it for ``overwrite``,
+    creates ``frames/`` and removes the files a killed writer left aside there and at the root.
+
+    Raises :class:`OutputConflictError` for an output of another job, :class:`InputError` for a
+    location that is a file or whose ``job.json`` is unreadable.
+    """
+    if layout.file_type(layout.root) == pafs.FileType.File:
+        raise InputError(f"{layout.location}: the output path exists and is not a directory")
+    previous = reader.read_job()
+    if previous is not None and previous.get("fingerprint") != fingerprint:
+        if not overwrite:
+            raise OutputConflictError(
+                f"{layout.location}: holds the output of a job with a different config; "
+                "use --overwrite to replace it or choose another --out"
+            )
+    if overwrite:
+        _clear(layout)
+    elif previous is None and reader.parts():
+        raise OutputConflictError(f"{layout.location}: holds Parquet files but no job.json; use --overwrite")
+    layout.fs.create_dir(layout.frames_dir, recursive=True)
+    # this run owns the location from here on: whatever is still written aside is a killed writer's
+    sweep(layout.frames_dir, fs=layout.fs)
+    sweep(layout.root, fs=layout.fs)
+
+
+def _clear(layout: OutputLayout) -> None:
+    """Deletes everything maskjobs writes under ``layout``, the report derived from it included."""
+    fs = layout.fs
+    for folder in (layout.frames_dir, layout.annotated_root):
+        if layout.file_type(folder) == pafs.FileType.Directory:
+            fs.delete_dir(folder)
+    for path in (layout.videos_file, layout.job_file, layout.tracks_file, layout.report_file):
+        if layout.file_type(path) == pafs.FileType.File:
+            fs.delete_file(path)

@@ -1,0 +1,64 @@
+"""Writing an output location: shard commits, rewritten shards, ``videos.parquet``,
+``tracks.parquet`` and ``job.json``, each file atomically (:func:`sinks.atomic.atomic_write`).
+
+A shard's file is committed once: a retried shard writes the same ``part-<shard>.parquet``
+again, replacing it whole, so its rows are in the output exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sinks.atomic import atomic_write
+from sinks.layout import SEGMENTS_KEY, OutputLayout, Segment
+from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, VIDEOS_SCHEMA
+
+
+class OutputWriter:
+    """Writes the files of one output location; each one appears whole or not at all."""
+
+    def __init__(self, layout: OutputLayout) -> None:
+        self.layout = layout
+
+    def _write_table(self, path: str, table: pa.Table) -> None:
+        atomic_write(self.layout.fs, path, lambda f: pq.write_table(table, f, compression="zstd"))
+
+    def write_shard(self, shard_id: str, table: pa.Table, segments: Sequence[Segment]) -> str:
+        """Commits one shard's rows (FRAMES_SCHEMA) with its ``(video, first, last)`` segments.
+
+        Returns the committed file's path on the layout's filesystem."""
+        if table.schema.remove_metadata() != FRAMES_SCHEMA:
+            raise ValueError("frames table does not match FRAMES_SCHEMA")
+        table = table.replace_schema_metadata({SEGMENTS_KEY: json.dumps(segments).encode()})
+        path = self.layout.part_file(shard_id)
+        self._write_table(path, table)
+        return path
+
+    def replace_part(self, path: str, table: pa.Table) -> None:
+        """Rewrites a committed shard file with ``table`` (the same rows with more filled in,
+        e.g. track ids), keeping its segments."""
+        meta = pq.read_schema(path, filesystem=self.layout.fs).metadata
+        if table.schema.remove_metadata() != FRAMES_SCHEMA:
+            raise ValueError("frames table does not match FRAMES_SCHEMA")
+        self._write_table(path, table.replace_schema_metadata(meta))
+
+    def write_videos(self, videos: list[dict[str, Any]]) -> None:
+        """Writes ``videos.parquet``: one VIDEOS_SCHEMA row per input video."""
+        self._write_table(self.layout.videos_file, pa.Table.from_pylist(videos, schema=VIDEOS_SCHEMA))
+
+    def write_tracks(self, table: pa.Table) -> None:
+        """Writes ``tracks.parquet`` (TRACKS_SCHEMA)."""
+        if table.schema.remove_metadata() != TRACKS_SCHEMA:
+            raise ValueError("tracks table does not match TRACKS_SCHEMA")
+        self._write_table(self.layout.tracks_file, table)
+
+    def write_job(self, job: dict[str, Any]) -> None:
+        """Writes ``job.json`` (indented, keys sorted; values JSON cannot hold as their ``str``)."""
+        self.layout.fs.create_dir(self.layout.root, recursive=True)
+        data = json.dumps(job, indent=2, sort_keys=True, default=str).encode()
+        atomic_write(self.layout.fs, self.layout.job_file, lambda f: f.write(data))

@@ -1,0 +1,57 @@
+"""Opening and reading a video (``jobs.video``): one error, naming the file and the cause."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jobs.errors import ImageReadError, one_line
+from jobs.video import VideoReadError, open_video
+
+
+@pytest.mark.parametrize(
+    "make,cause",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.touch(), "the file is empty"),
+        (lambda p: p.write_text("this is a text file with a video extension\n" * 50), "not a readable video ("),
+    ],
+    ids=["missing", "empty", "text"],
+)
+def test_an_unreadable_file_is_one_error_naming_it(tmp_path: Path, make, cause: str) -> None:
+    path = tmp_path / "clip.mp4"
+    make(path)
+    with pytest.raises(VideoReadError) as info:
+        open_video(path)
+    err = info.value
+    assert isinstance(err, ImageReadError)  # the CLI's exit code 2 for unreadable inputs
+    assert err.path == str(path) and err.cause.startswith(cause)
+    assert str(err) == f"{path}: {err.cause}" and "\n" not in str(err)
+    assert one_line(err) == str(err)
+
+
+def test_the_error_survives_pickling(tmp_path: Path) -> None:
+    """Ray pickles an exception raised in a task."""
+    err = VideoReadError(tmp_path / "v.mp4", "decoding failed at frame 7 (boom)")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is VideoReadError and (back.path, back.cause, str(back)) == (err.path, err.cause, str(err))
+
+
+@pytest.mark.slow  # needs the generated video set
+def test_reading_past_the_end_names_the_frame(video_set) -> None:
+    path = video_set.root / "mjpeg.mov"  # 20 frames
+    with open_video(path) as video:
+        assert len(video) == 20
+        assert video.timestamps(np.array([0, 19])).shape == (2,)
+        assert video.batch(np.array([3, 4])).shape == (2, 272, 480, 3)
+        with pytest.raises(VideoReadError, match=r"mjpeg\.mov: decoding failed at frame 25 \("):
+            video.timestamps(np.array([25]))
+        with pytest.raises(VideoReadError, match=r"decoding failed at frame 30 \("):
+            video.batch(np.array([30]))
+        read = [f.copy() for f in video.read(np.array([0, 5, 19]))]
+        assert len(read) == 3 and np.array_equal(read[1], video.batch(np.array([5]))[0])
+    with pytest.raises(ValueError, match="closed"):
+        len(video)
