@@ -46,8 +46,9 @@ def one_line(error: BaseException | str, *, limit: int = 200) -> str:
     """The one line of an error that says what went wrong, for messages of the form "FILE: cause (LINE)".
 
     Follows ``cause`` (how Ray wraps a task's exception) to the innermost error. A message that
-    carries a traceback (a Ray task error printed whole) ends with the exception's own line, so
-    that line is taken; any other message gives its first non-empty line. A leading qualified
+    carries a traceback (a Ray task error printed whole), and Ray's own errors (a dead actor:
+    "The actor died unexpectedly ..." then its details, then why), end with the line that says
+    what happened, so that line is taken; any other message gives its first non-empty line. A leading qualified
     exception name (``jobs.pipeline.decode.DecodeError: ``) is dropped. At most ``limit``
     characters; an empty message gives the exception's type name.
     """
@@ -62,5 +63,10 @@ def one_line(error: BaseException | str, *, limit: int = 200) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return "no message" if isinstance(error, str) else type(error).__name__
-    line = lines[-1] if any(line.startswith(_TRACEBACK) for line in lines) else lines[0]
+    last = any(line.startswith(_TRACEBACK) for line in lines) or _from_ray(error)
+    line = lines[-1] if last else lines[0]
     return _QUALIFIED.sub("", line, count=1)[:limit]
+
+
+def _from_ray(error: BaseException | str) -> bool:
+    return not isinstance(error, str) and type(error).__module__.split(".")[0] == "ray"

@@ -60,7 +60,7 @@ class PlanningConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """Keyword arguments of :class:`tracking.ByteTracker` (see there)."""
+    """Keyword arguments of :class:`jobs.results.bytetrack.ByteTracker` (see there)."""
 
     high_score: float = 0.7
     match_iou: float = 0.3

@@ -65,14 +65,19 @@ def _fsync_file(path: str | Path) -> None:
 
 
 def _fsync_dir(folder: str | Path) -> None:
-    """Makes a rename in ``folder`` durable; POSIX only (Windows cannot open a folder for it)."""
+    """Makes a rename in ``folder`` durable where the file system allows it: POSIX only (Windows
+    cannot open a folder for it), and best effort (some FUSE and network mounts refuse to fsync
+    a folder; the rename has happened and the file is complete either way)."""
     if os.name != "posix":
         return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        logger.debug("%s: cannot fsync the folder (%s)", folder, exc)
 
 
 def _delete_quietly(fs: pafs.FileSystem, path: str) -> bool:

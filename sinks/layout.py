@@ -19,6 +19,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow.fs as pafs
 
@@ -27,8 +28,15 @@ from sinks.location import display_location, open_location
 SEGMENTS_KEY = b"maskjobs.segments"
 REPORT_NAME = "report.html"  # written by ``maskjobs report`` beside the output: derived, cleared with it
 
-Segment = tuple[str, int, int]
-"""``(video, first_frame, last_frame)``: a run of sampled frames of one video in a shard file."""
+class SegmentRange(NamedTuple):
+    """The first and last sampled frame of one video's segment in a committed shard file.
+
+    A tuple, so a shard's ranges sit in its Parquet footer as JSON ``[[video, first, last], ...]``.
+    """
+
+    video: str
+    first: int
+    last: int
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import pyarrow.fs as pafs
 
 from detector.errors import InputError, one_line
 
+
 def is_uri(location: str) -> bool:
     """``scheme://...``: a location for pyarrow's filesystems rather than a local path."""
     head, sep, _ = location.partition("://")

@@ -9,13 +9,13 @@ committed are kept and only the rest is planned. Another fingerprint is refused 
 
 from __future__ import annotations
 
-
 import pyarrow.fs as pafs
 
 from detector.errors import InputError
 from sinks.atomic import sweep
 from sinks.layout import OutputLayout
 from sinks.reader import OutputReader
+
 
 class OutputConflictError(InputError):
     """The output location holds a job with another config."""

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from detector.errors import InputError
-from sinks.layout import SEGMENTS_KEY, OutputLayout, Segment
+from sinks.layout import SEGMENTS_KEY, OutputLayout, SegmentRange
 
 
 class OutputReader:
@@ -56,7 +56,7 @@ class OutputReader:
                 out.setdefault(video, []).append((first, last))
         return out
 
-    def part_segments(self) -> list[tuple[str, list[Segment]]]:
+    def part_segments(self) -> list[tuple[str, list[SegmentRange]]]:
         """Every committed shard file with its ``(video, first_frame, last_frame)`` segments."""
         out = []
         for path in self.parts():

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from detector.errors import InputError, one_line
-from sinks.layout import OutputLayout, Segment
+from sinks.layout import OutputLayout, SegmentRange
 from sinks.policy import prepare_output
 from sinks.reader import OutputReader
 from sinks.writer import OutputWriter
@@ -75,7 +75,7 @@ class OutputStore:
             raise InputError(f"{self.location}: cannot write the output here ({one_line(exc)})") from None
 
     # -- write ---------------------------------------------------------------------------
-    def write(self, shard_id: str, table: pa.Table, segments: Sequence[Segment]) -> str:
+    def write(self, shard_id: str, table: pa.Table, segments: Sequence[SegmentRange]) -> str:
         """Commits one shard's rows atomically; ``segments`` are its ``(video, first, last)``.
 
         Returns the committed file's path on the store's filesystem."""
@@ -100,7 +100,7 @@ class OutputStore:
         """``{video: [(first_frame, last_frame), ...]}`` over every committed shard file."""
         return self.reader.committed_ranges()
 
-    def part_segments(self) -> list[tuple[str, list[Segment]]]:
+    def part_segments(self) -> list[tuple[str, list[SegmentRange]]]:
         """Every committed shard file with its ``(video, first_frame, last_frame)`` segments."""
         return self.reader.part_segments()
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sinks.atomic import atomic_write
-from sinks.layout import SEGMENTS_KEY, OutputLayout, Segment
+from sinks.layout import SEGMENTS_KEY, OutputLayout, SegmentRange
 from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, VIDEOS_SCHEMA
 
 
@@ -28,7 +28,7 @@ class OutputWriter:
     def _write_table(self, path: str, table: pa.Table) -> None:
         atomic_write(self.layout.fs, path, lambda f: pq.write_table(table, f, compression="zstd"))
 
-    def write_shard(self, shard_id: str, table: pa.Table, segments: Sequence[Segment]) -> str:
+    def write_shard(self, shard_id: str, table: pa.Table, segments: Sequence[SegmentRange]) -> str:
         """Commits one shard's rows (FRAMES_SCHEMA) with its ``(video, first, last)`` segments.
 
         Returns the committed file's path on the layout's filesystem."""

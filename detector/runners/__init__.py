@@ -5,7 +5,7 @@
 - ``"int8"`` (:mod:`.int8`): a quantized copy on CPU, set by :meth:`FaceMaskDetector.quantize`;
 - CUDA (:mod:`.cuda`): the plain module, fp32 or fp16, whatever backend was asked for.
 
-The CPU runners share a :class:`~detector.runners.cpu.CpuScheduler` (micro-batches, threads).
+The CPU runners share a :class:`~detector.runners.cpu.MicroBatcher` (micro-batches, threads).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import torch
 from detector.fused import fused_cpu_available
 from detector.model import AizooSSD
 from detector.runners.base import RawOutputs, Runner
-from detector.runners.cpu import CpuRunner, CpuScheduler, intra_op_threads
+from detector.runners.cpu import CpuRunner, MicroBatcher, intra_op_threads
 from detector.runners.cuda import CudaRunner
 from detector.runners.eager import EagerRunner
 from detector.runners.fused import FusedRunner
 from detector.runners.int8 import DEFAULT_INT8_MARGIN, INT8_MICRO_BATCH, FragileCheck, Int8Runner
 
 __all__ = [
-    "BACKENDS", "DEFAULT_INT8_MARGIN", "INT8_MICRO_BATCH", "CpuRunner", "CpuScheduler", "CudaRunner",
+    "BACKENDS", "DEFAULT_INT8_MARGIN", "INT8_MICRO_BATCH", "CpuRunner", "MicroBatcher", "CudaRunner",
     "EagerRunner", "FragileCheck", "FusedRunner", "Int8Runner", "RawOutputs", "Runner", "build_runner",
     "intra_op_threads", "resolve_backend",
 ]
@@ -51,9 +51,9 @@ def build_runner(
     for ``module`` on ``device``; the CPU settings as :class:`~detector.predictor.FaceMaskDetector` takes them."""
     if device.type != "cpu":
         return CudaRunner(module, device=device, half=half, num_threads=num_threads)
-    scheduler = CpuScheduler(num_threads=num_threads, micro_batch=micro_batch)
+    batcher = MicroBatcher(num_threads=num_threads, micro_batch=micro_batch)
     if backend == "fused":
-        return FusedRunner(module, scheduler)
+        return FusedRunner(module, batcher)
     if backend == "eager":
-        return EagerRunner(module, scheduler)
+        return EagerRunner(module, batcher)
     raise ValueError(f"no float CPU runner for backend {backend!r}")

@@ -29,7 +29,7 @@ def intra_op_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-class CpuScheduler:
+class MicroBatcher:
     """Runs a model call over a CPU batch in micro-batches, within a thread budget.
 
     ``num_threads``: ``None`` leaves torch's setting alone and runs on the calling thread.
@@ -94,28 +94,28 @@ class CpuScheduler:
 
 
 class CpuRunner:
-    """A float CPU runner: ``forward`` (one model call) over the :class:`CpuScheduler`'s micro-batches.
+    """A float CPU runner: ``forward`` (one model call) over the :class:`MicroBatcher`'s micro-batches.
 
     Subclasses give ``forward`` and ``backend``; :mod:`.eager` and :mod:`.fused` are the two.
     """
 
     backend = "cpu"
 
-    def __init__(self, scheduler: CpuScheduler) -> None:
-        self.scheduler = scheduler
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self.batcher = batcher
 
     def forward(self, x: torch.Tensor) -> RawOutputs:
         """One model call: (N, 3, S, S) float32, channels-last -> ``(loc, scores)``."""
         raise NotImplementedError
 
     def raw(self, frames: torch.Tensor) -> RawOutputs:
-        return self.scheduler.run(frames, self.forward)
+        return self.batcher.run(frames, self.forward)
 
     def postprocess_threads(self, batch: int) -> int | None:
-        return self.scheduler.postprocess_threads(batch)
+        return self.batcher.postprocess_threads(batch)
 
     def close(self) -> None:
-        self.scheduler.close()
+        self.batcher.close()
 
 
 def _forward_frames(forward: Forward, frames: torch.Tensor) -> RawOutputs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from detector.runners.base import RawOutputs
-from detector.runners.cpu import CpuRunner, CpuScheduler, Forward
+from detector.runners.cpu import CpuRunner, MicroBatcher, Forward
 
 
 class EagerRunner(CpuRunner):
@@ -14,8 +14,8 @@ class EagerRunner(CpuRunner):
 
     backend = "eager"
 
-    def __init__(self, module: Forward, scheduler: CpuScheduler) -> None:
-        super().__init__(scheduler)
+    def __init__(self, module: Forward, batcher: MicroBatcher) -> None:
+        super().__init__(batcher)
         self.module = module
 
     def forward(self, x: torch.Tensor) -> RawOutputs:

@@ -9,7 +9,7 @@ import torch
 from detector.fused import FusedAizooSSD
 from detector.model import AizooSSD
 from detector.runners.base import RawOutputs
-from detector.runners.cpu import CpuRunner, CpuScheduler
+from detector.runners.cpu import CpuRunner, MicroBatcher
 
 
 class FusedRunner(CpuRunner):
@@ -18,8 +18,8 @@ class FusedRunner(CpuRunner):
 
     backend = "fused"
 
-    def __init__(self, module: AizooSSD, scheduler: CpuScheduler) -> None:
-        super().__init__(scheduler)
+    def __init__(self, module: AizooSSD, batcher: MicroBatcher) -> None:
+        super().__init__(batcher)
         self.module = module
         self._graph: FusedAizooSSD | None = None
         self._lock = threading.Lock()

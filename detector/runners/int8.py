@@ -57,17 +57,17 @@ class Int8Runner:
         kernels ran 0.73x on the pruned ones."""
         from detector.quantize import quantize
 
-        with intra_op_threads(fallback.scheduler.num_threads):
+        with intra_op_threads(fallback.batcher.num_threads):
             int8 = quantize(model, calibration)
         return cls(int8, fallback=fallback, check=check)
 
     def raw(self, frames: torch.Tensor) -> RawOutputs:
-        scheduler = self.fallback.scheduler
-        loc, scores = scheduler.run(frames, self.model, self.micro_batch)
+        batcher = self.fallback.batcher
+        loc, scores = batcher.run(frames, self.model, self.micro_batch)
         again = torch.zeros(0, dtype=torch.long)
         c = self.check
         if c.margin > 0:
-            with intra_op_threads(1 if scheduler.num_threads else None):  # ~0.1 ms a frame
+            with intra_op_threads(1 if batcher.num_threads else None):  # ~0.1 ms a frame
                 fragile = fragile_frames(
                     loc, scores, c.anchors, margin=c.margin, score_threshold=c.score_threshold,
                     iou_threshold=c.iou_threshold, variances=c.variances,

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from detector.detections import Detections
 from jobs.cli.options import WeightsOpt, errors_to_exit_codes
 from jobs.errors import ImageReadError, MaskjobsError
 
 if TYPE_CHECKING:
+    from detector.detections import Detections
     from detector.predictor import FaceMaskDetector
 
 logger = logging.getLogger(__name__)

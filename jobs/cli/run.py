@@ -13,9 +13,9 @@ from jobs.cli.options import (
     AnnotateOpt, BatchSizeOpt, ConfigOpt, FpsOpt, InputsArg, Int8Opt, OutOpt, OverwriteOpt, StrideOpt, WeightsOpt,
     errors_to_exit_codes, run_overrides,
 )
-from jobs.config import JobConfig, resolve_config
 
 if TYPE_CHECKING:
+    from jobs.config import JobConfig
     from jobs.pipeline.job import JobResult
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ def run(
 
     Exit code 0 when every video is done, 1 when any failed (after all others finished).
     """
+    from jobs.config import resolve_config
+
     overrides = run_overrides(
         stride=stride, fps=fps, batch_size=batch_size, weights=weights, annotate=annotate, int8=int8
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
-import tomllib
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -36,10 +35,23 @@ def code_packages() -> tuple[str, ...]:
 
 
 def code_dirs() -> list[str]:
-    """The folders of :func:`code_packages`, for a Ray ``runtime_env``'s ``py_modules``."""
-    return [str(Path(importlib.import_module(name).__file__).parent) for name in code_packages()]
+    """The folders of :func:`code_packages`, for a Ray ``runtime_env``'s ``py_modules``.
+
+    A name the metadata lists but that does not import (an install older than the code it
+    points at) is left out with a warning: the job cannot import it either way."""
+    dirs = []
+    for name in code_packages():
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            logger.warning("not shipping %s: it does not import here (%s); reinstall maskjobs", name, exc)
+            continue
+        dirs.append(str(Path(module.__file__).parent))
+    return dirs
 
 
 def _from_pyproject(path: Path) -> set[str]:
+    import tomllib  # Python 3.11+; only a source tree that was never installed reads pyproject.toml
+
     table = tomllib.loads(path.read_text())["tool"]["setuptools"]["packages"]["find"]
     return {pattern.split(".", 1)[0] for pattern in table["include"]}

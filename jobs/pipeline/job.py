@@ -17,7 +17,7 @@ have room (``inflight_batches`` each), and frames never reach the driver.
 
 The parts: :mod:`~jobs.pipeline.sizing` (how many actors and decoders),
 :mod:`~jobs.pipeline.scheduler` (which shard attempt runs, retries, splits, time-outs: pure
-logic), :mod:`~jobs.pipeline.actors` (the detector actor pool), :mod:`~jobs.pipeline.commit`
+logic), :mod:`~jobs.pipeline.pool` (the detector actor pool), :mod:`~jobs.pipeline.commit`
 (a shard's rows to the sink). This module runs the job and the loop that ties them together.
 """
 
@@ -36,7 +36,7 @@ from jobs.config import DetectorConfig, JobConfig
 from jobs.errors import ConfigError, one_line
 from jobs.inputs import VideoInput
 from jobs.pipeline.actor import DetectorActor, WeightsPayload
-from jobs.pipeline.actors import ActorPool
+from jobs.pipeline.pool import ActorPool
 from jobs.pipeline.calibrate import pick_calibration, start_calibration
 from jobs.pipeline.commit import commit_shard
 from jobs.pipeline.decode import decode_shard

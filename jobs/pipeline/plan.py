@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from jobs.config import SamplingConfig
-from jobs.pipeline.records import SegmentRange
 from jobs.video import ProbedVideo, VideoInfo
+from sinks.layout import SegmentRange
 
 
 @dataclass(frozen=True)

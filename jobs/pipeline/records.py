@@ -8,7 +8,7 @@ frame (B) except the detections, which have one row per detection (K = ``counts.
 
 from __future__ import annotations
 
-from typing import NamedTuple, TypedDict
+from typing import TypedDict
 
 import numpy as np
 
@@ -44,15 +44,3 @@ def empty_detections() -> DetectedBatch:
         counts=np.zeros(0, np.int32), labels=np.zeros(0, np.int64),
         scores=np.zeros(0, np.float32), boxes=np.zeros((0, 4), np.float32),
     )
-
-
-class SegmentRange(NamedTuple):
-    """The first and last sampled frame of one video's segment in a committed shard.
-
-    A tuple, so the sink stores a shard's ranges in its Parquet footer as JSON
-    ``[[video, first, last], ...]`` exactly as before they had names.
-    """
-
-    video: str
-    first: int
-    last: int

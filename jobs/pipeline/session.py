@@ -66,7 +66,7 @@ def _start_embedded(ray: Any, **init: Any) -> None:
     (:mod:`jobs.pipeline.ray_private`). Any exception while the patches are applied or Ray
     starts under them stops what that start left running and starts Ray as Ray does: a
     patch that no longer fits costs the seconds it saved, never the job."""
-    if ray_private.tested(START_UP_PATCHES):
+    if ray_private.tested(START_UP_PATCHES) and not ray.is_initialized():
         before = descendants(os.getpid())
         try:
             with _without_http_api_and_autoscaler():

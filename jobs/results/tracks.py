@@ -40,7 +40,6 @@ from jobs.results.bytetrack import track_sequence
 
 logger = logging.getLogger(__name__)
 
-MASK_LABEL = MASK  # a masked face's label in frames.parquet (detector.spec defines the names)
 MANIFEST = "manifest.json"
 
 
@@ -66,7 +65,7 @@ def _read_video(sink: OutputStore, parts: list[str], video: str) -> VideoDetecti
         counts=pc.list_value_length(dets).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
         boxes=np.stack([flat.field(k).to_numpy(zero_copy_only=False) for k in ("x1", "y1", "x2", "y2")], axis=1)
         .astype(np.float64).reshape(-1, 4),
-        masked=pc.equal(flat.field("label"), MASK_LABEL).to_numpy(zero_copy_only=False).astype(bool),
+        masked=pc.equal(flat.field("label"), MASK).to_numpy(zero_copy_only=False).astype(bool),
         scores=flat.field("score").to_numpy(zero_copy_only=False).astype(np.float64),
         tracks=np.full(len(flat), -1, np.int64),
     )
@@ -107,9 +106,9 @@ def summarise_tracks(
     g = df.groupby("track", sort=True)
     out = g.agg(first_s=("time_s", "min"), last_s=("time_s", "max"), frames=("frame", "nunique"),
                 masked_share=("masked", "mean"))
-    out["label"] = np.where(out.masked_share > 0.5, MASK_LABEL, NO_MASK)
+    out["label"] = np.where(out.masked_share > 0.5, MASK, NO_MASK)
     df = df.join(out["label"], on="track")
-    same = df[df.masked == (df.label == MASK_LABEL)]
+    same = df[df.masked == (df.label == MASK)]
     top = same.groupby("track")["score"].transform("max")
     same = same[same.score >= top - slack].copy()
     keys = np.asarray(keyframes, np.int64)
@@ -270,7 +269,7 @@ def _render(
     for video, path, info in todo:
         dets, thumbs[video], wanted = tracked[video], {}, {}
         for row in summaries[video].itertuples():
-            if row.label == MASK_LABEL:  # the report shows the unmasked; a thumbnail costs a seek
+            if row.label == MASK:  # the report shows the unmasked; a thumbnail costs a seek
                 continue
             key = _thumb_key(video, row)
             if key in old_thumbs:
@@ -348,6 +347,6 @@ def finish_tracks(
     sink.write_tracks(table)
     logger.info("tracks, thumbnails and annotations in %.1f s", time.monotonic() - t0)
     return {
-        v: {"people": len(s), "people_unmasked": int((s.label != MASK_LABEL).sum()) if len(s) else 0}
+        v: {"people": len(s), "people_unmasked": int((s.label != MASK).sum()) if len(s) else 0}
         for v, s in summaries.items()
     }

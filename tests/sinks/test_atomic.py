@@ -119,3 +119,23 @@ def test_atomic_write_and_sweep_on_s3(s3_server: S3Server) -> None:
     assert [i.base_name for i in infos] == ["job.json"]
     with fs.open_input_stream(f"{root}/job.json") as f:
         assert f.read() == b"{}"
+
+
+def test_a_folder_that_refuses_fsync_still_gets_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some FUSE and network mounts refuse to open or fsync a folder: the write has happened."""
+    import sinks.atomic as atomic
+
+    real_open = os.open
+
+    def no_folders(path: str | os.PathLike[str], flags: int, *args: int) -> int:
+        if os.path.isdir(path):
+            raise OSError(22, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(atomic.os, "open", no_folders)
+    target = tmp_path / "x.parquet"
+    atomic_write(pafs.LocalFileSystem(), target.as_posix(), lambda f: f.write(b"data"))
+    with atomic_output(tmp_path / "y.bin") as tmp:
+        tmp.write_bytes(b"more")
+    assert target.read_bytes() == b"data" and (tmp_path / "y.bin").read_bytes() == b"more"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.parquet", "y.bin"]

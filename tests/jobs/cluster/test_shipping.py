@@ -65,3 +65,28 @@ def test_a_package_outside_the_distribution_is_not_importable_there(tmp_path: Pa
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
     assert proc.returncode != 0 and "No module named 'sinks'" in proc.stderr
+
+
+def test_a_listed_name_that_does_not_import_is_left_out_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An install older than its code (metadata still naming a removed package) ships what imports."""
+    import jobs.cluster.shipping as shipping
+
+    monkeypatch.setattr(shipping, "code_packages", lambda: ("jobs", "no_such_package_here"))
+    with caplog.at_level("WARNING", logger="jobs.cluster.shipping"):
+        assert [Path(d).name for d in shipping.code_dirs()] == ["jobs"]
+    assert "not shipping no_such_package_here" in caplog.text
+
+
+def test_importing_the_cli_loads_no_heavy_module() -> None:
+    """`maskjobs --help` (and every command's start) imports neither torch, Ray, pyarrow, OpenCV,
+    decord, numpy nor yaml: the commands import what they need when they run."""
+    code = (
+        "import sys, jobs.cli.main\n"
+        "heavy = [m for m in ('torch', 'ray', 'pyarrow', 'cv2', 'decord', 'numpy', 'yaml') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""

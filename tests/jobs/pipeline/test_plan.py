@@ -14,7 +14,7 @@ import pytest
 
 from jobs.config import SamplingConfig
 from jobs.pipeline.plan import Segment, Shard, plan_shards, sample_frames, split_pack
-from jobs.pipeline.probe import VideoInfo
+from jobs.video import VideoInfo
 
 
 def _info(frames: int, *, fps: float = 25.0, gop: int | None = None, keyframes: tuple[int, ...] | None = None) -> VideoInfo:
