@@ -64,7 +64,7 @@ def spec_fields(metadata: dict[str, str]) -> dict[str, Any]:
     if "variances" in metadata:
         fields["variances"] = tuple(float(v) for v in json.loads(metadata["variances"]))
     if "class_names" in metadata:
-        fields["class_names"] = check_class_names([str(v) for v in json.loads(metadata["class_names"])])
+        fields["class_names"] = tuple(str(v) for v in json.loads(metadata["class_names"]))  # read() checked them
     return fields
 
 

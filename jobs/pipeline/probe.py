@@ -8,7 +8,7 @@ import numpy as np
 
 from jobs.video import VideoInfo, VideoReadError, open_video
 
-__all__ = ["ProbeError", "VideoInfo", "probe_video"]
+__all__ = ["ProbeError", "probe_video"]
 
 logger = logging.getLogger(__name__)
 

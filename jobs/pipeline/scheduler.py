@@ -58,7 +58,6 @@ class ShardRun:
 
     shard_try: ShardTry
     gen: Any  # the decode task's streaming generator
-    started: float  # time.monotonic() seconds
     last_progress: float
     next_seq: int = 0  # sequence number of the next batch dispatched
     pending: dict[Any, int] = field(default_factory=dict)  # result ref -> sequence number
@@ -132,7 +131,7 @@ class Scheduler:
 
     def begin(self, shard_try: ShardTry, gen: Any, now: float) -> ShardRun:
         """``shard_try`` started decoding in ``gen``."""
-        run = ShardRun(shard_try, gen, started=now, last_progress=now)
+        run = ShardRun(shard_try, gen, last_progress=now)
         self.active[shard_try.shard.shard_id] = run
         return run
 
