@@ -50,7 +50,7 @@ def prepare_output(layout: OutputLayout, reader: OutputReader, *, fingerprint: s
 def _clear(layout: OutputLayout) -> None:
     """Deletes everything maskjobs writes under ``layout``, the report derived from it included."""
     fs = layout.fs
-    for folder in (layout.frames_dir, layout.annotated_root):
+    for folder in (layout.frames_dir, layout.annotated_root, layout.zones_dir):
         if layout.file_type(folder) == pafs.FileType.Directory:
             fs.delete_dir(folder)
     for path in (layout.videos_file, layout.job_file, layout.tracks_file, layout.report_file):

@@ -61,6 +61,7 @@ def summary(directory: DirArg) -> None:
         ("people", f"{t['people']:,}"),
         ("unmasked people", f"{t['people_unmasked']:,}"),
         ("people compliance", percent(t["people_compliance"])),
+        ("privacy mode", str(out.job.get("privacy", "not recorded"))),
     ):
         head.add_row(name, value)
     per = Table(title="videos")

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from jobs.config import DetectorConfig, JobConfig
@@ -46,7 +47,10 @@ from jobs.pipeline.ray_private import StreamingTask
 from jobs.pipeline.records import DetectedBatch
 from jobs.pipeline.scheduler import Scheduler, ShardRun
 from jobs.pipeline.sizing import Sizing, size_job
+from jobs.metadata import MetadataResolver, resolve_all, video_meta_columns
+from jobs.results.privacy import AGGREGATE, strip_boxes
 from jobs.results.tracks import finish_tracks
+from jobs.results.zones import compute_zones, load_zones
 from jobs.video import ProbedVideo, VideoInfo
 from sinks.store import OutputStore
 
@@ -269,9 +273,13 @@ def run_job(
     job = _job_record(config, weights, videos, started)
     committed = sink.start(job, fingerprint=config.result_fingerprint(weights.sha256), overwrite=overwrite)
 
+    resolver = MetadataResolver.from_config(config.metadata)  # a bad mapping file fails before any work
+    if config.zones.file:
+        load_zones(Path(config.zones.file))  # so does a bad zones file
     factory, pool = _start_detectors(ray, config, weights, sizing)  # they load the model while the videos are probed
     t0 = time.monotonic()
     infos, failures = _probe_all(ray, videos, config.planning.probe_timeout_s)
+    meta = resolve_all(ray, videos, resolver)
     timings["probe_s"] = time.monotonic() - t0
     probed = [ProbedVideo(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]
     if config.detector.int8:
@@ -309,11 +317,18 @@ def run_job(
 
         t0 = time.monotonic()
         # the idle actors render too: their processes and CPUs are already there
-        people = finish_tracks(ray, sink, probed, failures, config, helpers=pool.actors)
+        people = finish_tracks(ray, sink, probed, failures, config, helpers=pool.actors, meta=meta)
         timings["tracks_s"] = time.monotonic() - t0
     finally:
         pool.close()
-    rows = _video_rows(videos, infos, failures, sink.frame_totals(), people, config)
+    rows = [{**r, **video_meta_columns(meta[r["video"]], r["duration_s"])}
+            for r in _video_rows(videos, infos, failures, sink.frame_totals(), people, config)]
+    if config.zones.file:
+        t0 = time.monotonic()
+        job["zones"] = compute_zones(sink, Path(config.zones.file), videos=rows)
+        timings["zones_s"] = time.monotonic() - t0
+    if config.privacy.mode == AGGREGATE:
+        strip_boxes(sink)
     job.update(
         status="done" if not any(r["status"] != "done" for r in rows) else "failed",
         finished=datetime.now(timezone.utc).isoformat(),
@@ -404,6 +419,7 @@ def _job_record(config: JobConfig, weights: WeightsPayload, videos: list[VideoIn
             "torch": torch_version, "pyarrow": pyarrow.__version__,
         },
         "started": started,
+        "privacy": config.privacy.mode,
         "host": os.uname().nodename,
     }
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from detector.spec import MASK, NO_MASK
 from jobs.errors import one_line
+from jobs.results.privacy import BLUR, hide_faces
 from jobs.video import VideoReadError, open_video
 from sinks.atomic import atomic_output
 
@@ -90,14 +91,16 @@ def _batches(
         pos += len(images)
 
 
-def crop_thumbnail(image: np.ndarray, box: np.ndarray, *, margin: float = 0.35) -> bytes:
-    """JPEG of ``box`` (x1, y1, x2, y2) in ``image`` (H, W, 3 RGB) with a margin, 128 px high."""
+def crop_thumbnail(image: np.ndarray, box: np.ndarray, *, margin: float = 0.35, privacy: str = BLUR) -> bytes:
+    """JPEG of ``box`` (x1, y1, x2, y2) in ``image`` (H, W, 3 RGB) with a margin, 128 px high,
+    the face hidden as ``privacy`` says (:func:`jobs.results.privacy.hide_faces`)."""
     h, w = image.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in box)
     mx, my = (x2 - x1) * margin, (y2 - y1) * margin
     xa, ya = int(max(0, np.floor(x1 - mx))), int(max(0, np.floor(y1 - my)))
     xb, yb = int(min(w, np.ceil(x2 + mx))), int(min(h, np.ceil(y2 + my)))
     crop = image[ya:max(yb, ya + 1), xa:max(xb, xa + 1)]
+    crop = hide_faces(crop.copy(), np.array([[x1 - xa, y1 - ya, x2 - xa, y2 - ya]]), privacy)
     scale = _THUMB_HEIGHT / crop.shape[0]
     crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), _THUMB_HEIGHT), interpolation=cv2.INTER_AREA)
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
@@ -106,7 +109,7 @@ def crop_thumbnail(image: np.ndarray, box: np.ndarray, *, margin: float = 0.35) 
     return data.tobytes()
 
 
-def thumbnails(path: str, wanted: dict[int, tuple[int, np.ndarray]]) -> dict[int, bytes]:
+def thumbnails(path: str, wanted: dict[int, tuple[int, np.ndarray]], *, privacy: str = BLUR) -> dict[int, bytes]:
     """``{track: JPEG}`` for ``wanted`` ``{track: (frame, box)}``, decoding only those frames.
 
     One reader reads the frames forward and each is cropped as soon as it is decoded, so
@@ -120,16 +123,17 @@ def thumbnails(path: str, wanted: dict[int, tuple[int, np.ndarray]]) -> dict[int
     if len(frames):
         for frame, image in zip(frames.tolist(), _read(path, frames)):
             for track in by_frame[frame]:
-                out[track] = crop_thumbnail(image, wanted[track][1])
+                out[track] = crop_thumbnail(image, wanted[track][1], privacy=privacy)
     return out
 
 
-def draw_frame(image: np.ndarray, dets: VideoDetections, i: int, time_s: float) -> np.ndarray:
+def draw_frame(image: np.ndarray, dets: VideoDetections, i: int, time_s: float, *, privacy: str = BLUR) -> np.ndarray:
     """``image`` (H, W, 3 RGB) with a compliance banner on top and frame ``i``'s boxes, labels,
-    scores and track ids (green: Mask, red: NoMask)."""
+    scores and track ids (green: Mask, red: NoMask), its faces hidden as ``privacy`` says."""
     out = np.ascontiguousarray(image)
     h, w = out.shape[:2]
     a, b = int(dets.offsets[i]), int(dets.offsets[i + 1])
+    hide_faces(out, dets.boxes[a:b], privacy)
     faces, masked_n = b - a, int(dets.masked[a:b].sum())
     bar_h = _banner(out, time_s, faces, masked_n)
     thick = max(2, round(min(h, w) / 240))
@@ -167,7 +171,7 @@ def _banner(out: np.ndarray, time_s: float, faces: int, masked: int) -> int:
 
 def annotate_video(
     path: str, dets: VideoDetections, out: str, *, rate: float, width: int, height: int, crf: int = 23,
-    preset: str = "veryfast",
+    preset: str = "veryfast", privacy: str = BLUR,
 ) -> int:
     """Writes ``out``: the sampled frames with :func:`draw_frame`, H.264 yuv420p MP4 at ``rate``
     frames per second, even dimensions (padded), moov atom first (faststart). Returns frames
@@ -190,7 +194,7 @@ def annotate_video(
                     if image.shape[:2] != (height, width):
                         size = f"{image.shape[1]}x{image.shape[0]}"
                         raise RenderError(f"{path}: a frame near {int(idx[0])} is {size}, not {width}x{height}")
-                    proc.stdin.write(draw_frame(image, dets, written, float(dets.time_s[written])).tobytes())
+                    proc.stdin.write(draw_frame(image, dets, written, float(dets.time_s[written]), privacy=privacy).tobytes())
                     written += 1
             proc.stdin.close()
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -214,9 +218,12 @@ def render_video(
     height: int,
     crf: int,
     preset: str,
+    privacy: str = BLUR,
 ) -> dict[int, bytes]:
-    """The Ray task: thumbnails for ``wanted`` tracks, and the annotated video if asked."""
-    thumbs = thumbnails(path, wanted) if wanted else {}
+    """The Ray task: thumbnails for ``wanted`` tracks, and the annotated video if asked (faces
+    hidden as ``privacy`` says)."""
+    thumbs = thumbnails(path, wanted, privacy=privacy) if wanted else {}
     if annotate_to is not None:
-        annotate_video(path, dets, annotate_to, rate=rate, width=width, height=height, crf=crf, preset=preset)
+        annotate_video(path, dets, annotate_to, rate=rate, width=width, height=height, crf=crf, preset=preset,
+                       privacy=privacy)
     return thumbs
