@@ -173,8 +173,13 @@ def _lookup(table: Mapping[str, Any], video: str) -> Any:
     return None
 
 
-def default_camera(video: str) -> str:
-    """The folder ``video`` (an id) sits in, or its file name's stem when it has none."""
+def default_camera(video: str, path: str | None = None) -> str:
+    """The name of the folder the video sits in: of its ``path`` when given, else of its id
+    (``video``), else the id's file name stem."""
+    if path:
+        folder = Path(path).parent.name
+        if folder:
+            return folder
     folder = posixpath.basename(posixpath.dirname(video))
     return folder or posixpath.splitext(posixpath.basename(video))[0]
 
@@ -242,8 +247,11 @@ class MetadataResolver:
             use_creation_time=cfg.creation_time,
         )
 
-    def camera(self, video: str) -> str:
+    def camera(self, video: str, path: str | None = None) -> str:
+        """``video``'s camera (``path``: its file, whose folder is the default)."""
         found = _lookup(self.cameras, video)
+        if found is None and path:
+            found = self.cameras.get(Path(path).parent.name)
         if found is not None:
             return str(found)
         entry = _lookup(self.start_times, video)
@@ -251,7 +259,7 @@ class MetadataResolver:
             return entry.camera
         if self.camera_pattern is not None and (m := self.camera_pattern.search(video)) and m.group("camera"):
             return m.group("camera")
-        return default_camera(video)
+        return default_camera(video, path)
 
     def from_name(self, video: str) -> tuple[datetime, str] | None:
         """The start encoded in ``video``'s file name, or None."""
@@ -273,9 +281,10 @@ class MetadataResolver:
             self.use_creation_time and (entry is None or entry.start is None) and self.from_name(video) is None
         )
 
-    def resolve(self, video: str, created: datetime | None = None) -> VideoMeta:
-        """``video``'s meta; ``created`` is its container's creation_time when that was read."""
-        camera = self.camera(video)
+    def resolve(self, video: str, created: datetime | None = None, path: str | None = None) -> VideoMeta:
+        """``video``'s meta; ``created`` is its container's creation_time when that was read,
+        ``path`` its file."""
+        camera = self.camera(video, path)
         entry = _lookup(self.start_times, video)
         if entry is not None and entry.start is not None:
             return VideoMeta(camera, entry.start, entry.timezone, SOURCE_MAPPING)
@@ -302,7 +311,7 @@ def resolve_all(ray: Any, videos: list[Any], resolver: MetadataResolver) -> dict
             except Exception as exc:  # a Ray error: the task died or timed out; the start stays unknown
                 logger.warning("%s: creation_time not read (%s)", video, one_line(exc, limit=200))
                 created[video] = None
-    return {v.video: resolver.resolve(v.video, created.get(v.video)) for v in videos}
+    return {v.video: resolver.resolve(v.video, created.get(v.video), v.path) for v in videos}
 
 
 def video_meta_columns(meta: VideoMeta, duration_s: float | None) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.config import DetectorConfig, JobConfig
-from jobs.errors import ConfigError, one_line
+from jobs.errors import ConfigError, InputError, one_line
 from jobs.inputs import VideoInput
 from jobs.pipeline.actor import DetectorActor, WeightsPayload
 from jobs.pipeline.pool import ActorPool
@@ -325,7 +325,13 @@ def run_job(
             for r in _video_rows(videos, infos, failures, sink.frame_totals(), people, config)]
     if config.zones.file:
         t0 = time.monotonic()
-        job["zones"] = compute_zones(sink, Path(config.zones.file), videos=rows)
+        try:
+            job["zones"] = compute_zones(sink, Path(config.zones.file), videos=rows)
+        except InputError as exc:  # an earlier aggregate run removed the boxes: its zones stay
+            if config.privacy.mode != AGGREGATE:
+                raise
+            logger.warning("zones not recomputed: %s", exc)
+            job["zones"] = {"file": config.zones.file, "kept": "computed by the run that removed the boxes"}
         timings["zones_s"] = time.monotonic() - t0
     if config.privacy.mode == AGGREGATE:
         strip_boxes(sink)

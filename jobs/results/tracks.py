@@ -332,15 +332,14 @@ def _rendered(ray: Any, ref: Any, fallback: Callable[[], Any] | None, video: str
 def _track_rows(summary: pd.DataFrame, thumbs: dict[int, bytes], meta: VideoMeta, privacy: str) -> pd.DataFrame:
     """``summary`` (one video's :func:`summarise_tracks`) with its thumbnails, camera and
     wall-clock times; with ``privacy`` aggregate, without boxes or pictures."""
-    start = pd.Timestamp(meta.start).tz_convert("UTC") if meta.start is not None else None
-
     def when(seconds: pd.Series) -> pd.Series:
-        if start is None:
+        """``start + seconds`` in whole microseconds, as the frames' timestamps are."""
+        if meta.start_us is None:
             return pd.Series(pd.NaT, index=seconds.index, dtype="datetime64[us, UTC]")
-        return start + pd.to_timedelta(seconds.astype(float), unit="s")
+        return pd.to_datetime(meta.start_us + np.round(seconds.to_numpy(np.float64) * 1e6), unit="us", utc=True)
 
     out = summary.assign(
-        thumbnail=summary.track.map(thumbs), camera=meta.camera, first_time=when(summary.first_s),
+        thumbnail=[thumbs.get(int(t)) for t in summary.track], camera=meta.camera, first_time=when(summary.first_s),
         last_time=when(summary.last_s),
     )
     out["thumbnail_privacy"] = np.where(out.thumbnail.notna(), privacy, None)
@@ -370,7 +369,8 @@ def finish_tracks(
     tracked = _track_videos(sink, segments, config)
     keyframes = {video: info.keyframes for video, _, info in probed}
     summaries = {video: summarise_tracks(video, dets, keyframes.get(video, ())) for video, dets in tracked.items()}
-    meta = {v: (meta or {}).get(v) or VideoMeta(default_camera(v)) for v in tracked}
+    paths = {video: path for video, path, _ in probed}
+    meta = {v: (meta or {}).get(v) or VideoMeta(default_camera(v, paths.get(v))) for v in tracked}
     rewritten = _write_track_ids(sink, [p for p, _ in segments], tracked, meta)
     logger.info("tracked %d videos, %d shard files updated", len(tracked), rewritten)
 

@@ -28,6 +28,9 @@ def test_the_camera_is_the_folder_by_default() -> None:
     assert default_camera("cam3_20260315.mp4") == "cam3_20260315"
     r = MetadataResolver.from_config(MetadataConfig())
     assert r.camera("north/x.mp4") == "north" and r.resolve("north/x.mp4") == VideoMeta("north")
+    # a directory given as the input: the video's id has no folder, its file's folder names the camera
+    assert r.camera("x.mp4", "/data/cams/south/x.mp4") == "south"
+    assert MetadataResolver.from_config(MetadataConfig(cameras={"south": "S"})).camera("x.mp4", "/c/south/x.mp4") == "S"
 
 
 def test_cameras_from_the_mapping_then_the_pattern(tmp_path: Path) -> None:

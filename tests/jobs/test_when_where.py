@@ -1,0 +1,227 @@
+"""Where and when, end to end: generated footage in camera folders, each video's start from
+a different source, a real ``maskjobs run``; timestamps equal start + offset; zones and lines
+computed afterwards from the committed rows; ``privacy: aggregate`` keeps no face pixels."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from benchmarks.videogen import PathScene, Walker, write_video
+from jobs.cli.main import app
+from jobs.metadata import creation_time
+from tests.conftest import read_rgb
+
+pytestmark = pytest.mark.slow  # encodes videos and runs maskjobs on a real Ray
+
+CREATED = "2026-03-15T09:30:00Z"
+MAPPED = "2026-03-16T07:45:00"  # Europe/Paris, from the mapping file
+
+
+def _tag(ffmpeg: str, src: Path, dst: Path, created: str) -> None:
+    """``src`` re-muxed to ``dst`` with the container's creation_time set."""
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-i", str(src), "-c", "copy", "-metadata",
+                    f"creation_time={created}", str(dst)], check=True)
+    src.unlink()
+
+
+@pytest.fixture(scope="module")
+def cams(tmp_path_factory: pytest.TempPathFactory, masked_photo: Path, unmasked_photo: Path, ffmpeg: str) -> Path:
+    """``north/cam3_20260315_080000.mp4`` (time in its name), ``south/mapped.mp4`` (in the
+    mapping), ``south/created.mp4`` (creation_time tag), ``east/unknown.mp4`` (no time): each an
+    unmasked face walking left to right along the top and a masked one standing at the bottom."""
+    unmasked, masked = read_rgb(unmasked_photo), read_rgb(masked_photo)
+    scene = PathScene((Walker(unmasked, (0, 10), (430, 10), 200), Walker(masked, (240, 260), (250, 260), 200)), 50)
+    root = tmp_path_factory.mktemp("cams")
+    for video in ("north/cam3_20260315_080000.mp4", "south/mapped.mp4", "south/created.mp4", "east/unknown.mp4"):
+        (root / video).parent.mkdir(parents=True, exist_ok=True)
+        write_video(root / video, scene, scene.frames, ffmpeg=ffmpeg, gop=10)
+    _tag(ffmpeg, root / "south/created.mp4", root / "south/created.mov", CREATED)
+    return root
+
+
+def _run(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def job(cams: Path, caffe_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("when")
+    starts = tmp / "starts.csv"
+    starts.write_text(f"video,start,timezone\nsouth/mapped.mp4,{MAPPED},Europe/Paris\n")
+    cfg = tmp / "job.yaml"
+    cfg.write_text("metadata:\n  time_pattern: '_(?P<start>\\d{8}_\\d{6})'\n  timezone: Europe/London\n"
+                   "planning:\n  shard_frames: 20\n  pack_frames: 20\n")
+    out = tmp / "out"
+    code, output = _run(["run", str(cams), "--out", str(out), "--weights", str(caffe_weights), "--config", str(cfg),
+                         "--start-times", str(starts)])
+    assert code == 0, output
+    return out
+
+
+def test_creation_time_is_read_from_the_container(cams: Path) -> None:
+    assert creation_time(str(cams / "south/created.mov")) == datetime(2026, 3, 15, 9, 30, tzinfo=timezone.utc)
+    assert creation_time(str(cams / "east/unknown.mp4")) is None  # FFmpeg's muxer writes none by default
+    assert creation_time(str(cams / "no such file.mp4")) is None
+
+
+def test_each_source_gives_the_start_and_timestamps_are_start_plus_offset(job: Path) -> None:
+    videos = pd.read_parquet(job / "videos.parquet").set_index("video")
+    assert videos.camera.to_dict() == {
+        "east/unknown.mp4": "east", "north/cam3_20260315_080000.mp4": "north", "south/created.mov": "south",
+        "south/mapped.mp4": "south",
+    }
+    expected = {
+        "north/cam3_20260315_080000.mp4": (datetime(2026, 3, 15, 8, 0, tzinfo=ZoneInfo("Europe/London")),
+                                           "file_name", "Europe/London"),
+        "south/mapped.mp4": (datetime(2026, 3, 16, 7, 45, tzinfo=ZoneInfo("Europe/Paris")), "mapping", "Europe/Paris"),
+        "south/created.mov": (datetime(2026, 3, 15, 9, 30, tzinfo=timezone.utc), "creation_time", "Europe/London"),
+    }
+    for video, (start, source, tz) in expected.items():
+        row = videos.loc[video]
+        assert row.start == pd.Timestamp(start) and row.start_source == source and row.timezone == tz
+        assert row.end - row.start == pd.Timedelta(seconds=row.duration_s)
+    unknown = videos.loc["east/unknown.mp4"]
+    assert pd.isna(unknown.start) and pd.isna(unknown.end) and pd.isna(unknown.start_source)
+
+    schema = pq.read_schema(next((job / "frames").glob("part-*.parquet")))
+    assert str(schema.field("timestamp").type) == "timestamp[us, tz=UTC]"
+    frames = pd.read_parquet(job / "frames")
+    assert len(frames) == 4 * 50
+    for video, group in frames.groupby("video"):
+        assert (group.camera == videos.loc[video, "camera"]).all()
+        if video == "east/unknown.mp4":
+            assert group.timestamp.isna().all()  # never guessed
+            continue
+        want = videos.loc[video, "start"] + pd.to_timedelta(group.time_s, unit="s")
+        assert (group.timestamp - want).abs().max() <= pd.Timedelta(microseconds=1)
+
+    tracks = pd.read_parquet(job / "tracks.parquet")
+    assert set(tracks.camera) == {"north", "south", "east"} and len(tracks) == 8  # two people per video
+    t = tracks.set_index("video").loc["north/cam3_20260315_080000.mp4"].iloc[0]
+    assert t.first_time == videos.loc["north/cam3_20260315_080000.mp4", "start"] + pd.Timedelta(seconds=t.first_s)
+    assert tracks[tracks.video == "east/unknown.mp4"].first_time.isna().all()
+
+
+ZONES = """interval: 1h
+cameras:
+  north:
+    coordinates: relative
+    zones:
+      top: [[0, 0], [1, 0], [1, 0.5], [0, 0.5]]
+    lines:
+      middle: [[0.5, 0], [0.5, 1]]
+  south:
+    zones:
+      bottom: [[0, 240], [640, 240], [640, 480], [0, 480]]
+"""
+
+
+def test_zones_after_the_fact(job: Path, tmp_path: Path) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(job, out)
+    zones = tmp_path / "zones.yaml"
+    zones.write_text(ZONES)
+    code, output = _run(["zones", str(out), "--zones", str(zones)])
+    assert code == 0, output
+    assert "zones/intervals.parquet" in output
+    frames = pd.read_parquet(out / "frames")
+    per_video = frames.groupby("video")[["faces", "masked"]].sum()
+
+    cams = pd.read_parquet(out / "zones" / "cameras.parquet")
+    by_cam = cams.groupby("camera")[["faces", "masked", "faces_outside"]].sum()
+    # north's only zone is the top half: the masked face standing at the bottom stops counting
+    north = per_video.loc["north/cam3_20260315_080000.mp4"]
+    assert by_cam.loc["north", "faces"] == north.faces - north.masked and by_cam.loc["north", "masked"] == 0
+    assert by_cam.loc["north", "faces_outside"] == north.masked
+    # south's zone is the bottom half: only the masked faces count, compliance 100 %
+    south = per_video.loc[["south/mapped.mp4", "south/created.mov"]].sum()
+    assert by_cam.loc["south", "faces"] == south.masked and by_cam.loc["south", "masked"] == south.masked
+    # east has no zones: every face counts
+    assert by_cam.loc["east", "faces"] == per_video.loc["east/unknown.mp4", "faces"]
+    assert by_cam.loc["east", "faces_outside"] == 0
+
+    # intervals are wall-clock hours of the video's local time
+    north_rows = cams[cams.camera == "north"]
+    assert list(north_rows.start.dt.tz_convert("Europe/London").dt.strftime("%H:%M")) == ["08:00"]
+    people = pd.read_parquet(out / "zones" / "people.parquet")
+    top = people[people.zone == "top"]
+    assert len(top) == 1 and top.iloc[0].label == "NoMask" and top.iloc[0].entry_label == "NoMask"
+    assert top.iloc[0].entered == pd.Timestamp("2026-03-15T08:00:00", tz="Europe/London") + pd.Timedelta(
+        seconds=top.iloc[0].entered_s)
+
+    # the unmasked walker crosses the middle line once, left to right on the picture
+    crossings = pd.read_parquet(out / "zones" / "crossings.parquet")
+    assert len(crossings) == 1 and crossings.iloc[0].direction == "right_to_left"  # looking from A (top) to B
+    assert crossings.iloc[0].track_label == "NoMask"
+    lines = pd.read_parquet(out / "zones" / "lines.parquet")
+    assert lines[["crossings", "unmasked"]].sum().tolist() == [1, 1]
+
+    # change the zones file and run it again: cheap, no model; the masked face now counts
+    zones.write_text(ZONES.replace("[1, 0.5], [0, 0.5]", "[1, 1], [0, 1]"))
+    code, output = _run(["zones", str(out), "--zones", str(zones), "--interval", "15min"])
+    assert code == 0, output
+    cams = pd.read_parquet(out / "zones" / "cameras.parquet")
+    assert cams[cams.camera == "north"].faces.sum() == north.faces
+    assert json.loads((out / "zones" / "zones.json").read_text())["interval"] == "15min"
+
+    zones.write_text("cameras:\n  north:\n    zones:\n      a: [[0, 0], [1, 1]]\n")
+    code, output = _run(["zones", str(out), "--zones", str(zones)])
+    assert code == 2 and "expected at least 3 [x, y] points" in output
+
+
+def _jpeg_anywhere(root: Path) -> list[str]:
+    """Files under ``root`` holding a JPEG (its start-of-image marker) or a data: picture."""
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            if b"\xff\xd8\xff" in data or b"data:image" in data:
+                found.append(str(path.relative_to(root)))
+    return found
+
+
+def test_aggregate_keeps_no_face_pixels_and_no_boxes(cams: Path, caffe_weights: Path, tmp_path: Path) -> None:
+    zones = tmp_path / "zones.yaml"
+    zones.write_text(ZONES)
+    out = tmp_path / "agg"
+    args = ["run", str(cams / "north"), "--out", str(out), "--weights", str(caffe_weights), "--privacy", "aggregate",
+            "--zones", str(zones)]
+    code, output = _run(args)
+    assert code == 0, output
+    assert json.loads((out / "job.json").read_text())["privacy"] == "aggregate"
+    frames = pd.read_parquet(out / "frames")
+    dets = frames.detections.explode().dropna()
+    assert len(dets) > 0 and frames.faces.sum() == len(dets)  # the counts stay
+    assert all(d[k] is None for d in dets for k in ("x1", "y1", "x2", "y2"))  # no boxes
+    tracks = pd.read_parquet(out / "tracks.parquet")
+    assert len(tracks) == 2 and tracks.thumbnail.isna().all() and tracks[["x1", "y1", "x2", "y2"]].isna().all().all()
+    assert not (out / "annotated").exists()
+    zoned = pd.read_parquet(out / "zones" / "cameras.parquet")  # zones computed during the run
+    assert zoned.faces_outside.sum() > 0
+
+    report = tmp_path / "report.html"
+    code, output = _run(["report", str(out), "-o", str(report)])
+    assert code == 0, output
+    assert 'data-mode="aggregate"' in report.read_text()
+    assert _jpeg_anywhere(out) == [] and _jpeg_anywhere(tmp_path) == []
+
+    # after the run, zones need boxes: refused in one line
+    code, output = _run(["zones", str(out), "--zones", str(zones)])
+    assert code == 2 and "privacy: aggregate" in output
+    # running again (nothing left to do) keeps the people counted before the boxes went
+    code, output = _run(args)
+    assert code == 0, output
+    assert pd.read_parquet(out / "videos.parquet").people.tolist() == [2]
+    assert len(pd.read_parquet(out / "tracks.parquet")) == 2
