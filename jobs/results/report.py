@@ -186,6 +186,7 @@ figure img{height:128px;max-width:138px;object-fit:contain;display:block;margin:
 figcaption{font-size:12px;margin-top:4px;overflow-wrap:anywhere}
 table.heatmap{width:auto}table.heatmap td,table.heatmap th{text-align:center;min-width:38px}table.heatmap td.empty{color:#aab}
 h3{font-size:15px;margin:16px 0 8px}
+#problems td:nth-child(3),#problems th:nth-child(3){text-align:left}
 """
 
 _JS = """
@@ -234,7 +235,7 @@ def _cards(t: dict[str, Any]) -> str:
 
 
 _COLUMNS = [
-    ("video", "video"), ("status", "status"), ("duration", "duration_s"), ("frames", "frames_processed"),
+    ("video", "video"), ("status", "status"), ("camera", "camera"), ("duration", "duration_s"), ("frames", "frames_processed"),
     ("faces", "faces"), ("masked", "masked"), ("unmasked", "unmasked"), ("compliance", "compliance"),
     ("people", "people"), ("unmasked people", "people_unmasked"),
 ]

@@ -5,12 +5,14 @@ computed afterwards from the committed rows; ``privacy: aggregate`` keeps no fac
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import cv2
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -21,6 +23,7 @@ from benchmarks.videogen import PathScene, Walker, write_video
 from jobs.cli.main import app
 from jobs.metadata import creation_time
 from tests.conftest import read_rgb
+from tests.jobs.results.test_report import ARTIFACTS, _browse, chromium  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow  # encodes videos and runs maskjobs on a real Ray
 
@@ -47,6 +50,7 @@ def cams(tmp_path_factory: pytest.TempPathFactory, masked_photo: Path, unmasked_
         (root / video).parent.mkdir(parents=True, exist_ok=True)
         write_video(root / video, scene, scene.frames, ffmpeg=ffmpeg, gop=10)
     _tag(ffmpeg, root / "south/created.mp4", root / "south/created.mov", CREATED)
+    (root / "east/broken.mp4").write_bytes(b"\x00" * 4096)  # fails; the report says why
     return root
 
 
@@ -66,7 +70,7 @@ def job(cams: Path, caffe_weights: Path, tmp_path_factory: pytest.TempPathFactor
     out = tmp / "out"
     code, output = _run(["run", str(cams), "--out", str(out), "--weights", str(caffe_weights), "--config", str(cfg),
                          "--start-times", str(starts)])
-    assert code == 0, output
+    assert code == 1 and "east/broken.mp4" in output, output  # every other video is done
     return out
 
 
@@ -79,7 +83,7 @@ def test_creation_time_is_read_from_the_container(cams: Path) -> None:
 def test_each_source_gives_the_start_and_timestamps_are_start_plus_offset(job: Path) -> None:
     videos = pd.read_parquet(job / "videos.parquet").set_index("video")
     assert videos.camera.to_dict() == {
-        "east/unknown.mp4": "east", "north/cam3_20260315_080000.mp4": "north", "south/created.mov": "south",
+        "east/broken.mp4": "east", "east/unknown.mp4": "east", "north/cam3_20260315_080000.mp4": "north", "south/created.mov": "south",
         "south/mapped.mp4": "south",
     }
     expected = {
@@ -99,6 +103,7 @@ def test_each_source_gives_the_start_and_timestamps_are_start_plus_offset(job: P
     assert str(schema.field("timestamp").type) == "timestamp[us, tz=UTC]"
     frames = pd.read_parquet(job / "frames")
     assert len(frames) == 4 * 50
+    assert (videos.status == "done").sum() == 4
     for video, group in frames.groupby("video"):
         assert (group.camera == videos.loc[video, "camera"]).all()
         if video == "east/unknown.mp4":
@@ -225,3 +230,38 @@ def test_aggregate_keeps_no_face_pixels_and_no_boxes(cams: Path, caffe_weights: 
     assert code == 0, output
     assert pd.read_parquet(out / "videos.parquet").people.tolist() == [2]
     assert len(pd.read_parquet(out / "tracks.parquet")) == 2
+
+
+@pytest.mark.usefixtures("chromium")
+def test_report_by_camera_hour_and_zone_in_chromium(job: Path, tmp_path: Path, chromium: str) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(job, out)
+    zones = tmp_path / "zones.yaml"
+    zones.write_text(ZONES)
+    assert _run(["zones", str(out), "--zones", str(zones)])[0] == 0
+    page = tmp_path / "report.html"
+    code, output = _run(["report", str(out), "-o", str(page)])
+    assert code == 0, output
+    dom = _browse(chromium, page, tmp_path, "--dump-dom").stdout
+    assert 'data-mode="blur"' in dom and "faces in pictures are blurred" in dom
+    heat = re.search(r'<table class="heatmap" id="camera-hours">(.*?)</table>', dom, flags=re.S).group(1)
+    # local hours: north 08:00 London (file name), south 07:45 Paris (mapping) and 09:30 London
+    # (creation_time), east unknown; one row per camera
+    hours = re.findall(r'data-hour="(-?\d+)"', heat)
+    assert hours == ["-1", "7", "8", "9"]
+    assert re.findall(r"<tr><td>([a-z]+)</td>", heat) == ["east", "north", "south"]
+    # north's zone leaves out the masked face: 0 % there; south's keeps only it: 100 %
+    north = re.search(r"<tr><td>north</td>(.*?)</tr>", heat).group(1)
+    assert re.findall(r">(\d+%)<", north) == ["0%"]
+    south = re.search(r"<tr><td>south</td>(.*?)</tr>", heat).group(1)
+    assert re.findall(r">(\d+%)<", south) == ["100%", "100%"]
+    assert 'id="zone-hours"' in dom and "<td>top</td>" in dom and "<td>bottom</td>" in dom
+    problems = re.search(r'<table id="problems">(.*?)</table>', dom, flags=re.S).group(1)
+    assert 'data-video="east/broken.mp4"' in problems and "failed" in problems and "not a readable video" in problems
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report-cameras.png"
+    shot.unlink(missing_ok=True)
+    _browse(chromium, page, tmp_path, f"--screenshot={shot}")
+    print(f"report screenshot: {shot}")
+    assert cv2.imread(str(shot)) is not None
