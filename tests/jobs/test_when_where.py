@@ -265,3 +265,49 @@ def test_report_by_camera_hour_and_zone_in_chromium(job: Path, tmp_path: Path, c
     _browse(chromium, page, tmp_path, f"--screenshot={shot}")
     print(f"report screenshot: {shot}")
     assert cv2.imread(str(shot)) is not None
+
+
+def _readme_block(language: str, marker: str) -> str:
+    """The README's fenced ``language`` block that contains ``marker``."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+    found = [b for b in blocks if marker in b]
+    assert len(found) == 1, f"{len(found)} {language} blocks with {marker!r}"
+    return found[0]
+
+
+def test_the_readme_queries_run_on_a_real_output(job: Path, tmp_path: Path) -> None:
+    duckdb = pytest.importorskip("duckdb", reason="duckdb is in the dev extras: pip install -e '.[dev]'")
+    out = tmp_path / "results"
+    shutil.copytree(job, out)
+    zones = tmp_path / "zones.yaml"
+    zones.write_text(ZONES.replace("top:", "door:"))
+    assert _run(["zones", str(out), "--zones", str(zones)])[0] == 0
+
+    def local(code: str) -> str:
+        return code.replace('"results/', f'"{out}/').replace("'results/", f"'{out}/")
+
+    scope: dict[str, object] = {}
+    exec(local(_readme_block("python", "compliance per camera per hour")), scope)  # noqa: S102  (our README)
+    per_hour = scope["per_hour"]
+    frames = pd.read_parquet(out / "frames")
+    videos = pd.read_parquet(out / "videos.parquet").set_index("video")
+    # the three timed videos: north 15 March 08:00 UTC (London is on UTC then), south 15 March
+    # 09:30 UTC (creation_time) and 16 March 06:45 UTC (07:45 in Paris, the mapping)
+    expected = [("north", "03-15 08:00"), ("south", "03-15 09:00"), ("south", "03-16 06:00")]
+    assert [(c, h.strftime("%m-%d %H:%M")) for c, h in per_hour.index] == expected
+    timed = frames[frames.timestamp.notna()]
+    assert per_hour.faces.sum() == timed.faces.sum() and per_hour.masked.sum() == timed.masked.sum()
+    door = scope["door_unmasked"]
+    assert len(door) == 1 and door.iloc[0].video == "north/cam3_20260315_080000.mp4"
+    assert door.iloc[0].entered >= videos.loc[door.iloc[0].video, "start"]
+
+    sql = local(_readme_block("sql", "date_trunc"))
+    con = duckdb.connect()
+    statements = [s for s in sql.split(";") if s.strip()]
+    con.execute(statements[0])
+    rows = con.execute(statements[1]).fetchall()
+    assert [(c, h.strftime("%m-%d %H:%M")) for c, h, _, _ in rows] == expected
+    assert [round(x, 6) for _, _, x, _ in rows] == [round(x, 6) for x in per_hour.compliance]
+    people = con.execute(statements[2]).fetchall()
+    assert [(v, t) for _, v, t, *_ in people] == list(zip(door.video, door.track))
