@@ -324,7 +324,7 @@ def _privacy(job: dict[str, Any]) -> str:
     return f'<p id="privacy" data-mode="{_e(mode or "unknown")}">Privacy mode: <b>{_e(mode or "unknown")}</b> · {_e(text)}</p>'
 
 
-def _camera_rows(out: JobOutput) -> pd.DataFrame:
+def camera_rows(out: JobOutput) -> pd.DataFrame:
     """Per-row faces and masked with camera and UTC time: zones/cameras.parquet when zones were
     computed (faces outside every zone of a camera with zones are left out), else the frames."""
     if "cameras" in out.zones:
@@ -338,7 +338,7 @@ def _camera_rows(out: JobOutput) -> pd.DataFrame:
 
 def _by_hour(out: JobOutput) -> str:
     """The camera x hour table, and the camera/zone x hour table when zones exist."""
-    rows = _camera_rows(out)
+    rows = camera_rows(out)
     parts = [heatmap_html(hourly(rows, out.videos, ["camera"], "when"), ["camera"], table_id="camera-hours")]
     note = ("Faces outside every zone of a camera that has zones are not counted."
             if "cameras" in out.zones else "")

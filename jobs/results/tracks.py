@@ -283,8 +283,8 @@ def _render(
         for row in summaries[video].itertuples():
             if row.label == MASK:  # the report shows the unmasked; a thumbnail costs a seek
                 continue
-            if privacy == AGGREGATE:  # no pictures at all
-                continue
+            if privacy == AGGREGATE or not np.isfinite([row.x1, row.y1, row.x2, row.y2]).all():
+                continue  # no pictures at all, or the boxes are gone (an earlier aggregate run)
             key = _thumb_key(video, row, privacy)
             if key in old_thumbs:
                 thumbs[video][int(row.track)] = old_thumbs[key]
@@ -293,7 +293,9 @@ def _render(
         rate = sampled_rate(info, config.sampling)
         digest = _digest(dets, rate, a.crf, a.preset, privacy)
         annotate_to = None
-        if a.enabled and not manifest.current(video, digest, sink.annotated_dir):  # type: ignore[union-attr]
+        if a.enabled and np.isnan(dets.boxes).any():
+            logger.warning("%s: not annotated: an earlier privacy-aggregate run removed its boxes", video)
+        elif a.enabled and not manifest.current(video, digest, sink.annotated_dir):  # type: ignore[union-attr]
             annotate_to = str(sink.annotated_dir / f"{video}.mp4")
         for i, part in enumerate(split_by_frame(wanted, spread if annotate_to is None else 1, info.keyframes)):
             if part or (i == 0 and annotate_to):

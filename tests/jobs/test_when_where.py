@@ -230,6 +230,11 @@ def test_aggregate_keeps_no_face_pixels_and_no_boxes(cams: Path, caffe_weights: 
     assert code == 0, output
     assert pd.read_parquet(out / "videos.parquet").people.tolist() == [2]
     assert len(pd.read_parquet(out / "tracks.parquet")) == 2
+    # a later run in another mode cannot bring faces back: the boxes are gone, the people stay
+    code, output = _run(args[:6])
+    assert code == 0, output
+    assert pd.read_parquet(out / "tracks.parquet").thumbnail.isna().all() and _jpeg_anywhere(out) == []
+    assert pd.read_parquet(out / "videos.parquet").people.tolist() == [2]
 
 
 @pytest.mark.usefixtures("chromium")
@@ -258,6 +263,15 @@ def test_report_by_camera_hour_and_zone_in_chromium(job: Path, tmp_path: Path, c
     assert 'id="zone-hours"' in dom and "<td>top</td>" in dom and "<td>bottom</td>" in dom
     problems = re.search(r'<table id="problems">(.*?)</table>', dom, flags=re.S).group(1)
     assert 'data-video="east/broken.mp4"' in problems and "failed" in problems and "not a readable video" in problems
+
+    # `maskjobs summary` prints the same table and the failed video's reason
+    code, output = _run(["summary", str(out)])
+    assert code == 0, output
+    cells = {ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[2:-1]] for ln in output.splitlines()
+             if ln.count("│") >= 5 and ln.split("│")[1].strip() in ("east", "north", "south", "north/top")}
+    assert cells == {"east": ["50%", "–", "–", "–"], "north": ["–", "–", "0%", "–"], "south": ["–", "100%", "–", "100%"],
+                     "north/top": ["–", "–", "0%", "–"]}, output
+    assert "privacy mode" in output and "east/broken.mp4" in output and "not a readable video" in output
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report-cameras.png"
