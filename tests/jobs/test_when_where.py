@@ -8,12 +8,11 @@ import json
 import re
 import shutil
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import cv2
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -237,7 +236,6 @@ def test_aggregate_keeps_no_face_pixels_and_no_boxes(cams: Path, caffe_weights: 
     assert pd.read_parquet(out / "videos.parquet").people.tolist() == [2]
 
 
-@pytest.mark.usefixtures("chromium")
 def test_report_by_camera_hour_and_zone_in_chromium(job: Path, tmp_path: Path, chromium: str) -> None:
     out = tmp_path / "copy"
     shutil.copytree(job, out)
