@@ -103,8 +103,9 @@ def _by_hour_table(out: JobOutput) -> Table:
         z = out.zones["intervals"].rename(columns={"start": "when"})
         tables.append(hourly(z.assign(camera=z.camera + "/" + z.zone), out.videos, ["camera"], "when"))
     hours = sorted({int(h) for t in tables for h in t.hour})
-    table = Table(title="compliance by camera and local hour (faces outside every zone of a zoned camera left out)"
-                  if "cameras" in out.zones else "compliance by camera and local hour")
+    table = Table(title="compliance by camera and local hour",
+                  caption="faces outside every zone of a camera with zones are left out" if "cameras" in out.zones
+                  else None)
     table.add_column("camera")
     for h in hours:
         table.add_column("time unknown" if h == UNKNOWN else f"{h:02d}h", justify="right")

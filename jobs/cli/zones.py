@@ -33,8 +33,8 @@ def zones(
     from sinks.store import OutputStore
 
     summary = compute_zones(OutputStore(out), zones_file, interval=interval)
-    table = Table(title=f"maskjobs zones: {summary['cameras']} cameras, {summary['zones']} zones, "
-                        f"{summary['lines']} lines, per {summary['interval']}")
+    table = Table(title=f"maskjobs zones, per {summary['interval']}",
+                  caption=f"{summary['cameras']} cameras, {summary['zones']} zones, {summary['lines']} lines")
     table.add_column("file")
     table.add_column("rows", justify="right")
     for name, rows in summary["rows"].items():
