@@ -26,6 +26,7 @@ import collections
 import io
 import logging
 import pickle
+import pickletools
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -192,6 +193,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise WeightsError(self._path, f"unexpected persistent id {str(kind)[:40]!r} in the pickle")
 
 
+_MAX_MEMO = 1 << 20  # memo slots a checkpoint's pickle may name (AIZOO's uses a few hundred)
+_MEMO_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+def _load(unpickler: pickle.Unpickler, f: io.BytesIO, path: Path) -> Any:
+    """``unpickler.load()`` after a dry read of the opcodes up to STOP: the C unpickler grows its
+    memo to the largest index a PUT names (4 bytes: up to 32 GiB, zeroed), so such an index is
+    refused first."""
+    start = f.tell()
+    for op, arg, _pos in pickletools.genops(f):
+        if op.name in _MEMO_OPS and int(arg) > _MAX_MEMO:
+            raise WeightsError(path, f"the pickle names memo slot {int(arg)}")
+    f.seek(start)
+    return unpickler.load()
+
+
 class _DataOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         raise pickle.UnpicklingError(f"global {module}.{name} not allowed here")
@@ -218,14 +235,14 @@ def _flatten(obj: Any, prefix: str, out: dict[str, _LazyTensor]) -> None:
 def _read_legacy(path: Path, raw: bytes) -> dict[str, np.ndarray]:
     f = io.BytesIO(raw)
     try:
-        magic = _DataOnlyUnpickler(f).load()
+        magic = _load(_DataOnlyUnpickler(f), f, path)
         if magic != _LEGACY_MAGIC:
             raise WeightsError(path, "not a PyTorch checkpoint (bad magic number)")
-        _DataOnlyUnpickler(f).load()  # protocol version
-        _DataOnlyUnpickler(f).load()  # sys info
+        _load(_DataOnlyUnpickler(f), f, path)  # protocol version
+        _load(_DataOnlyUnpickler(f), f, path)  # sys info
         unpickler = _RestrictedUnpickler(f, path)
-        root = unpickler.load()
-        keys = _DataOnlyUnpickler(f).load()
+        root = _load(unpickler, f, path)
+        keys = _load(_DataOnlyUnpickler(f), f, path)
     except WeightsError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
@@ -279,8 +296,9 @@ def _read_zip(path: Path) -> dict[str, np.ndarray]:
             info = zf.getinfo(pickles[0])
             if info.file_size > MAX_FILE_BYTES:
                 raise WeightsError(path, f"the checkpoint's pickle is {info.file_size} bytes")
-            unpickler = _RestrictedUnpickler(io.BytesIO(_read_member(zf, info, info.file_size)), path)
-            root = unpickler.load()
+            stream = io.BytesIO(_read_member(zf, info, info.file_size))
+            unpickler = _RestrictedUnpickler(stream, path)
+            root = _load(unpickler, stream, path)
             lazy: dict[str, _LazyTensor] = {}
             _flatten(root, "", lazy)
             wanted = {name: t for name, t in lazy.items() if admit(path, name, t.size, layout="OIHW")}
