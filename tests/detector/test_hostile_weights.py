@@ -154,15 +154,14 @@ def test_hostile_files_load_in_bounded_memory(hostile) -> None:
     assert peak < PEAK_MB, f"peak RSS {peak:.0f} MB"
 
 
-def test_a_small_file_cannot_declare_a_huge_tensor(tmp_path: Path) -> None:
-    """In-process (no expansion can happen with the checks on): the 286-byte zero-stride file and the splat."""
-    one = hw.Storage("one", np.ones(1, np.float32))
-    p = hw.write_legacy_pth(tmp_path / "tiny.pth", {"conv2d_0.weight": hw.Tensor(one, 0, hw.HUGE, (0, 0))})
-    assert p.stat().st_size < 400
-    with pytest.raises(WeightsError, match=r"layer 'conv2d_0' has shape \(60000, 60000\)"):
+@pytest.mark.parametrize("offset,stride", [(0, -1), (-5, 1), (0, 0), (1, 1)])
+def test_a_layout_outside_its_storage_is_refused_in_process(offset: int, stride: int, pth_weights: Path,
+                                                            tmp_path: Path) -> None:
+    """The fast-layer twin of the hostile files above (none of these can allocate much on any version)."""
+    bias = hw.Storage("bias", np.arange(32, dtype=np.float32))
+    p = hw.legacy_with(pth_weights, tmp_path / "m.pth", conv2d_0__bias=hw.Tensor(bias, offset, (32,), (stride,)))
+    with pytest.raises(WeightsError, match=r"conv2d_0\.bias"):
         read_weights(p)
-    with pytest.raises(WeightsError, match=r"has shape \(60000, 60000, 1, 1\) \(HWIO\)"):
-        read_weights(hw.splat_graph(tmp_path / "splat.pb"))
 
 
 def test_zip_checkpoint_is_read_without_torch(pth_weights: Path, tmp_path: Path, monkeypatch) -> None:
