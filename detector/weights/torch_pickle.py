@@ -116,7 +116,7 @@ class _LazyTensor:
             )
 
     def materialize(self, path: Path, name: str) -> np.ndarray:
-        """A copy of the tensor's elements (call :meth:`check_layout` first)."""
+        """A copy of the tensor's elements, its layout checked first (:meth:`check_layout`)."""
         self.check_layout(path, name)
         data = self.storage.data
         if data is None:
@@ -129,7 +129,7 @@ class _LazyTensor:
         view = np.lib.stride_tricks.as_strided(
             data[self.offset :],
             shape=self.size,
-            strides=tuple(st * itemsize for st in self.stride),
+            strides=tuple(st * itemsize if s > 1 else 0 for s, st in zip(self.size, self.stride)),  # size-1: unused
             writeable=False,
         )
         return np.array(view)
