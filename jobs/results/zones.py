@@ -57,7 +57,7 @@ import yaml
 from detector.spec import MASK, NO_MASK
 from jobs.errors import InputError, one_line
 from jobs.metadata import zone
-from sinks.atomic import atomic_write
+from sinks.atomic import atomic_write, make_dirs
 from sinks.schema import TIMESTAMP
 from sinks.store import OutputStore
 
@@ -408,8 +408,7 @@ def compute_zones(
         logger.warning("zones for camera(s) %s, which no video has (cameras: %s)", missing, sorted(known))
     out = compute(frames, dets, vids, tracks, spec)
     out["crossings"] = _finish_crossings(out["crossings"], _video_info(vids))
-    if isinstance(sink.fs, pafs.LocalFileSystem):
-        Path(sink.layout.zones_dir).mkdir(parents=True, exist_ok=True)
+    make_dirs(sink.layout.zones_dir, fs=sink.fs)  # owner only where local
     written = [_write(sink, name, df) for name, df in out.items()]
     summary = {
         "file": str(zones_file), "interval": spec.interval,
