@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from benchmarks.videogen import PathScene, Walker, write_video
 from jobs.cli.main import app
 from jobs.metadata import creation_time
-from tests.conftest import read_rgb
+from tests.conftest import S3Server, read_rgb
 from tests.jobs.results.test_report import ARTIFACTS, _browse, chromium  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow  # encodes videos and runs maskjobs on a real Ray
@@ -323,3 +323,26 @@ def test_the_readme_queries_run_on_a_real_output(job: Path, tmp_path: Path) -> N
     assert [round(x, 6) for _, _, x, _ in rows] == [round(x, 6) for x in per_hour.compliance]
     people = con.execute(statements[2]).fetchall()
     assert [(v, t) for _, v, t, *_ in people] == list(zip(door.video, door.track))
+
+
+def test_zones_on_an_object_store_output(cams: Path, caffe_weights: Path, s3_server: S3Server, tmp_path: Path) -> None:
+    """``run --zones`` and ``maskjobs zones`` on an s3:// output (moto): read and written in the bucket."""
+    import pyarrow.fs as pafs
+
+    zones = tmp_path / "zones.yaml"
+    zones.write_text(ZONES)
+    uri = s3_server.uri("when/job")
+    code, output = _run(["run", str(cams / "north"), "--out", uri, "--weights", str(caffe_weights), "--zones", str(zones)])
+    assert code == 0, output
+    fs, root = pafs.FileSystem.from_uri(uri)
+
+    def faces_outside() -> int:
+        with fs.open_input_file(f"{root}/zones/cameras.parquet") as f:
+            return int(pq.read_table(f).column("faces_outside").to_pandas().sum())
+
+    assert faces_outside() > 0  # the masked face below the "top" zone
+    zones.write_text(ZONES.replace("[1, 0.5], [0, 0.5]", "[1, 1], [0, 1]"))
+    code, output = _run(["zones", uri, "--zones", str(zones)])
+    assert code == 0, output
+    assert faces_outside() == 0
+    assert "testing:testing" not in output  # no credentials in what it prints
