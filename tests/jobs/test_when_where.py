@@ -13,6 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import cv2
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -346,3 +347,31 @@ def test_zones_on_an_object_store_output(cams: Path, caffe_weights: Path, s3_ser
     assert code == 0, output
     assert faces_outside() == 0
     assert "testing:testing" not in output  # no credentials in what it prints
+
+
+def _face_sharpness(thumbnail: bytes) -> float:
+    """Variance of the Laplacian in the middle of a thumbnail (the face inside its 35 % margin)."""
+    grey = cv2.imdecode(np.frombuffer(thumbnail, np.uint8), cv2.IMREAD_GRAYSCALE)
+    h, w = grey.shape
+    return float(cv2.Laplacian(grey[h // 3: 2 * h // 3, w // 3: 2 * w // 3], cv2.CV_64F).var())
+
+
+def test_raw_faces_only_when_asked_and_a_later_run_blurs_them(cams: Path, caffe_weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "raw"
+    args = ["run", str(cams / "north"), "--out", str(out), "--weights", str(caffe_weights)]
+    code, output = _run([*args, "--privacy", "raw"])
+    assert code == 0, output
+    assert json.loads((out / "job.json").read_text())["privacy"] == "raw"
+    raw = pd.read_parquet(out / "tracks.parquet").dropna(subset=["thumbnail"])
+    assert len(raw) == 1 and (raw.thumbnail_privacy == "raw").all()
+    report = tmp_path / "raw.html"
+    assert _run(["report", str(out), "-o", str(report)])[0] == 0
+    assert 'data-mode="raw"' in report.read_text() and "NOT hidden" in report.read_text()
+
+    code, output = _run(args)  # the default again: nothing to detect, the thumbnail is drawn again, blurred
+    assert code == 0, output
+    blurred = pd.read_parquet(out / "tracks.parquet").dropna(subset=["thumbnail"])
+    assert (blurred.thumbnail_privacy == "blur").all() and blurred.best_frame.tolist() == raw.best_frame.tolist()
+    sharp_raw, sharp_blur = _face_sharpness(raw.thumbnail.iloc[0]), _face_sharpness(blurred.thumbnail.iloc[0])
+    print(f"thumbnail Laplacian variance: raw {sharp_raw:.1f}, blur {sharp_blur:.1f}")
+    assert sharp_blur < sharp_raw / 10
