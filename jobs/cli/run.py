@@ -67,7 +67,7 @@ def run_command(inputs: list[str], out: str, config: JobConfig, *, overwrite: bo
     from jobs.weight_cache import resolve_weights
     from sinks.store import OutputStore
 
-    videos = discover(inputs)
+    videos = discover(inputs, exclude=[] if "://" in out else [out])  # never its own output as input
     weights = WeightsPayload.from_converted(convert_weights(resolve_weights(config.detector.weights)))
     sink = OutputStore(out)
     progress = Progress()

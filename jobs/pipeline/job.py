@@ -34,7 +34,7 @@ from typing import Any
 
 from jobs.config import DetectorConfig, JobConfig
 from jobs.errors import ConfigError, one_line
-from jobs.inputs import VideoInput
+from jobs.inputs import VideoInput, escape_name
 from jobs.pipeline.actor import DetectorActor, WeightsPayload
 from jobs.pipeline.pool import ActorPool
 from jobs.pipeline.calibrate import pick_calibration, start_calibration
@@ -363,7 +363,7 @@ def _video_rows(
         rows.append(
             {
                 "video": v.video,
-                "path": v.path,
+                "path": escape_name(v.path),  # text: a name that is not UTF-8 escaped
                 "status": "failed" if error else "done",
                 "error": error,
                 "frames_total": info.frames_total if info else None,
