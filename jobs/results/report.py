@@ -21,6 +21,7 @@ import pandas as pd
 
 from detector.spec import MASK
 from jobs.errors import InputError
+from jobs.results.manifest import read_manifest
 from sinks.layout import REPORT_NAME
 
 logger = logging.getLogger(__name__)
@@ -59,8 +60,7 @@ def load_output(root: Path) -> JobOutput:
     )
     job_file = root / "job.json"
     job = json.loads(job_file.read_text()) if job_file.is_file() else {}
-    manifest = root / "annotated" / "manifest.json"
-    annotated = {v: e["file"] for v, e in json.loads(manifest.read_text()).items()} if manifest.is_file() else {}
+    annotated = {v: e["file"] for v, e in read_manifest(root / "annotated", set_aside=False).items()}
     return JobOutput(root, videos, tracks, frames, job, annotated)
 
 
