@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pyarrow as pa
 
 from jobs.errors import one_line
 from jobs.pipeline.plan import Shard
@@ -28,9 +29,10 @@ def commit_shard(
     """Writes ``shard``'s rows from the detections of its batches (in decode order) to ``sink``.
 
     Returns None once committed, or the one-line reason the shard's videos fail instead: a
-    frame count other than the shard's, or detections that cannot be tabulated (a bug met on
-    this shard's data: its videos fail, the job goes on). An error writing to the sink is
-    not the shard's fault and is raised.
+    frame count other than the shard's, detections that cannot be tabulated (a bug met on
+    this shard's data: its videos fail, the job goes on), or rows the sink could not take
+    (the sink retried transient errors already, :func:`sinks.atomic.atomic_write`): the
+    shard is then retried like any failed one, and every other shard goes on.
     """
     cat = concat_detections(parts)
     expected = shard.num_frames
@@ -44,5 +46,9 @@ def commit_shard(
     except Exception as exc:  # a bug met on this shard's data: its videos fail, the job goes on
         logger.exception("shard %s: its detections could not be tabulated", shard.shard_id)
         return f"its detections could not be tabulated ({type(exc).__name__}: {one_line(exc, limit=300)})"
-    sink.write(shard.shard_id, table, [s.span for s in shard.segments])
+    try:
+        sink.write(shard.shard_id, table, [s.span for s in shard.segments])
+    except (OSError, pa.ArrowException) as exc:
+        logger.warning("shard %s: its rows could not be written (%s)", shard.shard_id, one_line(exc, limit=300))
+        return f"its rows could not be written to {sink.location} ({one_line(exc, limit=300)})"
     return None

@@ -63,7 +63,12 @@ class JobResult:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        return [v for v in self.videos if v["status"] != "done"]
+        return [v for v in self.videos if v["status"] == "failed"]
+
+    @property
+    def partial(self) -> list[dict[str, Any]]:
+        """Videos cut off mid-recording: their frames before the damage are committed."""
+        return [v for v in self.videos if v["status"] == "partial"]
 
 
 def _probe_all(ray: Any, videos: list[VideoInput], timeout_s: float) -> tuple[dict[str, VideoInfo], dict[str, str]]:

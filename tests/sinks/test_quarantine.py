@@ -87,3 +87,23 @@ def test_input_identities_are_kept_with_a_shard_and_dropping_a_video_keeps_the_o
     assert json.loads(pq.read_schema(path).metadata[INPUTS_KEY]) == {"b.mp4": ids["b.mp4"]}
     assert sink.drop_videos(path, {"b.mp4"}) == 3  # nothing left: the file goes
     assert sink.committed_ranges() == {} and not Path(path).exists()
+
+
+def test_a_transient_write_error_is_retried_and_a_lasting_one_raised(tmp_path: Path) -> None:
+    """Issue 17 item 10: one refused write (disk full, an S3 hiccup) no longer loses the shard."""
+    from sinks.atomic import atomic_write
+    from tests.sinks.faulty_fs import fail_first, faulty_fs
+
+    fs, handler = faulty_fs(fail_first(2))
+    sink = OutputStore(str(tmp_path / "job"), filesystem=fs)
+    sink.start({}, fingerprint="f")
+    _write(sink, "a-0", "a.mp4", 0, 9)  # refused twice, written the third time
+    assert len(handler.failures) == 2
+    assert sink.committed_ranges() == {"a.mp4": [(0, 9)]}
+    assert sorted(p.name for p in (tmp_path / "job" / "frames").iterdir()) == ["part-a-0.parquet"]  # nothing aside
+
+    fs, handler = faulty_fs(lambda path, data: "never" in path)
+    with pytest.raises(OSError) as info:
+        atomic_write(fs, str(tmp_path / "never.bin"), lambda f: f.write(b"x"), attempts=3, backoff_s=0.01)
+    assert info.value.errno == 28 and len(handler.failures) == 3
+    assert not any("never" in p.name for p in tmp_path.iterdir())
