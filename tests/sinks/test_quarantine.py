@@ -11,7 +11,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from sinks.layout import INPUTS_KEY
 from sinks.store import OutputStore
 from tests.sinks.test_store import _table, _write
 
@@ -70,6 +69,8 @@ def test_overwrite_clears_the_quarantine(tmp_path: Path) -> None:
 
 def test_input_identities_are_kept_with_a_shard_and_dropping_a_video_keeps_the_others(tmp_path: Path) -> None:
     import pyarrow as pa
+
+    from sinks.layout import INPUTS_KEY
 
     out = tmp_path / "job"
     sink = OutputStore(out)

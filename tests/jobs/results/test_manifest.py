@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.results.manifest import read_manifest
 from jobs.results.report import load_output
 from jobs.results.tracks import _Manifest
 from sinks.schema import VIDEOS_SCHEMA
@@ -55,4 +54,6 @@ def test_the_report_reads_an_output_with_an_unreadable_manifest(tmp_path: Path, 
     out = load_output(tmp_path)  # raised JSONDecodeError
     assert out.annotated == {}
     assert (tmp_path / "annotated" / "manifest.json").exists()  # a report only reads
+    from jobs.results.manifest import read_manifest
+
     assert read_manifest(tmp_path / "nothing-here", set_aside=True) == {}
