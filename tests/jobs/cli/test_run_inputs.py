@@ -3,6 +3,7 @@ the output inside the input folder, the same name in two folders. Real Ray, vide
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -48,8 +49,21 @@ def test_a_name_that_is_not_utf8_is_processed_and_escaped_and_the_output_never_f
     assert (frames.video == "caf\\xe9.mp4").sum() == 30
     assert (out / "annotated" / "caf\\xe9.mp4.mp4").is_file()
 
-    # the annotated MP4s now sit inside the input folder: a rerun must not take them as inputs
+    # the annotated MP4s now sit inside the input folder: a rerun must not take them as inputs;
+    # and what a crash or a disk error leaves (item 11) costs only what it damaged: an empty
+    # manifest, a folder written aside, a shard file cut short
+    (out / "annotated" / "manifest.json").write_text("")
+    (out / "annotated" / ".tmp-left" / "inner").mkdir(parents=True)
+    (out / "annotated" / ".tmp-left" / "inner" / "x.mp4").write_bytes(b"half")
+    part = sorted((out / "frames").glob("part-*.parquet"))[0]
+    lost = pq.read_table(part).num_rows
+    part.write_bytes(part.read_bytes()[:100])
     again = _run(*args)
-    assert again.exit_code == 0, again.output
+    assert again.exit_code == 0, again.output  # JSONDecodeError / "cannot write the output here" before
     assert sorted(pd.read_parquet(out / "videos.parquet").video) == sorted(videos.index)
-    assert len(pq.read_table(out / "frames")) == 30 + 20 + 24
+    frames = pq.read_table(out / "frames", columns=["video", "frame"]).to_pandas()
+    assert len(frames) == 30 + 20 + 24 and not frames.duplicated().any()  # the cut file's frames redone
+    assert len(list((out / "quarantine").iterdir())) == 1 and lost > 0
+    assert len(list((out / "annotated").glob("manifest.json.corrupt-*"))) == 1
+    manifest = json.loads((out / "annotated" / "manifest.json").read_text())
+    assert sorted(manifest) == sorted(videos.index)  # drawn again, every one
