@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from detector.errors import one_line
+from sinks.atomic import make_dirs
 from sinks.layout import INPUTS_KEY, SEGMENTS_KEY, OutputLayout
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def quarantine(layout: OutputLayout, path: str, reason: str) -> str:
     """Moves ``path`` into ``OUT/quarantine/`` (a timestamp added to its name); returns where."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     dest = posixpath.join(layout.quarantine_dir, f"{posixpath.basename(path)}.{stamp}")
-    layout.fs.create_dir(layout.quarantine_dir, recursive=True)
+    make_dirs(layout.quarantine_dir, fs=layout.fs)
     layout.fs.move(path, dest)
     logger.warning("%s: unreadable (%s); moved to %s, its frames will be processed again",
                    path, reason, dest)
