@@ -91,7 +91,11 @@ class DetectorActor:
         if not self.calibrated:
             raise RuntimeError("int8 detector actor used before calibrate()")
         sizes = list(zip(batch["width"].tolist(), batch["height"].tolist()))
-        dets = self.detector.detect_prepared(batch["frames"], sizes)
+        if "per_frame" in batch:  # tiled: every frame's pictures in one model call, merged per frame
+            tiles = np.split(batch["tiles"], np.cumsum(batch["per_frame"])[:-1])
+            dets = self.detector.detect_tiles_prepared(batch["frames"], tiles, sizes)
+        else:
+            dets = self.detector.detect_prepared(batch["frames"], sizes)
         counts = np.array([len(d) for d in dets], dtype=np.int32)
         return DetectedBatch(
             video=batch["video"],

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from detector.preprocess import resize_rgb
+from detector.tiling import cut_tiles, resolve_grid, tile_boxes
 from jobs.pipeline.plan import Shard
 from jobs.pipeline.records import DecodedBatch
 from jobs.video import VideoReadError, open_video
@@ -43,7 +44,8 @@ class DecodeError(RuntimeError):
 
 
 def decode_shard(
-    shard: Shard, *, input_size: int, batch_size: int, threads: int = 1
+    shard: Shard, *, input_size: int, batch_size: int, threads: int = 1, tiles: object = None,
+    target_px: float = 32.0,
 ) -> Iterator[str | DecodedBatch]:
     """Yields ``STARTED`` once the task runs, then batches (:class:`~jobs.pipeline.records.DecodedBatch`:
     ``{video (B,), frame (B,), time_s (B,), width (B,), height (B,), frames (B, S, S, 3) uint8
@@ -54,13 +56,17 @@ def decode_shard(
     generator waits on Ray's backpressure would fill memory with full-size frames and
     spend CPU on frames past the segment's end. So each segment is read straight through,
     keeping only resized frames (``S*S*3`` bytes each), and its reader is closed before
-    the segment's last batch is handed over. The caller sizes the generator's
+    the segment's last batch is handed over. ``tiles`` (a :class:`~detector.tiling.TileGrid`,
+    ``"auto"`` for ``target_px`` faces, or ``None``): each frame also yields its overlapping
+    tiles (``tiles`` and ``per_frame`` in the batch), ``per_frame`` times the bytes. The caller sizes the generator's
     backpressure to a whole shard, which is what bounds memory: about ``shard frames x
     S*S*3`` bytes per running task, whatever the video's length or resolution.
     """
     with _opencv_threads(1):  # the task holds one CPU: OpenCV's pool made each resize cost 1.8x the CPU
         yield STARTED
-        yield from _decode_segments(shard, input_size=input_size, batch_size=batch_size, threads=threads)
+        yield from _decode_segments(
+            shard, input_size=input_size, batch_size=batch_size, threads=threads, tiles=tiles, target_px=target_px,
+        )
 
 
 @contextmanager
@@ -76,7 +82,9 @@ def _opencv_threads(n: int) -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
-def _decode_segments(shard: Shard, *, input_size: int, batch_size: int, threads: int) -> Iterator[DecodedBatch]:
+def _decode_segments(
+    shard: Shard, *, input_size: int, batch_size: int, threads: int, tiles: object = None, target_px: float = 32.0,
+) -> Iterator[DecodedBatch]:
     """:func:`decode_shard`'s batches, segment by segment."""
     for seg in shard.segments:
         _inject_fault(seg.path)
@@ -85,13 +93,24 @@ def _decode_segments(shard: Shard, *, input_size: int, batch_size: int, threads:
             frames = np.asarray(seg.frames, dtype=np.int64)
             stream = video.read(frames)
             image = None
+            boxes = None  # the frame's tile boxes, (T, 4); None: whole frames only
             pending: DecodedBatch | None = None  # a finished batch is handed over once the next one is read
             for start in range(0, len(frames), batch_size):
                 idx = frames[start : start + batch_size]
-                small = np.empty((len(idx), input_size, input_size, 3), np.uint8)
+                small = None
                 for j in range(len(idx)):
                     image = next(stream)
-                    small[j] = resize_rgb(image, input_size)
+                    if small is None:
+                        grid = resolve_grid(
+                            tiles, image.shape[1], image.shape[0], target_px=target_px, input_size=input_size,
+                        )
+                        boxes = tile_boxes(image.shape[1], image.shape[0], grid) if grid is not None else None
+                        per = 1 if boxes is None else len(boxes)
+                        small = np.empty((len(idx) * per, input_size, input_size, 3), np.uint8)
+                    if boxes is None:
+                        small[j] = resize_rgb(image, input_size)
+                    else:
+                        cut_tiles(image, boxes, input_size, out=small[j * len(boxes) : (j + 1) * len(boxes)])
                 stamps = video.timestamps(idx)
                 if pending is not None:
                     yield pending
@@ -104,6 +123,9 @@ def _decode_segments(shard: Shard, *, input_size: int, batch_size: int, threads:
                     height=np.full(n, image.shape[0], np.int32),
                     frames=small,
                 )
+                if boxes is not None:
+                    pending["tiles"] = np.tile(boxes, (n, 1))
+                    pending["per_frame"] = np.full(n, len(boxes), np.int32)
         except VideoReadError as exc:  # named by the video's id: the driver records it against the video
             raise DecodeError(f"{seg.video}: {exc.cause}") from None
         del stream, image  # stops decord's read-ahead before the last hand-over

@@ -8,7 +8,7 @@ frame (B) except the detections, which have one row per detection (K = ``counts.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import numpy as np
 
@@ -22,6 +22,11 @@ class DecodedBatch(TypedDict):
     width: np.ndarray  # (B,) int32: source frame size
     height: np.ndarray  # (B,) int32
     frames: np.ndarray  # (B, S, S, 3) uint8 RGB, resized to the model's input size S
+    # Tiled detection (detector.tiles): ``frames`` is (N, S, S, 3), each frame's pictures (the
+    # whole frame, then its tiles) in turn; ``tiles`` (N, 4) int64 their boxes in frame pixels,
+    # ``per_frame`` (B,) int32 how many are each frame's. Absent: one whole picture per frame.
+    tiles: NotRequired[np.ndarray]
+    per_frame: NotRequired[np.ndarray]
 
 
 class DetectedBatch(TypedDict):
