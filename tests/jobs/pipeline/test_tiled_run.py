@@ -28,7 +28,7 @@ WIDTH, HEIGHT = 1920, 1080
 
 
 def _seam_scene(masked: np.ndarray, unmasked: np.ndarray) -> FaceScene:
-    """Six faces, 48 (masked) and 40 px wide: four straddling a vertical or horizontal seam of the
+    """Six faces, 40 (masked) and 36 px wide: four straddling a vertical or horizontal seam of the
     grid (the inner side of a tile's overlap band) while they move, two inside tiles."""
     sprites = (FaceSprite.cut("Mask", masked), FaceSprite.cut("NoMask", unmasked))
     rows, cols = (int(n) for n in GRID.split("x"))
@@ -38,8 +38,8 @@ def _seam_scene(masked: np.ndarray, unmasked: np.ndarray) -> FaceScene:
     seam_y = int(tiles[cols, 3])  # the second row's bottom
     faces = []
     for k, (sprite, width, x, y) in enumerate([
-        (0, 48, seam_x - 44, 120), (1, 40, seam_x2 - 34, 160), (0, 48, 900, seam_y - 60),
-        (1, 40, 1500, seam_y - 38), (0, 48, 300, 820), (1, 40, 1100, 840),
+        (0, 40, seam_x - 37, 120), (1, 36, seam_x2 - 31, 160), (0, 40, 900, seam_y - 50),
+        (1, 36, 1500, seam_y - 35), (0, 40, 300, 820), (1, 36, 1100, 840),
     ]):
         faces.append(MovingFace(sprite=sprite, width=width, start=(x, y), end=(x + 12, y + 6 * (k % 2)),
                                 gain=(1.0, 0.85), blur=(0.0, 0.6)))
@@ -90,4 +90,4 @@ def test_whole_frame_finds_none_tiles_find_each_face_once(
 
     videos = pd.read_parquet(tmp_path / "tiled" / "videos.parquet").iloc[0]
     assert videos["faces"] == 6 * FRAMES
-    assert videos["min_face_px"] < 40 < 48 < pd.read_parquet(tmp_path / "whole" / "videos.parquet").iloc[0]["min_face_px"]
+    assert videos["min_face_px"] < 36 < 40 < pd.read_parquet(tmp_path / "whole" / "videos.parquet").iloc[0]["min_face_px"]
