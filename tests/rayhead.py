@@ -73,7 +73,14 @@ def pids_mentioning(text: str) -> set[int]:
 class RayHead:
     """One Ray head node on 127.0.0.1 with token auth, its own temp dir and ports."""
 
-    def __init__(self, *, num_cpus: int = 2, object_store_mb: int = 300) -> None:
+    def __init__(
+        self, *, num_cpus: int = 2, object_store_mb: int = 300, python: str | Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``python``: the interpreter the head and its workers run (default: this venv's), e.g.
+        one from :func:`deps_only_python`; ``env``: extra environment variables for the head."""
+        self.python = Path(python) if python is not None else Path(sys.executable)
+        self.extra_env = dict(env or {})
         self.temp_dir = Path(tempfile.mkdtemp(prefix="mjray-", dir="/tmp"))
         self.token = secrets.token_hex(32)
         self.token_file = self.temp_dir / "auth_token"
@@ -87,7 +94,7 @@ class RayHead:
         self.log = self.temp_dir / "ray-start.log"
 
     def env(self) -> dict[str, str]:
-        """The head's environment: token auth on, this venv's ``python`` first on PATH."""
+        """The head's environment: token auth on, its ``python`` first on PATH."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env.update(
             RAY_AUTH_MODE="token",
@@ -96,14 +103,23 @@ class RayHead:
             # Single-node mode: Ray keeps 127.0.0.1 instead of resolving this machine's IP.
             RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
             AWS_EC2_METADATA_DISABLED="true",  # an s3:// output never asks a metadata service
-            PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            PATH=os.pathsep.join([str(self.python.parent), *self._path_without_maskjobs(env.get("PATH", ""))]),
         )
+        env.update(self.extra_env)
         return env
+
+    def _path_without_maskjobs(self, path: str) -> list[str]:
+        """``$PATH``'s folders; for a head with its own ``python``, those with a ``maskjobs``
+        command left out (another venv's), so the head sees only its own environment."""
+        folders = [p for p in path.split(os.pathsep) if p]
+        if self.python == Path(sys.executable):
+            return folders
+        return [p for p in folders if not (Path(p) / "maskjobs").exists()]
 
     def start(self, timeout_s: float = 90) -> RayHead:
         lo, hi = _worker_port_range()
         cmd = [
-            str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+            str(self.python), "-m", "ray.scripts.scripts", "start", "--head", "--block",
             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
             "--temp-dir", str(self.temp_dir), "--num-cpus", str(self.num_cpus), "--num-gpus", "0",
             "--object-store-memory", str(self.object_store_mb * 1024 * 1024),
@@ -114,7 +130,7 @@ class RayHead:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 cmd, env=self.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, cwd=self.temp_dir,  # outside the repository: nothing of it imports by accident
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -171,3 +187,22 @@ class RayHead:
                     pass
             time.sleep(0.5)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def deps_only_python(folder: Path) -> Path:
+    """A Python that has maskjobs' dependencies and not maskjobs, as on a cluster built from
+    ``configs/cluster.yaml``: a venv in ``folder`` whose ``.pth`` file names this venv's
+    site-packages. Paths listed in a ``.pth`` are added to ``sys.path`` but their own ``.pth``
+    files (maskjobs' editable-install finder among them) are not processed, so ``import jobs``
+    fails there while torch, Ray and decord import. Seconds, no downloads."""
+    import sysconfig
+    import venv
+
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(folder)
+    python = folder / "bin" / "python"
+    target = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    Path(target, "maskjobs-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
