@@ -7,6 +7,8 @@ from pathlib import Path
 
 from jobs.errors import InputError
 from jobs.media import VIDEO_EXTENSIONS
+from jobs.remote import is_remote, list_videos, local_path
+from sinks.location import display_location
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,11 @@ def discover(inputs: list[str]) -> list[VideoInput]:
     """
     found: dict[str, VideoInput] = {}
     for given in inputs:
-        root = Path(given)
+        if is_remote(given):  # object storage or HTTP: listed there, read where decoded (jobs.remote)
+            for vid, uri in list_videos(given):
+                _add(found, VideoInput(vid, uri), display_location(uri))
+            continue
+        root = Path(local_path(given))
         if not root.exists():
             raise InputError(f"{given}: no such file or directory")
         if root.is_dir():
@@ -39,10 +45,14 @@ def discover(inputs: list[str]) -> list[VideoInput]:
         else:
             candidates = [(root.name, root)]
         for vid, path in candidates:
-            item = VideoInput(vid, str(path.absolute()))
-            if vid in found and found[vid].path != item.path:
-                raise InputError(f"{path}: two inputs have the same video id {vid!r} ({found[vid].path})")
-            found[vid] = item
+            _add(found, VideoInput(vid, str(path.absolute())), str(path))
     if not found:
-        raise InputError(f"no video files found in {', '.join(inputs)}")
+        raise InputError(f"no video files found in {', '.join(display_location(i) for i in inputs)}")
     return [found[k] for k in sorted(found)]
+
+
+def _add(found: dict[str, VideoInput], item: VideoInput, shown: str) -> None:
+    if item.video in found and found[item.video].path != item.path:
+        other = display_location(found[item.video].path)
+        raise InputError(f"{shown}: two inputs have the same video id {item.video!r} ({other})")
+    found[item.video] = item

@@ -40,14 +40,18 @@ from jobs.pipeline.pool import ActorPool
 from jobs.pipeline.calibrate import pick_calibration, start_calibration
 from jobs.pipeline.commit import commit_shard
 from jobs.pipeline.decode import decode_shard
+from jobs.pipeline.nodes import on_every_node
 from jobs.pipeline.plan import Shard, plan_shards, sample_frames
 from jobs.pipeline.probe import ProbeError, probe_video
 from jobs.pipeline.ray_private import StreamingTask
 from jobs.pipeline.records import DetectedBatch
 from jobs.pipeline.scheduler import Scheduler, ShardRun
 from jobs.pipeline.sizing import Sizing, size_job
+from jobs.remote import is_remote
 from jobs.results.tracks import finish_tracks
+from jobs.stage import clear_stage
 from jobs.video import ProbedVideo, VideoInfo
+from sinks.location import display_location
 from sinks.store import OutputStore
 
 __all__ = ["JobResult", "Sizing", "run_job", "size_job"]
@@ -313,6 +317,9 @@ def run_job(
         timings["tracks_s"] = time.monotonic() - t0
     finally:
         pool.close()
+        if any(is_remote(v.path) for v in videos):
+            freed = on_every_node(ray, clear_stage)  # the staged copies of remote videos, on every node
+            logger.info("stage caches cleared: %d bytes on %d nodes", sum(freed.values()), len(freed))
     rows = _video_rows(videos, infos, failures, sink.frame_totals(), people, config)
     job.update(
         status="done" if not any(r["status"] != "done" for r in rows) else "failed",
@@ -363,7 +370,7 @@ def _video_rows(
         rows.append(
             {
                 "video": v.video,
-                "path": v.path,
+                "path": display_location(v.path),  # a URI without its credentials
                 "status": "failed" if error else "done",
                 "error": error,
                 "frames_total": info.frames_total if info else None,
