@@ -39,7 +39,7 @@ from jobs.pipeline.actor import DetectorActor, WeightsPayload
 from jobs.pipeline.pool import ActorPool
 from jobs.pipeline.calibrate import pick_calibration, start_calibration
 from jobs.pipeline.commit import commit_shard
-from jobs.pipeline.decode import decode_shard
+from jobs.pipeline.decode import Started, decode_shard, where
 from jobs.pipeline.nodes import on_every_node
 from jobs.pipeline.plan import Shard, plan_shards, sample_frames
 from jobs.pipeline.probe import ProbeError, probe_video
@@ -157,6 +157,8 @@ class _ShardLoop:
     start_decode: Callable[[Shard], Any]
     commit: Callable[[Shard, list[DetectedBatch]], str | None]
     on_frames: Callable[[int], None]
+    started: dict[Any, Any] = field(default_factory=dict)  # ShardRun -> ref of its task's Started marker
+    placed: dict[str, Any] = field(default_factory=dict)  # committed shard id -> ref of its Started marker
 
     def run(self) -> None:
         """Runs until every shard has committed or failed (see ``scheduler.failures``)."""
@@ -191,8 +193,10 @@ class _ShardLoop:
             except StopIteration:
                 run.exhausted = True
                 break
-            if run.took(now):  # not the STARTED marker
+            if run.took(now):  # not the Started marker
                 run.dispatched(self.pool.submit(ref))
+            else:
+                self.started[run] = ref
 
     def _collect(self, run: ShardRun, now: float) -> None:
         """Takes ``run``'s detections that are back; commits it once complete, or fails it on
@@ -216,12 +220,15 @@ class _ShardLoop:
             error = self.commit(run.shard, run.in_order())
             if error is None:
                 self.scheduler.finish(run)
+                if (marker := self.started.pop(run, None)) is not None:
+                    self.placed[run.shard.shard_id] = marker
             else:
                 self._fail(run, error)
         elif (stall := self.scheduler.stalled(run, now)) is not None:
             self._fail(run, stall)
 
     def _fail(self, run: ShardRun, error: str) -> None:
+        self.started.pop(run, None)
         self.ray.cancel(run.gen, force=True)
         for ref in run.pending:
             self.pool.release(ref)
@@ -309,6 +316,7 @@ def run_job(
         if config.detector.int8:
             job["detector_backend"], job["int8_frames"] = _int8_record(ray, pool.actors)
         timings["run_s"] = time.monotonic() - t0
+        job["placement"] = _placement(ray, loop.placed, pool.actors)
         failures.update({k: v for k, v in scheduler.failures.items() if k not in failures})
 
         t0 = time.monotonic()
@@ -331,6 +339,36 @@ def run_job(
     )
     sink.commit(rows, job)
     return JobResult(rows)
+
+
+def _placement(ray: Any, placed: dict[str, Any], actors: list[Any]) -> dict[str, dict[str, Any]]:
+    """job.json's ``placement``: ``{node id: {"host": name, "shards": [shard ids], "detectors": n}}``:
+    where the committed attempt of each shard this run decoded ran, and where the detector
+    actors alive at the end run."""
+    probes = [actor.__ray_call__.remote(_where_actor_runs) for actor in actors]
+    out: dict[str, dict[str, Any]] = {}
+
+    def entry(at: Started) -> dict[str, Any]:
+        return out.setdefault(at.node, {"host": at.host, "shards": [], "detectors": 0})
+
+    for shard_id, marker in placed.items():
+        try:
+            entry(ray.get(marker, timeout=10))["shards"].append(shard_id)
+        except Exception as exc:  # a Ray error: the marker is lost with its node; the rows are committed
+            logger.debug("shard %s: where it ran is unknown (%s)", shard_id, one_line(exc))
+    for probe in probes:
+        try:
+            entry(ray.get(probe, timeout=10))["detectors"] += 1
+        except Exception as exc:  # a Ray error: that actor died at the end; its node is not recorded
+            logger.debug("a detector actor's node is unknown (%s)", one_line(exc))
+    for item in out.values():
+        item["shards"].sort()
+    return out
+
+
+def _where_actor_runs(_actor: Any) -> Started:
+    """Run inside an actor by ``__ray_call__``: its node."""
+    return where()
 
 
 def _int8_record(ray: Any, actors: list[Any]) -> tuple[str, dict[str, int]]:

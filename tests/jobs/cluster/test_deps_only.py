@@ -3,7 +3,6 @@ not maskjobs (what ``configs/cluster.yaml`` builds): the shipped code is all the
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,20 +12,9 @@ from typer.testing import CliRunner
 
 from jobs.cli.main import app
 from tests.jobs.conftest import VideoSet
-from tests.rayhead import RayHead, deps_only_python
+from tests.rayhead import RayHead
 
 pytestmark = pytest.mark.slow  # a real Ray head, real videos, spawned processes
-
-
-@pytest.fixture(scope="module")
-def deps_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    python = deps_only_python(tmp_path_factory.mktemp("deps-only") / "venv")
-    probe = subprocess.run(
-        [str(python), "-c", "import torch, ray, decord, pyarrow, cv2\nimport jobs"],
-        capture_output=True, text=True, cwd="/", timeout=120,
-    )
-    assert probe.returncode != 0 and "No module named 'jobs'" in probe.stderr, probe.stderr[-2000:]
-    return python
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import decord
 import numpy as np
 import pytest
 
 from detector.preprocess import resize_rgb
-from jobs.pipeline.decode import STARTED, decode_shard
+from jobs.pipeline.decode import Started, decode_shard
 from jobs.pipeline.plan import Segment, Shard
 from jobs.video import read_frames
 
@@ -41,7 +43,7 @@ def test_decode_shard_batches(video_set) -> None:
     frames = tuple(range(5, 400, 7))
     shard = Shard("s", (Segment("long.mp4", path, frames),))
     items = list(decode_shard(shard, input_size=260, batch_size=16))
-    assert items[0] == STARTED
+    assert isinstance(items[0], Started) and items[0].host == os.uname().nodename
     batches = items[1:]
     assert [len(b["frame"]) for b in batches] == [16, 16, 16, 9]
     got_idx = np.concatenate([b["frame"] for b in batches])
