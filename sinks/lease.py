@@ -4,14 +4,16 @@
 holder renews every ``ttl_s / 4`` seconds from a daemon thread. Taking it is a put-if-absent the
 store guarantees, so of two jobs started at once exactly one wins:
 
-* a local (or mounted) path: ``open(O_CREAT | O_EXCL)``;
+* a local (or mounted) path: the lease written aside, then ``link()``-ed into place (which fails
+  if the name exists: put-if-absent, and never a half-written lease);
 * ``s3://``: a conditional ``PutObject`` with ``If-None-Match: *``, renewed with ``If-Match:
   <its ETag>`` (S3's conditional writes). pyarrow's S3 filesystem cannot send either header,
   so these few requests go through botocore, with the credentials and pyarrow query options
   (``endpoint_override``, ``scheme``, ``region``) the output URI uses;
 * other filesystems (``gs://``, ``hdfs://`` ...): check, then write: a best effort, not atomic.
 
-A lease whose heartbeat is older than ``ttl_s`` belongs to a killed job and is taken over (on S3
+A lease whose heartbeat is older than ``ttl_s``, or whose holder was a process on this host that
+is gone (a run killed here, rerun at once), belongs to a killed job and is taken over (on S3
 by ``If-Match`` on the stale lease's ETag, so two jobs taking it over at once cannot both win;
 locally by renaming the stale file away first, which only one can do). Another live holder is
 :class:`OutputLeasedError`, one line naming it.
@@ -77,6 +79,19 @@ def _decode(data: bytes) -> tuple[Holder | None, float]:
         return None, 0.0
 
 
+def _dead_here(holder: Holder) -> bool:
+    """A holder on this host whose process is gone (a killed run): its lease need not expire first."""
+    if holder.host != os.uname().nodename or holder.pid == os.getpid():
+        return False
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 class _Backend:
     """Put-if-absent, replace-if-unchanged, read and delete of one small object."""
 
@@ -101,15 +116,32 @@ class _LocalBackend(_Backend):
         self.path = path
 
     def create(self, data: bytes) -> str | None:
+        # written whole aside, then hard-linked into place: link() fails if the name exists, so
+        # this is put-if-absent and a reader never sees a lease half written (O_EXCL then write would be)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = f"{self.path}.{secrets.token_hex(6)}.part"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return None
+            except OSError:  # a file system without hard links (some FUSE mounts): O_EXCL, then write
+                return self._create_exclusive(data)
+        finally:
+            os.unlink(tmp)
+        return self._tag()
+
+    def _create_exclusive(self, data: bytes) -> str | None:
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return None
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         return self._tag()
 
     def _tag(self) -> str:
@@ -288,7 +320,7 @@ class OutputLease:
                 continue
             holder, beat = _decode(current[0])
             age = time.time() - beat
-            if holder is not None and age < self.ttl_s:
+            if holder is not None and age < self.ttl_s and not _dead_here(holder):
                 raise OutputLeasedError(
                     f"{self.location}: another job is writing this output ({holder.describe()}; last heartbeat "
                     f"{age:.0f} s ago); wait for it, stop it, or choose another --out"

@@ -127,3 +127,27 @@ def test_run_on_an_output_another_job_holds_is_refused_before_anything_is_writte
         assert sorted(p.name for p in out.iterdir()) == [LEASE_NAME]
         assert lease.holder.started in result.stderr
     assert not (out / LEASE_NAME).exists()  # released
+
+
+@pytest.mark.slow  # spawns a process
+def test_a_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(tmp_path: Path) -> None:
+    """A run killed here and started again need not wait for the heartbeat to expire."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    code = (
+        "import sys, time\nfrom sinks.store import OutputStore\n"
+        "with OutputStore(sys.argv[1]).leased():\n    print('held', flush=True)\n    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(OutputLeasedError, match=f"pid {proc.pid}"):
+            OutputStore(out).leased().__enter__()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with OutputStore(out).leased() as lease:  # at once: its holder is gone
+        assert lease.holder.pid == os.getpid()
