@@ -77,7 +77,8 @@ def staged(uri: str, *, folder: Path | None = None, limit: int | None = None) ->
         if not copy.exists():
             _make_room(folder, size or 0, limit, keep=copy)
             _download(uri, copy)
-        os.utime(copy)  # most recently used
+        now = time.time_ns()
+        os.utime(copy, ns=(now, now))  # most recently used (the clock's ns: file times tick coarsely)
         fcntl.flock(lock, fcntl.LOCK_SH)  # readers share; eviction needs it exclusive
         yield copy
 
