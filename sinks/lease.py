@@ -264,7 +264,10 @@ class _FsBackend(_Backend):
         return str(hash(data))
 
     def create(self, data: bytes) -> str | None:
-        return None if self.read() is not None else self._write(data)
+        if self.read() is not None:
+            return None
+        self.fs.create_dir(posixpath.dirname(self.path), recursive=True)  # a no-op on object stores
+        return self._write(data)
 
     def replace(self, data: bytes, tag: str) -> str | None:
         current = self.read()

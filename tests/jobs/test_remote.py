@@ -24,15 +24,15 @@ def env_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_prefix_lists_like_a_folder_and_a_key_is_a_file(s3_server: S3Server, env_credentials: None) -> None:
-    for key in ("footage/cams/north/a.mp4", "footage/cams/b b.MKV", "footage/notes.txt", "footage/top.mov",
+    for key in ("listing/cams/north/a.mp4", "listing/cams/b b.MKV", "listing/notes.txt", "listing/top.mov",
                 "other/x.mp4"):
         s3_server.put(key, b"not really a video")
-    listed = list_videos(s3_server.env_uri("footage"))
+    listed = list_videos(s3_server.env_uri("listing"))
     assert [vid for vid, _ in listed] == ["cams/b b.MKV", "cams/north/a.mp4", "top.mov"]
     assert all(uri.endswith(s3_server.env_uri("x").split("?", 1)[1]) for _, uri in listed)  # pyarrow's options kept
     assert list_videos(listed[0][1]) == [("b b.MKV", listed[0][1])]  # a listed URI names the same object again
-    assert list_videos(s3_server.env_uri("footage/notes.txt"))[0][0] == "notes.txt"  # a file given directly: any name
-    videos = discover([s3_server.env_uri("footage/"), s3_server.env_uri("other/x.mp4")])
+    assert list_videos(s3_server.env_uri("listing/notes.txt"))[0][0] == "notes.txt"  # a file given directly: any name
+    videos = discover([s3_server.env_uri("listing/"), s3_server.env_uri("other/x.mp4")])
     assert [v.video for v in videos] == ["cams/b b.MKV", "cams/north/a.mp4", "top.mov", "x.mp4"]
 
 
