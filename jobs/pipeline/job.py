@@ -41,7 +41,7 @@ from jobs.pipeline.calibrate import pick_calibration, start_calibration
 from jobs.pipeline.commit import commit_shard
 from jobs.pipeline.decode import decode_shard
 from jobs.pipeline.plan import Shard, plan_shards, sample_frames
-from jobs.pipeline.probe import ProbeError, probe_video
+from jobs.pipeline.probe import probe_all
 from jobs.pipeline.ray_private import StreamingTask
 from jobs.pipeline.records import DetectedBatch
 from jobs.pipeline.scheduler import Scheduler, ShardRun
@@ -64,32 +64,6 @@ class JobResult:
     @property
     def failed(self) -> list[dict[str, Any]]:
         return [v for v in self.videos if v["status"] != "done"]
-
-
-def _probe_all(ray: Any, videos: list[VideoInput], timeout_s: float) -> tuple[dict[str, VideoInfo], dict[str, str]]:
-    """Probes every video in Ray workers; a crash or hang fails that video only."""
-    remote = ray.remote(num_cpus=0.5, max_retries=0)(probe_video)
-    refs = {remote.remote(v.path): v for v in videos}
-    infos: dict[str, VideoInfo] = {}
-    errors: dict[str, str] = {}
-    deadline = time.monotonic() + timeout_s
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=max(0.0, deadline - time.monotonic()))
-        for ref in ready:
-            video = refs[ref]
-            try:
-                infos[video.video] = ray.get(ref)
-            except ProbeError as exc:  # Ray re-raises it wrapped; ``cause`` is the original
-                errors[video.video] = str(getattr(exc, "cause", None) or exc)
-            except Exception as exc:  # a Ray error: the probe worker crashed or raised
-                errors[video.video] = f"probe failed ({one_line(exc, limit=300)})"
-        if time.monotonic() >= deadline:
-            break
-    for ref in pending:
-        ray.cancel(ref, force=True)
-        errors[refs[ref].video] = f"probe timed out after {timeout_s:g} s (the decoder hangs on this file)"
-    return infos, errors
 
 
 @dataclass(kw_only=True)
@@ -271,7 +245,7 @@ def run_job(
 
     factory, pool = _start_detectors(ray, config, weights, sizing)  # they load the model while the videos are probed
     t0 = time.monotonic()
-    infos, failures = _probe_all(ray, videos, config.planning.probe_timeout_s)
+    infos, failures = probe_all(ray, videos, config.planning.probe_timeout_s)
     timings["probe_s"] = time.monotonic() - t0
     probed = [ProbedVideo(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]
     if config.detector.int8:
