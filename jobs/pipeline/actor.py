@@ -17,6 +17,7 @@ import numpy as np
 from detector.spec import ModelSpec
 from detector.weights import ConvertedWeights, LoadedWeights
 from jobs.config import DetectorConfig
+from jobs.pipeline import faults
 from jobs.pipeline.records import DecodedBatch, DetectedBatch
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class DetectorActor:
         return self.detector.backend
 
     def __call__(self, batch: DecodedBatch) -> DetectedBatch:
+        faults.in_detector()  # test-only: a busy or hung detector, when $MASKJOBS_TEST_FAULT asks
         if not self.calibrated:
             raise RuntimeError("int8 detector actor used before calibrate()")
         sizes = list(zip(batch["width"].tolist(), batch["height"].tolist()))

@@ -149,10 +149,35 @@ class _ShardLoop:
             for run in runs:  # collect detections
                 if scheduler.is_active(run):
                     self._collect(run, now)
+            self._resubmitted(self.pool.check())
+
+    def _resubmitted(self, moved: dict[Any, Any]) -> None:
+        """Batches of a hung detector actor were sent again (``{old ref: new ref}``); a batch
+        that hung actors too often (``new`` None) fails its shard."""
+        claimed, failing = set(), []
+        for old, new in moved.items():
+            for run in self.scheduler.running():
+                if old in run.pending:
+                    if new is None:
+                        run.pending.pop(old)
+                        failing.append(run)
+                    else:
+                        run.resubmitted(old, new)
+                        claimed.add(new)
+                    break
+        for new in moved.values():
+            if new is not None and new not in claimed:  # its shard has failed meanwhile
+                self.pool.release(new)
+        for run in dict.fromkeys(failing):
+            if self.scheduler.is_active(run):
+                self._fail(run, "a detector actor hung on this shard's frames")
 
     def _pull(self, run: ShardRun, now: float) -> None:
         """Dispatches ``run``'s decoded batches to the actors while they have room."""
-        while not run.exhausted and self.pool.capacity() > 0:
+        while not run.exhausted:
+            if self.pool.capacity() <= 0:
+                run.queued(now)  # waits for the detectors, not for its decoder
+                break
             ready, _ = self.ray.wait([run.gen], timeout=0, fetch_local=False)
             if not ready:
                 break
@@ -214,6 +239,7 @@ def _start_detectors(
     )
     pool = ActorPool(
         ray, make_actor=factory, size=sizing.detector_workers, inflight_per_actor=config.planning.inflight_batches,
+        hang_timeout_s=config.planning.shard_timeout_s,  # an actor that finishes nothing for this long is hung
     )
     return factory, pool
 
