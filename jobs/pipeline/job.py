@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,7 +37,7 @@ from jobs.errors import ConfigError, one_line
 from jobs.inputs import VideoInput
 from jobs.pipeline.actor import DetectorActor, WeightsPayload
 from jobs.pipeline.pool import ActorPool
-from jobs.pipeline.calibrate import pick_calibration, start_calibration
+from jobs.pipeline.calibrate import collect_calibration, pick_calibration
 from jobs.pipeline.commit import commit_shard
 from jobs.pipeline.decode import decode_shard
 from jobs.pipeline.plan import Shard, plan_shards, sample_frames
@@ -77,11 +77,11 @@ class _ActorFactory:
     config: DetectorConfig
     threads: int | None
     use_gpu: bool
-    calibration: list[Any] = field(default_factory=list)
+    calibration: list[Any] | None = None  # None: not int8 (or not calibrated yet); []: int8 fell back to float32
 
     def __call__(self) -> Any:
         actor = self.actor_cls.remote(self.payload, self.config, threads=self.threads, use_gpu=self.use_gpu)
-        if self.calibration:
+        if self.calibration is not None:
             actor.calibrate.remote(*self.calibration)  # runs before any batch: an actor runs calls in order
         return actor
 
@@ -89,14 +89,20 @@ class _ActorFactory:
 def _start_int8(
     ray: Any, probed: list[ProbedVideo], config: JobConfig, pool: ActorPool, factory: _ActorFactory, *, input_size: int
 ) -> list[dict[str, Any]]:
-    """Starts reading the int8 calibration frames and has every actor quantize on them before
-    its first batch; returns job.json's ``int8_calibration`` record."""
+    """Reads the int8 calibration frames (each video's read bounded by ``probe_timeout_s``
+    from its start, all by twice that; a video that fails or runs late is left out) and
+    has every actor quantize on them before its first batch; returns job.json's
+    ``int8_calibration`` record (the frames used)."""
     picks = pick_calibration(probed, config.detector.calibration_frames)
-    factory.calibration = start_calibration(ray, picks, input_size=input_size)
-    # the shards start decoding meanwhile; each actor quantizes before its first batch
+    factory.calibration, skipped = collect_calibration(
+        ray, picks, input_size=input_size, timeout_s=config.planning.probe_timeout_s,
+    )
+    if picks and not factory.calibration:
+        logger.warning("int8: no calibration frame could be read; the detector runs in float32")
     for actor in pool.actors:
         actor.calibrate.remote(*factory.calibration)
-    return [{"video": v, "frames": f} for v, _, f in picks]
+    pool.restart_clocks()  # quantizing is not a hang
+    return [{"video": v, "frames": f} for v, _, f in picks if v not in skipped]
 
 
 def _decode_task(ray: Any, config: JobConfig, *, batch_size: int, input_size: int) -> Callable[[Shard], Any]:

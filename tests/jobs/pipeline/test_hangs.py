@@ -1,7 +1,7 @@
 """Hung and busy detector actors, end to end: ``maskjobs run`` on a real local Ray.
 
 The faults are real (a detector call that sleeps, or never returns) and injected through
-``$MASKJOBS_TEST_FAULT`` (:mod:`jobs.pipeline.faults`).
+``$MASKJOBS_TEST_FAULT`` (:mod:`jobs.faults`).
 """
 
 from __future__ import annotations
