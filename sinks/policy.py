@@ -12,7 +12,7 @@ from __future__ import annotations
 import pyarrow.fs as pafs
 
 from detector.errors import InputError
-from sinks.atomic import sweep
+from sinks.atomic import make_dirs, sweep
 from sinks.layout import OutputLayout
 from sinks.reader import OutputReader
 
@@ -41,7 +41,7 @@ def prepare_output(layout: OutputLayout, reader: OutputReader, *, fingerprint: s
         _clear(layout)
     elif previous is None and reader.parts():
         raise OutputConflictError(f"{layout.location}: holds Parquet files but no job.json; use --overwrite")
-    layout.fs.create_dir(layout.frames_dir, recursive=True)
+    make_dirs(layout.frames_dir, fs=layout.fs)  # owner only where local (sinks.atomic)
     # this run owns the location from here on: whatever is still written aside is a killed writer's
     sweep(layout.frames_dir, fs=layout.fs)
     sweep(layout.root, fs=layout.fs)

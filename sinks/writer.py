@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sinks.atomic import atomic_write
+from sinks.atomic import atomic_write, make_dirs
 from sinks.layout import SEGMENTS_KEY, OutputLayout, SegmentRange
 from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, VIDEOS_SCHEMA
 
@@ -59,6 +59,6 @@ class OutputWriter:
 
     def write_job(self, job: dict[str, Any]) -> None:
         """Writes ``job.json`` (indented, keys sorted; values JSON cannot hold as their ``str``)."""
-        self.layout.fs.create_dir(self.layout.root, recursive=True)
+        make_dirs(self.layout.root, fs=self.layout.fs)  # owner only where local (sinks.atomic)
         data = json.dumps(job, indent=2, sort_keys=True, default=str).encode()
         atomic_write(self.layout.fs, self.layout.job_file, lambda f: f.write(data))

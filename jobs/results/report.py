@@ -21,6 +21,7 @@ import pandas as pd
 
 from detector.spec import MASK
 from jobs.errors import InputError
+from sinks.atomic import atomic_output
 from sinks.layout import REPORT_NAME
 
 logger = logging.getLogger(__name__)
@@ -320,7 +321,8 @@ def write_report(root: Path, output: Path | None = None) -> Path:
     """Writes the report of the job in ``root`` (default ``root/report.html``); returns its path."""
     out = load_output(root)
     path = output or root / REPORT_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(out, path.resolve()), encoding="utf-8")
+    page = render_html(out, path.resolve())
+    with atomic_output(path) as tmp:  # whole or not at all, owner only: it shows faces
+        tmp.write_text(page, encoding="utf-8")
     logger.info("report: %s", path)
     return path
