@@ -154,3 +154,22 @@ def test_a_stuck_render_piece_loses_only_its_own_videos_extras(tmp_path, scene: 
     assert set(tracks.video) == {"fine.mp4", "stuck.mp4"}
     assert unmasked.loc[["fine.mp4"], "thumbnail"].notna().all()
     assert unmasked.loc[["stuck.mp4"], "thumbnail"].isna().all()
+
+
+def test_the_annotate_reader_gives_decords_frames_in_every_codec(video_set) -> None:
+    """Annotated videos read with OpenCV, detections come from decord: the same frame index
+    must be the same picture in every container and codec of the video set."""
+    from jobs.results.render import _stream
+
+    for video, n in video_set.good.items():
+        path = str(video_set.root / video)
+        frames = np.unique(np.linspace(0, n - 1, 7).round().astype(np.int64))
+        source = decord.VideoReader(path)
+        for idx, image in zip(frames.tolist(), _stream(path, frames)):
+            want = source[idx].asnumpy().astype(int)
+            assert image.shape == want.shape, video
+            assert np.abs(image.astype(int) - want).mean() < 6, (video, idx)
+            if idx + 1 < n:  # and not its neighbour, where the scene moves between them
+                other = source[idx + 1].asnumpy().astype(int)
+                if np.abs(other - want).mean() > 2:
+                    assert np.abs(image.astype(int) - want).mean() < np.abs(image.astype(int) - other).mean(), (video, idx)
