@@ -121,17 +121,22 @@ def test_annotating_reads_the_video_once(tmp_path, ffmpeg: str) -> None:
         assert diff.mean() < 8, (pos, diff.mean())
 
 
-def test_a_stuck_render_piece_loses_only_its_own_videos_extras(tmp_path, scene: Scene, ffmpeg: str, caffe_weights) -> None:
+@pytest.mark.parametrize("order", ["fine first: the stuck piece runs in a task", "stuck first: the stuck piece runs on the idle detector actor"])
+def test_a_stuck_render_piece_loses_only_its_own_videos_extras(
+    tmp_path, scene: Scene, ffmpeg: str, caffe_weights, order: str
+) -> None:
     """Rendering one video never finishes (after every shard is committed): the job still
     ends, within the no-progress limit, with the other video's annotated video and
-    thumbnails, and the stuck one's rows and tracks, without its extras."""
+    thumbnails, and the stuck one's rows and tracks, without its extras. The first piece
+    goes to the one detector actor (stopped by killing it), the other to a task (cancelled)."""
     import os
     import subprocess
     import sys
 
     root = tmp_path / "in"
     root.mkdir()
-    for name in ("fine.mp4", "stuck.mp4"):
+    fine, stuck = ("a_fine.mp4", "b_stuck.mp4") if order.startswith("fine") else ("b_fine.mp4", "a_stuck.mp4")
+    for name in (fine, stuck):  # videos are rendered in name order
         write_video(root / name, scene, 24, ffmpeg=ffmpeg, gop=12)
     cfg = tmp_path / "job.yaml"
     cfg.write_text("planning:\n  shard_timeout_s: 5\n")
@@ -143,17 +148,17 @@ def test_a_stuck_render_piece_loses_only_its_own_videos_extras(tmp_path, scene: 
         env=env, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "stuck.mp4: thumbnails/annotated video failed (no progress for 5 s" in proc.stderr
+    assert f"{stuck}: thumbnails/annotated video failed (no progress for 5 s" in proc.stderr
     videos = pd.read_parquet(out / "videos.parquet").set_index("video")
     assert (videos.status == "done").all() and (videos.frames_processed == 24).all()
     manifest = json.loads((out / "annotated" / "manifest.json").read_text())
-    assert set(manifest) == {"fine.mp4"} and (out / "annotated" / "fine.mp4.mp4").is_file()
-    assert not (out / "annotated" / "stuck.mp4.mp4").exists()
+    assert set(manifest) == {fine} and (out / "annotated" / f"{fine}.mp4").is_file()
+    assert not (out / "annotated" / f"{stuck}.mp4").exists()
     tracks = pd.read_parquet(out / "tracks.parquet")
     unmasked = tracks[tracks.label == "NoMask"].set_index("video")
-    assert set(tracks.video) == {"fine.mp4", "stuck.mp4"}
-    assert unmasked.loc[["fine.mp4"], "thumbnail"].notna().all()
-    assert unmasked.loc[["stuck.mp4"], "thumbnail"].isna().all()
+    assert set(tracks.video) == {fine, stuck}
+    assert unmasked.loc[[fine], "thumbnail"].notna().all()
+    assert unmasked.loc[[stuck], "thumbnail"].isna().all()
 
 
 def test_the_annotate_reader_gives_decords_frames_in_every_codec(video_set) -> None:
