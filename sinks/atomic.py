@@ -26,6 +26,7 @@ stores have no modes; their access is the bucket's policy.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 import posixpath
@@ -39,6 +40,8 @@ from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+
+from detector.errors import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +131,50 @@ def _delete_quietly(fs: pafs.FileSystem, path: str) -> bool:
     return True
 
 
-def atomic_write(fs: pafs.FileSystem, path: str, write_fn: Callable[[BinaryIO], None]) -> None:
+# errors that no retry mends: the write fails at once
+_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR, errno.ENOTDIR})
+WRITE_ATTEMPTS = 4
+WRITE_BACKOFF_S = 0.5
+
+
+def _transient(exc: BaseException) -> bool:
+    """An error a later attempt may not meet: a full disk being freed, an object store's
+    throttling or dropped connection (pyarrow raises those as OSError without an errno)."""
+    if isinstance(exc, OSError):
+        return exc.errno not in _PERMANENT_ERRNOS
+    return isinstance(exc, pa.ArrowException)
+
+
+def atomic_write(
+    fs: pafs.FileSystem,
+    path: str,
+    write_fn: Callable[[BinaryIO], None],
+    *,
+    attempts: int = WRITE_ATTEMPTS,
+    backoff_s: float = WRITE_BACKOFF_S,
+) -> None:
     """Writes ``path`` on ``fs`` with ``write_fn(stream)`` aside, then moves it into place.
 
-    On any exception the file written aside is removed and ``path`` is untouched. The folder
-    of ``path`` must exist on a local filesystem (object stores have no folders to create).
+    On any exception the file written aside is removed and ``path`` is untouched. A transient
+    error (:func:`_transient`: a full disk, an object store's hiccup) is retried, ``attempts``
+    in all, after ``backoff_s``, then twice that, and so on; the last error is raised.
+    ``write_fn`` may thus run more than once: it must write the same bytes each time. The
+    folder of ``path`` must exist on a local filesystem (object stores have no folders to create).
     """
+    for attempt in range(1, attempts + 1):
+        try:
+            _write_once(fs, path, write_fn)
+            return
+        except (OSError, pa.ArrowException) as exc:
+            if attempt == attempts or not _transient(exc):
+                raise
+            delay = backoff_s * 2 ** (attempt - 1)
+            logger.warning("%s: write failed (%s); attempt %d of %d in %.1f s",
+                           path, one_line(exc, limit=200), attempt + 1, attempts, delay)
+            time.sleep(delay)
+
+
+def _write_once(fs: pafs.FileSystem, path: str, write_fn: Callable[[BinaryIO], None]) -> None:
     tmp = posixpath.join(posixpath.dirname(path), part_name(posixpath.basename(path)))
     local = isinstance(fs, pafs.LocalFileSystem)
     try:

@@ -51,6 +51,10 @@ VIDEOS_SCHEMA = pa.schema(
         ("compliance", pa.float32()),
         ("people", pa.int64()),  # tracks (people seen) in the video
         ("people_unmasked", pa.int64()),  # tracks whose majority label is NoMask
+        ("damaged_frame", pa.int64()),  # status "partial": the sampled frame where decoding stopped
+        ("size_bytes", pa.int64()),  # the file's identity when it was processed (jobs/identity.py)
+        ("mtime_ns", pa.int64()),
+        ("content_hash", pa.string()),  # SHA-256 of its size, first and last 64 KiB
     ]
 )
 

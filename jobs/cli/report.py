@@ -43,7 +43,7 @@ def summary(directory: DirArg) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from jobs.results.report import clock, load_output, percent, totals
+    from jobs.results.report import clock, load_output, percent, totals, video_counts
 
     out = load_output(directory)
     t = totals(out)
@@ -51,7 +51,7 @@ def summary(directory: DirArg) -> None:
     head.add_column("figure")
     head.add_column("value", justify="right")
     for name, value in (
-        ("videos", f"{t['videos']} ({t['done']} done, {t['failed']} failed)"),
+        ("videos", f"{t['videos']} ({video_counts(t)})"),
         ("video time", clock(t["duration_s"])),
         ("frames analysed", f"{t['frames']:,}"),
         ("faces", f"{t['faces']:,}"),

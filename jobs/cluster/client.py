@@ -38,6 +38,7 @@ PLAIN_HTTP_ENV = "MASKJOBS_ALLOW_PLAIN_HTTP_TOKEN"
 EXIT_DONE = 0
 EXIT_VIDEOS_FAILED = 1
 EXIT_JOB_FAILED = 3
+EXIT_PARTIAL = 4  # no video failed, some are partial (``maskjobs run``'s code, passed on)
 
 # Ray's client modules set INFO on their own loggers (package uploads, websocket closed).
 _RAY_CLIENT_LOGGERS = ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk")
@@ -225,12 +226,15 @@ class Cluster:
 
 
 def outcome_code(info: Any) -> int:
-    """A finished job as maskjobs' exit code: 0 done, 1 videos failed, 3 job failed or stopped."""
+    """A finished job as maskjobs' exit code: 0 done, 1 videos failed, 3 job failed or stopped,
+    4 no video failed but some are partial."""
     status = str(getattr(info.status, "value", info.status))
     if status == "SUCCEEDED":
         return EXIT_DONE
     if status == "FAILED" and info.driver_exit_code == EXIT_VIDEOS_FAILED and not _crashed(info.message):
         return EXIT_VIDEOS_FAILED
+    if status == "FAILED" and info.driver_exit_code == EXIT_PARTIAL:
+        return EXIT_PARTIAL
     return EXIT_JOB_FAILED
 
 

@@ -94,9 +94,9 @@ class DetectorActor:
         if not self.calibrated:
             raise RuntimeError("int8 detector actor used before calibrate()")
         sizes = list(zip(batch["width"].tolist(), batch["height"].tolist()))
-        dets = self.detector.detect_prepared(batch["frames"], sizes)
+        dets = self.detector.detect_prepared(batch["frames"], sizes) if len(batch["frame"]) else []
         counts = np.array([len(d) for d in dets], dtype=np.int32)
-        return DetectedBatch(
+        out = DetectedBatch(
             video=batch["video"],
             frame=batch["frame"],
             time_s=batch["time_s"],
@@ -105,6 +105,9 @@ class DetectorActor:
             scores=np.concatenate([d.scores for d in dets]) if dets else np.zeros(0, np.float32),
             boxes=np.concatenate([d.boxes for d in dets]) if dets else np.zeros((0, 4), np.float32),
         )
+        if "damaged" in batch:  # a video cut off mid-recording: the driver marks it partial
+            out["damaged"] = batch["damaged"]
+        return out
 
     def frame_counts(self) -> dict[str, Any]:
         """The backend, frames whose int8 outputs were kept, and frames run again in float32."""

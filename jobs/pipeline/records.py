@@ -8,7 +8,7 @@ frame (B) except the detections, which have one row per detection (K = ``counts.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -22,6 +22,9 @@ class DecodedBatch(TypedDict):
     width: np.ndarray  # (B,) int32: source frame size
     height: np.ndarray  # (B,) int32
     frames: np.ndarray  # (B, S, S, 3) uint8 RGB, resized to the model's input size S
+    # only on a segment's last item when its video is damaged (a recording cut off): the
+    # sampled frame where decoding failed and why, {"video", "frame", "error"} (see Damage)
+    damaged: NotRequired[dict[str, Any]]
 
 
 class DetectedBatch(TypedDict):
@@ -35,6 +38,7 @@ class DetectedBatch(TypedDict):
     labels: np.ndarray  # (K,) int64: class indices
     scores: np.ndarray  # (K,) float32
     boxes: np.ndarray  # (K, 4) float32 x1, y1, x2, y2 in source pixels
+    damaged: NotRequired[dict[str, Any]]  # passed on from the DecodedBatch
 
 
 def empty_detections() -> DetectedBatch:

@@ -19,7 +19,7 @@ import numpy as np
 from detector.spec import MASK, NO_MASK
 from jobs.errors import one_line
 from jobs import faults
-from jobs.video import VideoReadError, open_video
+from jobs.video import VideoReadError, open_video, utf8_alias
 from sinks.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ def _stream(path: str, frames: np.ndarray, *, threads: int = 1) -> Iterator[np.n
     at each open: quadratic in the video's length. OpenCV decodes only when asked, so one
     frame is held at a time. Raises :class:`RenderError`.
     """
-    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
+    with utf8_alias(path) as openable:  # OpenCV crashes on a name that is not UTF-8
+        cap = cv2.VideoCapture(openable, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
     try:
         if not cap.isOpened():
             raise RenderError(f"{path}: not a readable video")

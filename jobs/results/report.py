@@ -21,6 +21,7 @@ import pandas as pd
 
 from detector.spec import MASK
 from jobs.errors import InputError
+from jobs.results.manifest import read_manifest
 from sinks.atomic import atomic_output
 from sinks.layout import REPORT_NAME
 
@@ -60,8 +61,7 @@ def load_output(root: Path) -> JobOutput:
     )
     job_file = root / "job.json"
     job = json.loads(job_file.read_text()) if job_file.is_file() else {}
-    manifest = root / "annotated" / "manifest.json"
-    annotated = {v: e["file"] for v, e in json.loads(manifest.read_text()).items()} if manifest.is_file() else {}
+    annotated = {v: e["file"] for v, e in read_manifest(root / "annotated", set_aside=False).items()}
     return JobOutput(root, videos, tracks, frames, job, annotated)
 
 
@@ -74,7 +74,9 @@ def totals(out: JobOutput) -> dict[str, Any]:
     return {
         "videos": len(v),
         "done": int((v.status == "done").sum()),
-        "failed": int((v.status != "done").sum()),
+        "partial": int((v.status == "partial").sum()),  # cut off mid-recording: frames before the damage kept
+        "absent": int((v.status == "absent").sum()),  # rows of an earlier run's input, kept
+        "failed": int((~v.status.isin(["done", "partial", "absent"])).sum()),
         "duration_s": float(v.duration_s.fillna(0).sum()),
         "frames": int(v.frames_processed.sum()),
         "faces": faces,
@@ -85,6 +87,13 @@ def totals(out: JobOutput) -> dict[str, Any]:
         "people_unmasked": unmasked_people,
         "people_compliance": (people - unmasked_people) / people if people else None,
     }
+
+
+def video_counts(t: dict[str, Any]) -> str:
+    """``"3 done, 1 partial, 1 failed"`` (partial and absent only where there are some)."""
+    parts = [f"{t['done']} done"]
+    parts += [f"{t[k]} {k}" for k in ("partial", "absent") if t.get(k)]
+    return ", ".join([*parts, f"{t['failed']} failed"])
 
 
 def clock(seconds: float) -> str:
@@ -213,7 +222,7 @@ def _e(x: Any) -> str:
 
 def _cards(t: dict[str, Any]) -> str:
     cards = [
-        ("videos", f"{t['videos']}", f"{t['done']} done, {t['failed']} failed", "bad" if t["failed"] else ""),
+        ("videos", f"{t['videos']}", video_counts(t), "bad" if t["failed"] or t["partial"] else ""),
         ("video time", clock(t["duration_s"]), f"{t['frames']:,} frames analysed", ""),
         ("face compliance", percent(t["compliance"]), f"{t['masked']:,} of {t['faces']:,} faces masked", ""),
         ("people", f"{t['people']:,}", "tracked across frames", ""),
