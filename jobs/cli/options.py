@@ -61,6 +61,14 @@ Int8Opt = Annotated[
         "float32's, not equal.",
     ),
 ]
+TilesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tiles",
+        help="Small faces: also run the frame cut into overlapping ROWSxCOLS tiles (e.g. 4x4), or 'auto' "
+        "for 32 px faces (detector.tiles_target_px), or 'off'. Costs about one frame's time per tile.",
+    ),
+]
 AnnotateOpt = Annotated[
     bool, typer.Option("--annotate", help="Also write OUT/annotated/<video>.mp4: boxes, track ids, compliance.")
 ]
@@ -75,6 +83,7 @@ def run_overrides(
     weights: Path | str | None,
     annotate: bool = False,
     int8: bool = False,
+    tiles: str | None = None,
 ) -> dict[str, Any]:
     """The flags shared by ``run`` and ``submit``, as :func:`jobs.config.resolve_config` overrides."""
     return {
@@ -84,4 +93,5 @@ def run_overrides(
         "detector.weights": str(weights) if weights else None,
         "annotate.enabled": True if annotate else None,
         "detector.int8": True if int8 else None,
+        "detector.tiles": tiles,
     }

@@ -13,6 +13,7 @@ from jobs.cli.options import (
     AnnotateOpt, BatchSizeOpt, ConfigOpt, FpsOpt, InputsArg, Int8Opt, OutOpt, OverwriteOpt, StrideOpt, WeightsOpt,
     errors_to_exit_codes, run_overrides,
 )
+from jobs.cli.options import TilesOpt
 from jobs.errors import MaskjobsError, one_line
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ def run(
     overwrite: OverwriteOpt = False,
     annotate: AnnotateOpt = False,
     int8: Int8Opt = False,
+    tiles: TilesOpt = None,
 ) -> None:
     """Run the batch job: every video's sampled frames through the detector, into Parquet.
 
@@ -53,7 +55,7 @@ def run(
     from jobs.config import resolve_config
 
     overrides = run_overrides(
-        stride=stride, fps=fps, batch_size=batch_size, weights=weights, annotate=annotate, int8=int8
+        stride=stride, fps=fps, batch_size=batch_size, weights=weights, annotate=annotate, int8=int8, tiles=tiles,
     )
     cfg = resolve_config(config, {**overrides, "ray.address": address})
     try:
@@ -124,3 +126,16 @@ def print_summary(result: JobResult, fps: float) -> None:
             str(v["unmasked"]), comp, str(v["people"]), str(v["people_unmasked"]),
         )
     Console(width=120).print(table)
+    _print_coverage(result)
+
+
+def _print_coverage(result: JobResult) -> None:
+    """Per video, what its compliance covers (``jobs/results/coverage.py``)."""
+    for v in result.videos:
+        if v.get("min_face_px") is None:
+            continue
+        comp = "-" if v["compliance_reliable"] is None else f"{v['compliance_reliable']:.1%}"
+        typer.echo(
+            f"{v['video']}: faces >= {v['min_face_px']:.0f} px (both labels reliably found): {v['faces_reliable']}, "
+            f"compliance {comp}; {v['faces_near_min']} faces near or below that size"
+        )

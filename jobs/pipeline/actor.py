@@ -94,7 +94,13 @@ class DetectorActor:
         if not self.calibrated:
             raise RuntimeError("int8 detector actor used before calibrate()")
         sizes = list(zip(batch["width"].tolist(), batch["height"].tolist()))
-        dets = self.detector.detect_prepared(batch["frames"], sizes) if len(batch["frame"]) else []
+        if not len(batch["frame"]):
+            dets = []
+        elif "per_frame" in batch:  # tiled: every frame's pictures in one model call, merged per frame
+            tiles = np.split(batch["tiles"], np.cumsum(batch["per_frame"])[:-1])
+            dets = self.detector.detect_tiles_prepared(batch["frames"], tiles, sizes)
+        else:
+            dets = self.detector.detect_prepared(batch["frames"], sizes)
         counts = np.array([len(d) for d in dets], dtype=np.int32)
         out = DetectedBatch(
             video=batch["video"],

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from detector.preprocess import resize_rgb
+from detector.tiling import cut_tiles, resolve_grid, tile_boxes
 from jobs.pipeline.plan import Segment, Shard
 from jobs.pipeline.records import DecodedBatch
 from jobs.video import OpenVideo, VideoReadError, open_video
@@ -44,7 +45,8 @@ class DecodeError(RuntimeError):
 
 
 def decode_shard(
-    shard: Shard, *, input_size: int, batch_size: int, threads: int = 1
+    shard: Shard, *, input_size: int, batch_size: int, threads: int = 1, tiles: object = None,
+    target_px: float = 32.0,
 ) -> Iterator[str | DecodedBatch]:
     """Yields ``STARTED`` once the task runs, then batches (:class:`~jobs.pipeline.records.DecodedBatch`:
     ``{video (B,), frame (B,), time_s (B,), width (B,), height (B,), frames (B, S, S, 3) uint8
@@ -55,13 +57,17 @@ def decode_shard(
     generator waits on Ray's backpressure would fill memory with full-size frames and
     spend CPU on frames past the segment's end. So each segment is read straight through,
     keeping only resized frames (``S*S*3`` bytes each), and its reader is closed before
-    the segment's last batch is handed over. The caller sizes the generator's
+    the segment's last batch is handed over. ``tiles`` (a :class:`~detector.tiling.TileGrid`,
+    ``"auto"`` for ``target_px`` faces, or ``None``): each frame also yields its overlapping
+    tiles (``tiles`` and ``per_frame`` in the batch), ``per_frame`` times the bytes. The caller sizes the generator's
     backpressure to a whole shard, which is what bounds memory: about ``shard frames x
     S*S*3`` bytes per running task, whatever the video's length or resolution.
     """
     with _opencv_threads(1):  # the task holds one CPU: OpenCV's pool made each resize cost 1.8x the CPU
         yield STARTED
-        yield from _decode_segments(shard, input_size=input_size, batch_size=batch_size, threads=threads)
+        yield from _decode_segments(
+            shard, input_size=input_size, batch_size=batch_size, threads=threads, tiles=tiles, target_px=target_px,
+        )
 
 
 @contextmanager
@@ -77,7 +83,9 @@ def _opencv_threads(n: int) -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
-def _decode_segments(shard: Shard, *, input_size: int, batch_size: int, threads: int) -> Iterator[DecodedBatch]:
+def _decode_segments(
+    shard: Shard, *, input_size: int, batch_size: int, threads: int, tiles: object = None, target_px: float = 32.0,
+) -> Iterator[DecodedBatch]:
     """:func:`decode_shard`'s batches, segment by segment.
 
     A segment whose video cannot be opened raises :class:`DecodeError` (the shard fails and is
@@ -92,7 +100,9 @@ def _decode_segments(shard: Shard, *, input_size: int, batch_size: int, threads:
             video = open_video(seg.path, threads=threads)
         except VideoReadError as exc:  # named by the video's id: the driver records it against the video
             raise DecodeError(f"{seg.video}: {exc.cause}") from None
-        yield from _decode_segment(seg, video, input_size=input_size, batch_size=batch_size, threads=threads)
+        yield from _decode_segment(
+            seg, video, input_size=input_size, batch_size=batch_size, threads=threads, tiles=tiles, target_px=target_px,
+        )
 
 
 MAX_REOPENS = 16  # reopenings of a damaged video to get back frames decoded ahead of its damage
@@ -135,23 +145,37 @@ class _Frames:
 
 
 def _decode_segment(
-    seg: Segment, video: OpenVideo, *, input_size: int, batch_size: int, threads: int
+    seg: Segment, video: OpenVideo, *, input_size: int, batch_size: int, threads: int, tiles: object = None,
+    target_px: float = 32.0,
 ) -> Iterator[DecodedBatch]:
     frames = np.asarray(seg.frames, dtype=np.int64)
     source = _Frames(seg, video, threads)
     stream = iter(source)
     image = None
+    boxes = None  # the frames' tile boxes, (T, 4), once the first frame's size is known; None: whole frames
+    per = 1  # model inputs per frame
     pending: DecodedBatch | None = None  # a finished batch is handed over once the next one is read
     for start in range(0, len(frames), batch_size):
         idx = frames[start : start + batch_size]
-        small = np.empty((len(idx), input_size, input_size, 3), np.uint8)
+        small = None
         done = 0
         for image in stream:
-            small[done] = resize_rgb(image, input_size)
+            if small is None:
+                if tiles is not None and boxes is None:
+                    grid = resolve_grid(tiles, image.shape[1], image.shape[0], target_px=target_px, input_size=input_size)
+                    boxes = tile_boxes(image.shape[1], image.shape[0], grid) if grid is not None else None
+                    per = 1 if boxes is None else len(boxes)
+                small = np.empty((len(idx) * per, input_size, input_size, 3), np.uint8)
+            if boxes is None:
+                small[done] = resize_rgb(image, input_size)
+            else:
+                cut_tiles(image, boxes, input_size, out=small[done * per : (done + 1) * per])
             done += 1
             if done == len(idx):
                 break
-        idx, small = idx[:done], small[:done]
+        if small is None:
+            small = np.empty((0, input_size, input_size, 3), np.uint8)
+        idx, small = idx[:done], small[: done * per]
         stamps = np.zeros(0)
         if done:
             try:
@@ -170,6 +194,9 @@ def _decode_segment(
             height=np.full(n, image.shape[0], np.int32),
             frames=small,
         )
+        if pending is not None and boxes is not None:
+            pending["tiles"] = np.tile(boxes, (n, 1))
+            pending["per_frame"] = np.full(n, per, np.int32)
         if source.damaged is not None:
             logger.warning("%s: decoding stopped at frame %d (%s); the frames before it are kept",
                            seg.video, source.damaged["frame"], source.damaged["error"])

@@ -47,7 +47,9 @@ from jobs.pipeline.ray_private import StreamingTask
 from jobs.pipeline.records import DetectedBatch
 from jobs.pipeline.resume import drop_changed_videos
 from jobs.pipeline.scheduler import Scheduler, ShardRun
+from jobs.pipeline.tiles import job_tiles, pictures_per_frame
 from jobs.pipeline.sizing import Sizing, size_job
+from jobs.results.coverage import add_coverage, video_coverage
 from jobs.results.tracks import finish_tracks
 from jobs.video import ProbedVideo, VideoInfo
 from sinks.store import OutputStore
@@ -125,6 +127,7 @@ def _decode_task(ray: Any, config: JobConfig, *, batch_size: int, input_size: in
     )
     return functools.partial(
         task.remote, input_size=input_size, batch_size=batch_size, threads=config.resources.decode_threads,
+        tiles=job_tiles(config.detector), target_px=config.detector.tiles_target_px,
     )
 
 
@@ -295,9 +298,10 @@ def run_job(
     probed = [ProbedVideo(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]
     if config.detector.int8:
         job["int8_calibration"] = _start_int8(ray, probed, config, pool, factory, input_size=weights.spec.input_size)
+    per_frame = pictures_per_frame(probed, config.detector, input_size=weights.spec.input_size)  # tiles: > 1
     shards = plan_shards(
-        probed, config.sampling, shard_frames=config.planning.shard_frames,
-        pack_frames=config.planning.pack_frames, committed=committed,
+        probed, config.sampling, shard_frames=max(1, config.planning.shard_frames // per_frame),
+        pack_frames=config.planning.pack_frames // per_frame, committed=committed,
     )
     on_plan(sum(s.num_frames for s in shards))
     logger.info(
@@ -308,6 +312,7 @@ def run_job(
     batch_size = config.detector.batch_size
     if batch_size is None:  # on GPU the actor sizes batches to its card; CPUs gain nothing past 16
         batch_size = ray.get(pool.actors[0].batch_size.remote()) if factory.use_gpu and shards else 16
+        batch_size = max(1, batch_size // per_frame) if factory.use_gpu else batch_size
     t0 = time.monotonic()
     scheduler = Scheduler(
         shards, max_retries=config.planning.max_retries, shard_timeout_s=config.planning.shard_timeout_s,
@@ -341,6 +346,8 @@ def run_job(
         pool.close()
     rows = _video_rows(videos, infos, failures, sink.frame_totals(), people, config, damaged=damaged,
                        identities=identities)
+    sizes = [(p.video, p.info.width, p.info.height) for p in probed]
+    rows = add_coverage(rows, video_coverage(sink, sizes, config.detector, input_size=weights.spec.input_size))
     statuses = {r["status"] for r in rows}
     job.update(
         status="failed" if "failed" in statuses else "partial" if "partial" in statuses else "done",

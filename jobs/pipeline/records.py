@@ -25,6 +25,11 @@ class DecodedBatch(TypedDict):
     # only on a segment's last item when its video is damaged (a recording cut off): the
     # sampled frame where decoding failed and why, {"video", "frame", "error"} (see Damage)
     damaged: NotRequired[dict[str, Any]]
+    # Tiled detection (detector.tiles): ``frames`` is (N, S, S, 3), each frame's pictures (the
+    # whole frame, then its tiles) in turn; ``tiles`` (N, 4) int64 their boxes in frame pixels,
+    # ``per_frame`` (B,) int32 how many are each frame's. Absent: one whole picture per frame.
+    tiles: NotRequired[np.ndarray]
+    per_frame: NotRequired[np.ndarray]
 
 
 class DetectedBatch(TypedDict):

@@ -280,9 +280,21 @@ def _video_sections(out: JobOutput, report_dir: Path) -> str:
         sections.append(
             f'<div class="video" data-video="{_e(r["video"])}"><b>{_e(r["video"])}</b> '
             f'<span class="muted">{_e(r["status"])} · compliance {percent(r.get("compliance"))} · '
-            f'{int(people)} people, {int(r.get("people_unmasked") or 0)} unmasked{link}</span>{chart}</div>'
+            f'{int(people)} people, {int(r.get("people_unmasked") or 0)} unmasked{link}</span>{_coverage(r)}{chart}</div>'
         )
     return "".join(sections)
+
+
+def _coverage(r: dict[str, Any]) -> str:
+    """What the video's compliance covers (``jobs/results/coverage.py``); empty for older outputs."""
+    limit = r.get("min_face_px")
+    if limit is None or pd.isna(limit):
+        return ""
+    return (
+        f'<p class="muted">faces at least {limit:.0f} px wide (both labels reliably found at this size in the '
+        f'mode run): {int(r.get("faces_reliable") or 0):,}, compliance {percent(r.get("compliance_reliable"))}; '
+        f'{int(r.get("faces_near_min") or 0):,} faces near or below that size</p>'
+    )
 
 
 def _thumbnails(tracks: pd.DataFrame) -> str:

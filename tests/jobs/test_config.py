@@ -156,3 +156,27 @@ def test_to_dict_has_every_section_and_key() -> None:
     data = JobConfig().to_dict()
     assert set(data) == {f.name for f in dataclasses.fields(JobConfig)}
     assert data["planning"]["shard_frames"] == 1024 and data["sampling"] == {"stride": 1, "fps": None}
+
+
+@pytest.mark.parametrize(("value", "expected"), [("3x3", "3x3"), ("auto", "auto"), (None, "off")])
+def test_tiles_is_a_detector_setting(value: str | None, expected: str) -> None:
+    assert resolve_config(None, {"detector.tiles": value}).detector.tiles == expected
+
+
+@pytest.mark.parametrize("bad", ["3", "0x2", "big", "3x3x3"])
+def test_bad_tiles_are_one_line_config_errors(bad: str) -> None:
+    with pytest.raises(ConfigError, match="detector.tiles must be off, auto or ROWSxCOLS") as info:
+        resolve_config(None, {"detector.tiles": bad})
+    assert "\n" not in str(info.value) and bad in str(info.value)
+
+
+def test_tiles_join_the_fingerprint_only_when_on(tmp_path: Path) -> None:
+    base = JobConfig()
+    fp = base.result_fingerprint("abc")
+    off = tmp_path / "off.yaml"
+    off.write_text("detector:\n  tiles: off\n")  # YAML reads a bare off as false: still off
+    assert resolve_config(off).result_fingerprint("abc") == fp
+    tiled = dataclasses.replace(base, detector=dataclasses.replace(base.detector, tiles="4x4"))
+    assert tiled.result_fingerprint("abc") != fp
+    auto = dataclasses.replace(base, detector=dataclasses.replace(base.detector, tiles="auto"))
+    assert auto.result_fingerprint("abc") not in (fp, tiled.result_fingerprint("abc"))

@@ -64,3 +64,26 @@ def test_decode_shard_runs_opencv_on_one_thread_and_restores_it(video_set) -> No
         seen.append(cv2.getNumThreads())
     assert seen and set(seen) == {1}  # while the task decodes (it holds one CPU)
     assert cv2.getNumThreads() == 2  # a caller in the same process gets its setting back
+
+
+def test_decode_shard_cuts_tiles(video_set) -> None:
+    """With ``tiles``, every frame yields its whole picture and its tiles, as ``cut_tiles`` cuts them."""
+    from detector.tiling import TileGrid, cut_tiles, tile_boxes
+
+    path = str(video_set.root / "long.mp4")
+    frames = (3, 10, 11, 40)
+    shard = Shard("s", (Segment("long.mp4", path, frames),))
+    grid = TileGrid(2, 3)
+    batches = [b for b in decode_shard(shard, input_size=64, batch_size=3, tiles=grid) if b is not STARTED]
+    assert [len(b["frame"]) for b in batches] == [3, 1]
+    ref = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    boxes = tile_boxes(480, 272, grid)
+    for b in batches:
+        assert b["per_frame"].tolist() == [7] * len(b["frame"])
+        assert b["frames"].shape == (7 * len(b["frame"]), 64, 64, 3)
+        assert np.array_equal(b["tiles"], np.tile(boxes, (len(b["frame"]), 1)))
+        for j, i in enumerate(b["frame"].tolist()):
+            want = cut_tiles(ref.get_batch([i]).asnumpy()[0], boxes, 64)
+            assert np.array_equal(b["frames"][7 * j : 7 * (j + 1)], want)
+    plain = [b for b in decode_shard(shard, input_size=64, batch_size=3) if b is not STARTED]
+    assert "tiles" not in plain[0] and plain[0]["frames"].shape == (3, 64, 64, 3)
