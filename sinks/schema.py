@@ -51,6 +51,7 @@ VIDEOS_SCHEMA = pa.schema(
         ("compliance", pa.float32()),
         ("people", pa.int64()),  # tracks (people seen) in the video
         ("people_unmasked", pa.int64()),  # tracks whose majority label is NoMask
+        ("sampling_rate", pa.float64()),  # frames analysed per second of video (effective sampling rate)
     ]
 )
 

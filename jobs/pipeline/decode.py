@@ -47,7 +47,13 @@ def decode_shard(
 ) -> Iterator[str | DecodedBatch]:
     """Yields ``STARTED`` once the task runs, then batches (:class:`~jobs.pipeline.records.DecodedBatch`:
     ``{video (B,), frame (B,), time_s (B,), width (B,), height (B,), frames (B, S, S, 3) uint8
-    RGB}``) for the shard's sampled frames, in order.
+    RGB, decode_cpu_s (B,)}``) for the shard's sampled frames, in order.
+
+    Only the sampled frames are converted to RGB and resized: the frames between two of them
+    are decoded without conversion (decord's ``skip_frames``), or not at all where a keyframe
+    lies between them (a seek). Sampling keyframes alone decodes one frame per sample.
+    ``decode_cpu_s`` is this process's CPU time for the batch (decord's threads included),
+    spread over its frames: the driver sizes its decoders from it.
 
     decord's reader keeps decoding ahead on its own thread while its caller waits, and
     holds every frame it decodes (dmlc/decord#157, #208): a reader left open while this
@@ -86,6 +92,7 @@ def _decode_segments(shard: Shard, *, input_size: int, batch_size: int, threads:
             stream = video.read(frames)
             image = None
             pending: DecodedBatch | None = None  # a finished batch is handed over once the next one is read
+            clock = time.process_time()
             for start in range(0, len(frames), batch_size):
                 idx = frames[start : start + batch_size]
                 small = np.empty((len(idx), input_size, input_size, 3), np.uint8)
@@ -93,9 +100,12 @@ def _decode_segments(shard: Shard, *, input_size: int, batch_size: int, threads:
                     image = next(stream)
                     small[j] = resize_rgb(image, input_size)
                 stamps = video.timestamps(idx)
+                n = len(idx)
+                now = time.process_time()
+                cpu = np.full(n, (now - clock) / n, np.float32)
                 if pending is not None:
                     yield pending
-                n = len(idx)
+                clock = time.process_time()  # the hand-over's own cost is not decoding
                 pending = DecodedBatch(
                     video=np.array([seg.video] * n, dtype=object),
                     frame=idx,
@@ -103,6 +113,7 @@ def _decode_segments(shard: Shard, *, input_size: int, batch_size: int, threads:
                     width=np.full(n, image.shape[1], np.int32),
                     height=np.full(n, image.shape[0], np.int32),
                     frames=small,
+                    decode_cpu_s=cpu,
                 )
         except VideoReadError as exc:  # named by the video's id: the driver records it against the video
             raise DecodeError(f"{seg.video}: {exc.cause}") from None
