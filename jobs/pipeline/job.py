@@ -40,7 +40,7 @@ from jobs.pipeline.pool import ActorPool
 from jobs.pipeline.calibrate import pick_calibration, start_calibration
 from jobs.pipeline.commit import commit_shard
 from jobs.pipeline.decode import decode_shard
-from jobs.pipeline.plan import Shard, decoded_frames, plan_shards, sample_frames
+from jobs.pipeline.plan import Shard, decoded_frames, plan_shards, sample_frames, shard_sizes
 from jobs.pipeline.probe import ProbeError, probe_video
 from jobs.pipeline.ray_private import StreamingTask
 from jobs.pipeline.records import DetectedBatch
@@ -283,9 +283,8 @@ def run_job(
     if config.detector.int8:
         job["int8_calibration"] = _start_int8(ray, probed, config, pool, factory, input_size=weights.spec.input_size)
     shards = plan_shards(
-        probed, config.sampling, shard_frames=config.planning.shard_frames,
-        pack_frames=config.planning.pack_frames, committed=committed,
-        span_frames=None if config.sampling.keyframes else 2 * config.planning.shard_frames,
+        probed, config.sampling, committed=committed,
+        **shard_sizes(config.sampling, shard_frames=config.planning.shard_frames, pack_frames=config.planning.pack_frames),
     )
     tuner = DecoderTuner(sizing, config, _planned_costs(shards, probed, config))
     if (resized := tuner.update(ray.cluster_resources())) is not None:

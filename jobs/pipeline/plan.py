@@ -165,6 +165,22 @@ def split_pack(shard: Shard) -> list[Shard]:
     return [Shard(_shard_id((seg,)), (seg,)) for seg in shard.segments]
 
 
+KEYFRAME_SHARD_FRAMES = 128  # keyframes per shard: each costs a seek and a whole-picture decode
+KEYFRAME_PACK_FRAMES = 32
+
+
+def shard_sizes(sampling: SamplingConfig, *, shard_frames: int, pack_frames: int) -> dict[str, int | None]:
+    """:func:`plan_shards`' ``shard_frames``, ``pack_frames`` and ``span_frames`` for the
+    sampling: a stride or a rate decodes every frame, so shards are also cut every
+    ``2 x shard_frames`` source frames; keyframes decode one frame each but a costly one (a
+    seek, a whole picture), so their shards hold at most 128 of them and packs 32, which
+    lets several decoders share even a few minutes of footage."""
+    if sampling.keyframes:
+        return {"shard_frames": min(shard_frames, KEYFRAME_SHARD_FRAMES),
+                "pack_frames": min(pack_frames, KEYFRAME_PACK_FRAMES), "span_frames": None}
+    return {"shard_frames": shard_frames, "pack_frames": pack_frames, "span_frames": 2 * shard_frames}
+
+
 def decoded_frames(shard: Shard, keyframes: dict[str, tuple[int, ...]], *, seek_each: bool) -> tuple[int, int]:
     """``(decoded, seeks)``: about how many source frames decoding ``shard`` decodes, and how
     many of its frames it reaches by a seek (``keyframes``: each video's). ``seek_each``: every

@@ -308,3 +308,17 @@ def test_decoded_frames_counts_skips_and_seeks() -> None:
     # 0 (1) + 15 + 15, then a seek to 600 (1 frame), then 15
     assert (decoded, seeks) == (1 + 15 + 15 + 1 + 15, 1)
     assert decoded_frames(shard, {"a": (0, 300, 600)}, seek_each=True) == (5, 5)
+
+
+def test_keyframe_sampling_gets_small_shards_so_several_decoders_share_the_work() -> None:
+    from jobs.pipeline.plan import shard_sizes
+
+    videos = _videos(a=_info(6750, gop=300), b=_info(6750, gop=300))  # 23 keyframes each
+    sampling = SamplingConfig(keyframes=True)
+    sizes = shard_sizes(sampling, shard_frames=1024, pack_frames=512)
+    assert sizes == {"shard_frames": 128, "pack_frames": 32, "span_frames": None}
+    shards = plan_shards(videos, sampling, **sizes)
+    assert len(shards) == 2 and _planned(shards) == Counter(_sampled(videos, sampling))
+    assert plan_shards(videos, sampling, shard_frames=1024, pack_frames=512).__len__() == 1  # one pack: one decoder
+    every = shard_sizes(SamplingConfig(stride=15), shard_frames=1024, pack_frames=512)
+    assert every == {"shard_frames": 1024, "pack_frames": 512, "span_frames": 2048}
