@@ -133,10 +133,11 @@ def size_job(cluster: dict[str, float], config: JobConfig, costs: WorkCosts | No
 
 
 def _decoders(cpus: float, held: float, share: float, decode_cpus: float, decode_threads: int) -> dict[str, float]:
-    """``decoders`` (the decode share of ``cpus`` in tasks of ``decode_threads`` threads, at
-    least one) and ``decode_cpus`` (what each reserves: ``decode_cpus``, or less so that
-    they all fit beside the ``held`` CPUs of the actors)."""
-    want = max(1, round(cpus * share / max(1, decode_threads)))
+    """``decoders`` (the decode share of ``cpus`` in tasks of ``decode_threads`` threads,
+    rounded up: with fewer, decoding alone would take longer than the whole job's CPU time
+    spread over every core; at least one) and ``decode_cpus`` (what each reserves:
+    ``decode_cpus``, or less so that they all fit beside the ``held`` CPUs of the actors)."""
+    want = max(1, math.ceil(cpus * share / max(1, decode_threads) - 1e-9))
     free = cpus - held
     if decode_cpus <= 0:
         return {"decoders": want, "decode_cpus": 0.0}

@@ -28,9 +28,9 @@ def test_two_cpus_one_actor_of_two_threads_beside_one_decoder() -> None:
 
 def test_sixteen_cpus_every_frame_most_to_detectors() -> None:
     """Every frame of 1080p: ~3.3 ms of decoding to 9 ms of detecting, so ~27 % of 16 CPUs
-    decode (4 tasks) and 6 actors of 2 threads take the rest."""
+    decode (4.3, so 5 tasks) and 6 actors of 2 threads take the rest."""
     sizing = size_job({"CPU": 16.0}, _config())
-    assert sizing == Sizing(detector_workers=6, detector_threads=2, decoders=4, decode_cpus=1.0)
+    assert sizing == Sizing(detector_workers=6, detector_threads=2, decoders=5, decode_cpus=1.0)
 
 
 def test_one_cpu_and_no_cpus_listed() -> None:
@@ -80,6 +80,14 @@ def test_decode_share_follows_the_sampling() -> None:
     assert every < 0.4 < 0.7 < stride  # detector-bound at every frame, decode-bound at 2 fps
     assert fps2 == pytest.approx(stride)  # 2 fps of 30 fps footage is stride 15
     assert keys < 0.5  # one seek and one frame per sample
+
+
+def test_two_cpus_decode_share_over_half_gets_two_decoders() -> None:
+    """Measured at 2 fps of mixed 720p/1080p on a busy 2-core machine: 26 ms decoding to
+    15.5 ms detecting per frame. One decoder would take 26 ms a frame where both cores
+    together need (26 + 15.5) / 2 = 20.8: two decoders."""
+    sizing = size_job({"CPU": 2.0}, _sampled(stride=15), WorkCosts(0.026, 0.0155))
+    assert sizing.decoders == 2 and sizing.decode_cpus == 0.5
 
 
 def test_two_cpus_sampled_two_decoders_of_half_a_cpu_beside_the_actor() -> None:
