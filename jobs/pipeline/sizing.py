@@ -86,8 +86,9 @@ class MeasuredCosts:
         self.decode_s += decode_s
         self.detect_s += detect_s
 
-    def costs(self, *, least_frames: int = 32) -> WorkCosts | None:
-        """Per-frame costs once ``least_frames`` frames are measured; None before."""
+    def costs(self, *, least_frames: int = 64) -> WorkCosts | None:
+        """Per-frame costs once ``least_frames`` frames are measured (the actors' first batch
+        builds the model's kernels and costs several times a later one); None before."""
         if self.frames < least_frames or self.decode_s + self.detect_s <= 0:
             return None
         return WorkCosts(self.decode_s / self.frames, self.detect_s / self.frames)

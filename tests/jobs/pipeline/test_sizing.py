@@ -133,9 +133,9 @@ def test_tuner_follows_measured_costs_and_a_growing_cluster() -> None:
 
 def test_measured_costs_wait_for_enough_frames() -> None:
     m = MeasuredCosts()
-    m.add(8, 0.08, 0.08)
+    m.add(16, 0.16, 0.16)
     assert m.costs() is None
-    m.add(32, 0.32, 0.32)
+    m.add(64, 0.64, 0.64)
     assert m.costs() == WorkCosts(0.01, 0.01)
 
 
