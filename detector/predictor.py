@@ -16,6 +16,7 @@ from detector.model import AizooSSD, flush_denormals_
 from detector.postprocess import postprocess
 from detector.preprocess import resize_rgb
 from detector.prune import PruneReport, prune_dead_channels
+from detector.tiling import TileGrid, cut_tiles, merge_tiles, resolve_grid, tile_boxes
 from detector.runners import (
     BACKENDS,
     DEFAULT_INT8_MARGIN,
@@ -216,10 +217,58 @@ class FaceMaskDetector:
                 class_names=self.spec.class_names,
             )
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Detections for RGB ``(H, W, 3)`` uint8 pictures, boxes in their pixels."""
+    def detect_tiles_prepared(
+        self, batch: np.ndarray | torch.Tensor, tiles: Sequence[np.ndarray], frame_sizes: Sequence[tuple[int, int]]
+    ) -> list[Detections]:
+        """Detections of tiled frames, in one model call for all of their tiles.
+
+        Args:
+            batch: (sum T_i, S, S, 3) uint8 inputs: frame 0's tiles, then frame 1's ...
+            tiles: per frame, its (T_i, 4) tile boxes in frame pixels (:func:`~detector.tiling.tile_boxes`).
+            frame_sizes: per frame ``(width, height)``.
+        Returns:
+            One :class:`Detections` per frame, boxes in frame pixels, merged across its tiles
+            (:func:`~detector.tiling.merge_tiles`: one detection per face).
+        """
+        sizes = [(int(x2 - x1), int(y2 - y1)) for t in tiles for x1, y1, x2, y2 in t.tolist()]
+        if len(sizes) != len(batch):
+            raise ValueError(f"{len(batch)} inputs for {len(sizes)} tiles")
+        per_tile = self.detect_prepared(batch, sizes)
+        out, start = [], 0
+        for t, (w, h) in zip(tiles, frame_sizes):
+            out.append(merge_tiles(per_tile[start : start + len(t)], t, w, h, iou_threshold=self.iou_threshold))
+            start += len(t)
+        return out
+
+    def prepare_tiles(
+        self, images: Sequence[np.ndarray], grid: TileGrid | str | None, *, target_px: float = 32.0
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """RGB pictures -> ``(inputs (sum T_i, S, S, 3) uint8, tile boxes per picture)`` for
+        ``grid`` (a :class:`~detector.tiling.TileGrid`, ``"auto"`` for ``target_px`` faces, or
+        ``None``: whole pictures)."""
+        tiles = []
+        for im in images:
+            g = resolve_grid(grid, im.shape[1], im.shape[0], target_px=target_px, input_size=self.input_size)
+            whole = np.array([[0, 0, im.shape[1], im.shape[0]]], np.int64)
+            tiles.append(tile_boxes(im.shape[1], im.shape[0], g) if g is not None else whole)
+        batch = np.empty((sum(len(t) for t in tiles), self.input_size, self.input_size, 3), np.uint8)
+        start = 0
+        for im, t in zip(images, tiles):
+            cut_tiles(im, t, self.input_size, out=batch[start : start + len(t)])
+            start += len(t)
+        return batch, tiles
+
+    def detect(
+        self, images: Sequence[np.ndarray], *, tiles: TileGrid | str | None = None, target_px: float = 32.0
+    ) -> list[Detections]:
+        """Detections for RGB ``(H, W, 3)`` uint8 pictures, boxes in their pixels; ``tiles``:
+        also run overlapping tiles of each (a :class:`~detector.tiling.TileGrid`, or ``"auto"``
+        so that ``target_px`` wide faces are reliably found)."""
         if not images:
             return []
+        if tiles is not None:
+            batch, boxes = self.prepare_tiles(images, tiles, target_px=target_px)
+            return self.detect_tiles_prepared(batch, boxes, [(im.shape[1], im.shape[0]) for im in images])
         sizes = [(im.shape[1], im.shape[0]) for im in images]
         return self.detect_prepared(self.prepare(images), sizes)
 

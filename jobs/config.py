@@ -38,6 +38,8 @@ class DetectorConfig:
     int8: bool = False
     calibration_frames: int = 32
     int8_margin: float = 0.05
+    tiles: str = "off"  # "off", "auto" or ROWSxCOLS: overlapping tiles beside the whole frame (detector/tiling.py)
+    tiles_target_px: float = 32.0  # tiles "auto": the narrowest face (px) to be reliably found
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class JobConfig:
         }
         if self.detector.int8:  # absent for float32, so older outputs keep their fingerprint
             key["int8_margin"] = self.detector.int8_margin
+        if _tiled(self.detector.tiles):  # absent whole-frame, so older outputs keep their fingerprint
+            key["tiles"] = [self.detector.tiles, self.detector.tiles_target_px]
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -212,6 +216,8 @@ def _validate(cfg: JobConfig) -> None:
     need(d.threads is None or d.threads >= 1, f"detector.threads must be >= 1, got {d.threads}")
     need(d.calibration_frames >= 1, f"detector.calibration_frames must be >= 1, got {d.calibration_frames}")
     need(0 <= d.int8_margin < 0.5, f"detector.int8_margin must be in [0, 0.5), got {d.int8_margin}")
+    need(_tiles_ok(d.tiles), f"detector.tiles must be off, auto or ROWSxCOLS like 3x3, got {d.tiles!r}")
+    need(d.tiles_target_px > 0, f"detector.tiles_target_px must be > 0, got {d.tiles_target_px}")
     need(not (d.int8 and r.detector_gpus > 0), "detector.int8 runs on CPUs; GPUs use detector.half (set one of them)")
     need(r.detector_workers is None or r.detector_workers >= 1, "resources.detector_workers must be >= 1")
     need(r.detector_cpus >= 0 and r.decode_cpus >= 0 and r.detector_gpus >= 0, "resources must not be negative")
@@ -227,6 +233,23 @@ def _validate(cfg: JobConfig) -> None:
     need(t.max_age >= 0 and t.min_hits >= 1, "tracking.max_age must be >= 0 and tracking.min_hits >= 1")
     need(0 <= cfg.annotate.crf <= 51, f"annotate.crf must be in [0, 51], got {cfg.annotate.crf}")
     need(cfg.ray.object_store_mb >= 80, "ray.object_store_mb must be >= 80")
+
+
+def _tiled(text: str) -> bool:
+    """Whether ``detector.tiles`` asks for tiles (YAML reads a bare ``off`` as false: also off)."""
+    from detector.tiling import parse_tiles
+
+    return parse_tiles(text) is not None
+
+
+def _tiles_ok(text: str) -> bool:
+    from detector.tiling import parse_tiles
+
+    try:
+        parse_tiles(text)
+    except ValueError:
+        return False
+    return True
 
 
 def resolve_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:

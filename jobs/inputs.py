@@ -1,48 +1,128 @@
-"""Finding the job's videos and naming them."""
+"""Finding the job's videos and naming them.
+
+A video's id is unique and stable, whatever way its folder was spelt:
+
+- with one input folder, its path relative to that folder (``cams/north/a.mp4``);
+- with one input file, its file name;
+- with several inputs, its path relative to the folder that holds them all
+  (``run cams1/ cams2/`` gives ``cams1/a.mp4`` and ``cams2/a.mp4``).
+
+Inputs are resolved to their real paths first, so ``vids`` and ``vids/../vids`` are the same
+input, a folder inside another input folder adds nothing, and a file reached twice (``run vids/
+vids/sub/a.mp4``) is one video, named as found under the outermost folder. Ids and the paths
+written to the output are text: a byte of a file name that is not UTF-8 (``caf\\xe9.mp4`` from a
+Latin-1 NAS) is written as ``\\xNN`` (:func:`escape_name`), while the file is opened by its real
+name. AppleDouble files (``._name``, macOS metadata beside a video on a foreign volume) are not
+videos; folders given in ``exclude`` (the job's own output) are never searched; a folder that
+cannot be read is reported in one line (a warning) and the rest is searched.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.errors import InputError
 from jobs.media import VIDEO_EXTENSIONS
 
+logger = logging.getLogger(__name__)
+
+APPLEDOUBLE_PREFIX = "._"
+
 
 @dataclass(frozen=True)
 class VideoInput:
-    """A video to process. ``video`` is its id: the path relative to the input directory it
-    was found in, or its file name when it was given directly."""
+    """A video to process. ``video`` is its id (see the module's docstring); ``path`` the
+    absolute path to open it by (it may hold undecodable bytes as surrogates: use
+    :func:`escape_name` to show it)."""
 
     video: str
     path: str
 
 
-def discover(inputs: list[str]) -> list[VideoInput]:
+def escape_name(name: str) -> str:
+    """``name`` as valid UTF-8 text: each byte that is not UTF-8 (a surrogate escape, as
+    Python decodes such file names) becomes ``\\xNN``; any other name is returned as is."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return name
+
+
+def _is_video_name(name: str) -> bool:
+    return not name.startswith(APPLEDOUBLE_PREFIX) and Path(name).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _walk(root: str, excluded: set[str]) -> list[str]:
+    """Real-root-relative POSIX paths of the video files under folder ``root`` (a real path)."""
+
+    def unreadable(exc: OSError) -> None:
+        logger.warning("%s: cannot read this folder (%s); videos in it are skipped",
+                       escape_name(exc.filename or root), exc.strerror or exc)
+
+    found = []
+    for folder, dirs, files in os.walk(root, onerror=unreadable):
+        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(folder, d)) not in excluded)
+        for name in files:
+            if not _is_video_name(name):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) or Path(path).is_fifo():
+                found.append(os.path.relpath(path, root).replace(os.sep, "/"))
+    return found
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path != folder and path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def discover(inputs: list[str], *, exclude: list[str] | tuple[str, ...] = ()) -> list[VideoInput]:
     """Video files under ``inputs`` (files, or directories searched recursively), sorted by id.
 
     A file given directly is taken whatever its extension; directories contribute files
-    with the usual video extensions. Raises :class:`InputError` for a missing input, no
-    video at all, or two videos with the same id.
+    with the usual video extensions (not AppleDouble ``._*`` files). Folders in ``exclude``
+    (e.g. the job's output) are not searched. Raises :class:`InputError` for a missing input
+    or no video at all.
     """
-    found: dict[str, VideoInput] = {}
+    roots: list[tuple[str, str]] = []  # (real path, as given)
     for given in inputs:
-        root = Path(given)
-        if not root.exists():
-            raise InputError(f"{given}: no such file or directory")
-        if root.is_dir():
-            candidates = [
-                (p.relative_to(root).as_posix(), p)
-                for p in sorted(root.rglob("*"))
-                if p.suffix.lower() in VIDEO_EXTENSIONS and (p.is_file() or p.is_fifo())
-            ]
-        else:
-            candidates = [(root.name, root)]
-        for vid, path in candidates:
-            item = VideoInput(vid, str(path.absolute()))
-            if vid in found and found[vid].path != item.path:
-                raise InputError(f"{path}: two inputs have the same video id {vid!r} ({found[vid].path})")
-            found[vid] = item
-    if not found:
-        raise InputError(f"no video files found in {', '.join(inputs)}")
-    return [found[k] for k in sorted(found)]
+        if not os.path.exists(given):
+            raise InputError(f"{escape_name(given)}: no such file or directory")
+        real = os.path.realpath(given)
+        if real not in (r for r, _ in roots):
+            roots.append((real, given))
+    excluded = {os.path.realpath(e) for e in exclude}
+    folders = sorted(r for r, _ in roots if os.path.isdir(r))
+    # the outermost folders: a folder or file inside one of them is found by searching it
+    tops = [f for f in folders if not any(_inside(f, o) for o in folders)]
+    files = [r for r, _ in roots if not os.path.isdir(r) and not any(_inside(r, t) for t in tops)]
+    if len(tops) + len(files) == 1:
+        base = tops[0] if tops else os.path.dirname(files[0])
+    else:
+        base = os.path.commonpath([os.path.dirname(p) for p in tops + files])
+
+    found: dict[str, str] = {}  # real path of the file -> path relative to ``base``
+    for top in tops:
+        if top in excluded or any(_inside(top, e) for e in excluded):
+            continue
+        for rel in _walk(top, excluded):
+            path = os.path.join(top, rel)
+            found.setdefault(os.path.realpath(path), os.path.relpath(path, base))
+    for real, _ in roots:  # a file given directly, whatever its extension
+        if not os.path.isdir(real):
+            found.setdefault(real, os.path.relpath(real, base))
+
+    by_id: dict[str, VideoInput] = {}
+    for real, rel in found.items():
+        vid = escape_name(rel.replace(os.sep, "/"))
+        item = VideoInput(vid, os.path.join(base, rel))
+        if vid in by_id:  # only a literal "\xNN" in one name and that byte in another's can meet
+            raise InputError(f"{escape_name(item.path)}: two inputs have the same video id {vid!r} "
+                             f"({escape_name(by_id[vid].path)})")
+        by_id[vid] = item
+    if not by_id:
+        raise InputError(f"no video files found in {', '.join(escape_name(i) for i in inputs)}")
+    return [by_id[k] for k in sorted(by_id)]

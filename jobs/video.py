@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -191,7 +193,27 @@ def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:
     if os.path.isfile(name) and os.path.getsize(name) == 0:
         raise VideoReadError(name, "the file is empty")
     try:
-        reader = decord.VideoReader(name, ctx=decord.cpu(0), num_threads=threads)
+        with utf8_alias(name) as openable:
+            reader = decord.VideoReader(openable, ctx=decord.cpu(0), num_threads=threads)
     except _decord_errors() as exc:
         raise VideoReadError(name, f"not a readable video ({one_line(exc)})") from None
     return OpenVideo(name, reader)
+
+
+@contextmanager
+def utf8_alias(name: str) -> Iterator[str]:
+    """``name``, or where it holds bytes that are not UTF-8 (surrogate escapes, which decord
+    cannot pass to FFmpeg) a symbolic link to it with a UTF-8 name, for as long as the block
+    runs: FFmpeg opens the file once, so the link can go as soon as the reader exists."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        yield name
+        return
+    with tempfile.TemporaryDirectory(prefix="maskjobs-") as tmp:
+        ext = os.path.splitext(os.fsencode(name))[1]
+        alias = os.path.join(tmp, "video" + (ext.decode() if ext.isascii() else ""))
+        os.symlink(os.path.abspath(os.fsencode(name)), alias)
+        yield alias

@@ -15,11 +15,18 @@ older than a grace period, so a concurrent writer's file is left alone).
 Two shapes:
     atomic_write(fs, path, write_fn)   pyarrow filesystems (local, S3, ...): ``write_fn(stream)``
     atomic_output(path) -> temp Path   for libraries that want a path (safetensors, ONNX, ffmpeg)
+
+Owner only: what maskjobs writes can hold faces (thumbnails in ``tracks.parquet``, the HTML
+report, annotated videos) and where and when people were seen, so a local file is written
+``0600`` (from its creation on, whatever the umask) and a folder maskjobs creates is ``0700``
+(:func:`make_dirs`). Folders that already exist keep their mode: the user chose it. Object
+stores have no modes; their access is the bucket's policy.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 import posixpath
@@ -34,6 +41,8 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from detector.errors import one_line
+
 logger = logging.getLogger(__name__)
 
 PART_SUFFIX = ".part"
@@ -43,6 +52,8 @@ PART_SUFFIX = ".part"
 # written by an earlier version still cleans it.
 _PART_NAME = re.compile(r"^\..+\.[0-9a-f]{8,}\.part$")
 _LEGACY_PREFIX = ".tmp-"
+FILE_MODE = 0o600  # every local file written here: owner read/write only
+DIR_MODE = 0o700  # every local folder created here: owner only
 
 
 def part_name(name: str) -> str:
@@ -80,6 +91,37 @@ def _fsync_dir(folder: str | Path) -> None:
         logger.debug("%s: cannot fsync the folder (%s)", folder, exc)
 
 
+def make_dirs(path: str | Path, *, fs: pafs.FileSystem | None = None) -> None:
+    """Creates ``path`` and any missing parents; on a local file system each folder created is
+    :data:`DIR_MODE` (an existing one is left as it is). On another file system: ``fs.create_dir``."""
+    if fs is not None and not isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(str(path), recursive=True)
+        return
+    missing: list[Path] = []
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, DIR_MODE)
+        except FileExistsError:  # made by a concurrent writer: theirs to keep
+            continue
+        os.chmod(folder, DIR_MODE)  # the umask may have taken bits the owner needs
+
+
+def _open_private(path: str) -> BinaryIO:
+    """A new local file open for writing, :data:`FILE_MODE` from its creation on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, FILE_MODE)  # the umask may have taken bits the owner needs
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _delete_quietly(fs: pafs.FileSystem, path: str) -> bool:
     """Removes ``path``; False if it could not be (gone already, or no permission)."""
     try:
@@ -89,17 +131,55 @@ def _delete_quietly(fs: pafs.FileSystem, path: str) -> bool:
     return True
 
 
-def atomic_write(fs: pafs.FileSystem, path: str, write_fn: Callable[[BinaryIO], None]) -> None:
+# errors that no retry mends: the write fails at once
+_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR, errno.ENOTDIR})
+WRITE_ATTEMPTS = 4
+WRITE_BACKOFF_S = 0.5
+
+
+def _transient(exc: BaseException) -> bool:
+    """An error a later attempt may not meet: a full disk being freed, an object store's
+    throttling or dropped connection (pyarrow raises those as OSError without an errno)."""
+    if isinstance(exc, OSError):
+        return exc.errno not in _PERMANENT_ERRNOS
+    return isinstance(exc, pa.ArrowException)
+
+
+def atomic_write(
+    fs: pafs.FileSystem,
+    path: str,
+    write_fn: Callable[[BinaryIO], None],
+    *,
+    attempts: int = WRITE_ATTEMPTS,
+    backoff_s: float = WRITE_BACKOFF_S,
+) -> None:
     """Writes ``path`` on ``fs`` with ``write_fn(stream)`` aside, then moves it into place.
 
-    On any exception the file written aside is removed and ``path`` is untouched. The folder
-    of ``path`` must exist on a local filesystem (object stores have no folders to create).
+    On any exception the file written aside is removed and ``path`` is untouched. A transient
+    error (:func:`_transient`: a full disk, an object store's hiccup) is retried, ``attempts``
+    in all, after ``backoff_s``, then twice that, and so on; the last error is raised.
+    ``write_fn`` may thus run more than once: it must write the same bytes each time. The
+    folder of ``path`` must exist on a local filesystem (object stores have no folders to create).
     """
+    for attempt in range(1, attempts + 1):
+        try:
+            _write_once(fs, path, write_fn)
+            return
+        except (OSError, pa.ArrowException) as exc:
+            if attempt == attempts or not _transient(exc):
+                raise
+            delay = backoff_s * 2 ** (attempt - 1)
+            logger.warning("%s: write failed (%s); attempt %d of %d in %.1f s",
+                           path, one_line(exc, limit=200), attempt + 1, attempts, delay)
+            time.sleep(delay)
+
+
+def _write_once(fs: pafs.FileSystem, path: str, write_fn: Callable[[BinaryIO], None]) -> None:
     tmp = posixpath.join(posixpath.dirname(path), part_name(posixpath.basename(path)))
     local = isinstance(fs, pafs.LocalFileSystem)
     try:
         if local:
-            with open(tmp, "wb") as f:  # local: fsync before the rename, so a crash leaves no empty file
+            with _open_private(tmp) as f:  # local: fsync before the rename, so a crash leaves no empty file
                 write_fn(f)
                 f.flush()
                 os.fsync(f.fileno())
@@ -120,13 +200,15 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
     The block (or the library it calls) creates and closes the file at the yielded path. On any
     exception it is removed, so ``path`` is either the complete new file or untouched, and no
-    partial file is left behind. Creates ``path``'s folder. Permissions follow the umask.
+    partial file is left behind. Creates ``path``'s folder (:func:`make_dirs`); the file is made
+    :data:`FILE_MODE` before it is moved into place.
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(dest.parent)
     tmp = dest.with_name(part_name(dest.name))
     try:
         yield tmp
+        os.chmod(tmp, FILE_MODE)
         _fsync_file(tmp)
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)

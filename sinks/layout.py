@@ -9,9 +9,12 @@ understand: ``file:///...``, ``s3://bucket/prefix``, ``gs://...``, ``hdfs://...`
     OUT/tracks.parquet                one row per tracked person, written at the end
     OUT/annotated/                    annotated MP4s (``maskjobs run --annotate``; local paths only)
     OUT/report.html                   ``maskjobs report``'s page (derived: cleared with the output)
+    OUT/quarantine/                   committed files found unreadable, set aside (their frames are redone)
 
 Each shard file's Parquet metadata lists, under :data:`SEGMENTS_KEY`, the frame ranges of
-the segments it holds (JSON ``[[video, first_frame, last_frame], ...]``).
+the segments it holds (JSON ``[[video, first_frame, last_frame], ...]``), and under
+:data:`INPUTS_KEY` the identity of each of its videos' files when it was decoded (JSON
+``{video: {"size": .., "mtime_ns": .., "content_hash": ..}}``; absent in files written before it).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pyarrow.fs as pafs
 from sinks.location import display_location, open_location
 
 SEGMENTS_KEY = b"maskjobs.segments"
+INPUTS_KEY = b"maskjobs.inputs"
 REPORT_NAME = "report.html"  # written by ``maskjobs report`` beside the output: derived, cleared with it
 
 class SegmentRange(NamedTuple):
@@ -80,6 +84,10 @@ class OutputLayout:
     @property
     def report_file(self) -> str:
         return posixpath.join(self.root, REPORT_NAME)
+
+    @property
+    def quarantine_dir(self) -> str:
+        return posixpath.join(self.root, "quarantine")
 
     @property
     def annotated_root(self) -> str:

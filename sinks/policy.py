@@ -12,8 +12,9 @@ from __future__ import annotations
 import pyarrow.fs as pafs
 
 from detector.errors import InputError
-from sinks.atomic import sweep
+from sinks.atomic import make_dirs, sweep
 from sinks.layout import OutputLayout
+from sinks.quarantine import quarantine_unreadable_parts
 from sinks.reader import OutputReader
 
 
@@ -41,16 +42,17 @@ def prepare_output(layout: OutputLayout, reader: OutputReader, *, fingerprint: s
         _clear(layout)
     elif previous is None and reader.parts():
         raise OutputConflictError(f"{layout.location}: holds Parquet files but no job.json; use --overwrite")
-    layout.fs.create_dir(layout.frames_dir, recursive=True)
+    make_dirs(layout.frames_dir, fs=layout.fs)  # owner only where local (sinks.atomic)
     # this run owns the location from here on: whatever is still written aside is a killed writer's
     sweep(layout.frames_dir, fs=layout.fs)
     sweep(layout.root, fs=layout.fs)
+    quarantine_unreadable_parts(layout, reader.parts())  # a damaged file costs only its own frames
 
 
 def _clear(layout: OutputLayout) -> None:
     """Deletes everything maskjobs writes under ``layout``, the report derived from it included."""
     fs = layout.fs
-    for folder in (layout.frames_dir, layout.annotated_root):
+    for folder in (layout.frames_dir, layout.annotated_root, layout.quarantine_dir):
         if layout.file_type(folder) == pafs.FileType.Directory:
             fs.delete_dir(folder)
     for path in (layout.videos_file, layout.job_file, layout.tracks_file, layout.report_file):

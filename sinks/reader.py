@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from detector.errors import InputError
-from sinks.layout import SEGMENTS_KEY, OutputLayout, SegmentRange
+from sinks.layout import INPUTS_KEY, SEGMENTS_KEY, OutputLayout, SegmentRange
 
 
 class OutputReader:
@@ -63,6 +63,16 @@ class OutputReader:
             meta = pq.read_schema(path, filesystem=self.layout.fs).metadata or {}
             segments = [(str(v), int(a), int(b)) for v, a, b in json.loads(meta.get(SEGMENTS_KEY, b"[]"))]
             out.append((path, segments))
+        return out
+
+    def part_inputs(self) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+        """Every committed shard file with the identities of its videos' files when they were
+        decoded (``{video: {"size", "mtime_ns", "content_hash"}}``; empty for files written
+        before identities were recorded)."""
+        out = []
+        for path in self.parts():
+            meta = pq.read_schema(path, filesystem=self.layout.fs).metadata or {}
+            out.append((path, json.loads(meta.get(INPUTS_KEY, b"{}"))))
         return out
 
     def read_part(self, path: str) -> pa.Table:

@@ -51,6 +51,17 @@ VIDEOS_SCHEMA = pa.schema(
         ("compliance", pa.float32()),
         ("people", pa.int64()),  # tracks (people seen) in the video
         ("people_unmasked", pa.int64()),  # tracks whose majority label is NoMask
+        ("damaged_frame", pa.int64()),  # status "partial": the sampled frame where decoding stopped
+        ("size_bytes", pa.int64()),  # the file's identity when it was processed (jobs/identity.py)
+        ("mtime_ns", pa.int64()),
+        ("content_hash", pa.string()),  # SHA-256 of its size, first and last 64 KiB
+        # what the compliance covers (jobs/results/coverage.py): the narrowest face both labels
+        # are reliably found at in the mode run, and the figures over faces at least that wide
+        ("min_face_px", pa.float32()),
+        ("faces_reliable", pa.int64()),
+        ("masked_reliable", pa.int64()),
+        ("compliance_reliable", pa.float32()),
+        ("faces_near_min", pa.int64()),  # faces narrower than 1.25 x min_face_px
         ("sampling_rate", pa.float64()),  # frames analysed per second of video (effective sampling rate)
     ]
 )

@@ -75,11 +75,20 @@ class OutputStore:
             raise InputError(f"{self.location}: cannot write the output here ({one_line(exc)})") from None
 
     # -- write ---------------------------------------------------------------------------
-    def write(self, shard_id: str, table: pa.Table, segments: Sequence[SegmentRange]) -> str:
-        """Commits one shard's rows atomically; ``segments`` are its ``(video, first, last)``.
+    def write(
+        self, shard_id: str, table: pa.Table, segments: Sequence[SegmentRange],
+        inputs: dict[str, dict[str, Any]] | None = None,
+    ) -> str:
+        """Commits one shard's rows atomically; ``segments`` are its ``(video, first, last)``,
+        ``inputs`` the identities of its videos' files (:data:`sinks.layout.INPUTS_KEY`).
 
         Returns the committed file's path on the store's filesystem."""
-        return self.writer.write_shard(shard_id, table, segments)
+        return self.writer.write_shard(shard_id, table, segments, inputs)
+
+    def drop_videos(self, path: str, videos: set[str]) -> int:
+        """Removes ``videos``' rows from committed shard file ``path`` atomically (the file goes
+        when nothing else is left); returns the rows dropped."""
+        return self.writer.drop_videos(path, videos)
 
     def replace_part(self, path: str, table: pa.Table) -> None:
         """Rewrites a committed shard file atomically, keeping its segments (:meth:`OutputWriter.replace_part`)."""
@@ -103,6 +112,10 @@ class OutputStore:
     def part_segments(self) -> list[tuple[str, list[SegmentRange]]]:
         """Every committed shard file with its ``(video, first_frame, last_frame)`` segments."""
         return self.reader.part_segments()
+
+    def part_inputs(self) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+        """Every committed shard file with its videos' file identities (:meth:`OutputReader.part_inputs`)."""
+        return self.reader.part_inputs()
 
     def read_part(self, path: str) -> pa.Table:
         """A committed shard file's rows (FRAMES_SCHEMA, without its metadata)."""

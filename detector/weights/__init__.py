@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import struct
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +20,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from detector.errors import WeightsError
+from detector.errors import WeightsError, one_line
 from detector.spec import ModelSpec, spec_for_input_size
 from detector.weights import caffe, keras, mxnet, native, paddle, pytorch, tensorflow, tflite
 from detector.weights.convert import RawWeights, from_state_dict, model_from_state, to_state_dict
+from detector.weights.limits import check_file_size, check_input_size, read_bounded
 
 if TYPE_CHECKING:
     from detector.model import AizooSSD
@@ -116,15 +119,35 @@ def _declared_input_size(path: Path) -> int | None:
     if not sidecar.is_file():
         return None
     try:
-        return keras.architecture(json.loads(sidecar.read_text()))[0]
-    except (ValueError, AttributeError, TypeError):
+        side = keras.architecture(json.loads(read_bounded(sidecar).decode("utf-8")))[0]
+    except (ValueError, AttributeError, TypeError, RecursionError):
         logger.warning("%s: ignoring an unreadable Keras JSON beside the weights", sidecar)
-    return None
+        return None
+    return None if side is None else check_input_size(sidecar, side, source="the Keras JSON")
+
+
+# What a corrupt file can make a reader raise beyond its own checks; each becomes one line.
+_READ_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, EOFError,
+                RecursionError, UnicodeError, struct.error, zipfile.BadZipFile, OSError, MemoryError)
 
 
 def read_weights(path: Path) -> RawWeights:
-    """Reads any supported weight file into :class:`RawWeights`."""
-    return detect_format(Path(path)).read(Path(path))
+    """Reads any supported weight file into :class:`RawWeights`.
+
+    The file is untrusted: whatever it holds, this returns the model's tensors or raises one
+    :class:`WeightsError` line naming the file, and allocates no more than
+    :mod:`detector.weights.limits` allows."""
+    path = Path(path)
+    importer = detect_format(path)
+    check_file_size(path)
+    try:
+        return importer.read(path)
+    except WeightsError:
+        raise
+    except _READ_ERRORS as exc:  # a reader's own checks missed this corruption: still one line
+        logger.debug("%s: %s reader failed", path, importer.name, exc_info=True)
+        raise WeightsError(path, f"not a readable {importer.name} weight file ({type(exc).__name__}: "
+                                 f"{one_line(exc, limit=120)})") from None
 
 
 def load_weights(path: Path | str, *, input_size: int | None = None) -> LoadedWeights:
@@ -148,7 +171,12 @@ def convert_weights(path: Path | str, *, input_size: int | None = None) -> Conve
 
 def convert(raw: RawWeights, *, input_size: int | None = None) -> ConvertedWeights:
     """Tensors already read -> the model's state dict, checked against its spec."""
-    size = input_size or raw.input_size or _declared_input_size(raw.path) or 260
+    if input_size:
+        size = check_input_size(raw.path, input_size, source="the requested model")
+    elif raw.input_size:
+        size = check_input_size(raw.path, raw.input_size, source=f"the {raw.format} file")
+    else:
+        size = _declared_input_size(raw.path) or 260
     spec = dataclasses.replace(spec_for_input_size(size), **native.spec_fields(raw.metadata))
     state = to_state_dict(raw, spec)
     logger.info("converted %s weights from %s (input %d)", raw.format, raw.path, size)

@@ -8,6 +8,7 @@ The published model has BatchNorm merged into its convolutions (kernels OIHW).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from detector.errors import WeightsError
 from detector.weights import _protobuf as pb
 from detector.weights.convert import RawWeights
+from detector.weights.limits import MAX_DIMS, admit, read_bounded
 
 
 def _blob(data: memoryview) -> np.ndarray:
@@ -34,7 +36,7 @@ def _blob(data: memoryview) -> np.ndarray:
     arr = pb.floats(values)
     if not shape:
         shape = [d for d in legacy if d] or [arr.size]
-    if int(np.prod(shape)) != arr.size:
+    if len(shape) > MAX_DIMS or any(d < 0 for d in shape) or math.prod(shape) != arr.size:
         raise pb.ProtobufError(f"blob of shape {shape} holds {arr.size} values")
     return arr.reshape(shape)
 
@@ -80,14 +82,14 @@ def read(path: Path) -> RawWeights:
     if not model_path.is_file():
         raise WeightsError(model_path, "the Caffe weights (.caffemodel) beside the prototxt are missing")
     try:
-        layers = _layers(model_path.read_bytes())
+        layers = _layers(read_bounded(model_path))
     except pb.ProtobufError as exc:
         raise WeightsError(model_path, f"not a valid Caffe model ({exc}); is the file truncated?") from None
     if not layers:
         raise WeightsError(model_path, "the Caffe model holds no layer with weights")
     tensors: dict[str, np.ndarray] = {}
     for name, blobs in layers.items():
-        tensors[f"{name}.weight"] = blobs[0]
-        if len(blobs) > 1:
-            tensors[f"{name}.bias"] = blobs[1]
+        for leaf, blob in zip(("weight", "bias"), blobs):
+            if admit(model_path, f"{name}.{leaf}", blob.shape, layout="OIHW"):
+                tensors[f"{name}.{leaf}"] = blob
     return RawWeights(path=model_path, format="caffe", tensors=tensors, layout="OIHW")

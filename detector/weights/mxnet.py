@@ -14,6 +14,7 @@ merged. Prefixed names (``conv2d_0weight``, ``arg:conv2d_0.weight``) are read to
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 from detector.errors import WeightsError
 from detector.weights._bytes import ByteReader
 from detector.weights.convert import RawWeights
+from detector.weights.limits import MAX_DIMS, admit, read_bounded
 
 _LIST_MAGIC = 0x112
 _ARRAY_MAGICS = {0xF993FAC8: 1, 0xF993FAC9: 2, 0xF993FACA: 3}
@@ -47,14 +49,18 @@ def _array(r: ByteReader) -> np.ndarray:
     ndim = r.unpack("<i" if version == 3 else "<I")
     if ndim <= 0:
         return np.zeros(0, np.float32)
+    if ndim > MAX_DIMS:
+        raise ValueError(f"an NDArray of {ndim} dimensions")
     shape = struct.unpack(f"<{ndim}q", r.take(8 * ndim))
+    if any(d < 0 for d in shape):
+        raise ValueError(f"an NDArray of shape {shape}")
     r.take(8)  # context: device type, device id
     flag = r.unpack("<i")
     if flag not in _DTYPES:
         raise ValueError(f"unknown NDArray dtype flag {flag}")
     dtype = np.dtype(_DTYPES[flag])
-    count = int(np.prod(shape))
-    return np.frombuffer(r.take(count * dtype.itemsize), dtype=dtype).reshape(shape)
+    count = math.prod(shape)
+    return np.frombuffer(r.take(count * dtype.itemsize), dtype=dtype).reshape(shape)  # a view: nothing allocated
 
 
 def _aizoo_key(name: str) -> str | None:
@@ -67,7 +73,7 @@ def _aizoo_key(name: str) -> str | None:
 
 def load_ndarray_list(path: Path) -> dict[str, np.ndarray]:
     """Every named array of an MXNet ``.params`` / ``nd.save`` file."""
-    r = ByteReader(path.read_bytes())
+    r = ByteReader(read_bounded(path))
     try:
         if r.unpack("<Q") != _LIST_MAGIC:
             raise WeightsError(path, "not an MXNet NDArray list (bad magic number)")
@@ -89,7 +95,7 @@ def read(path: Path) -> RawWeights:
     tensors = {}
     for name, array in load_ndarray_list(path).items():
         key = _aizoo_key(name)
-        if key is not None:
+        if key is not None and admit(path, key, array.shape, layout="OIHW"):
             tensors[key] = array.astype(np.float32)
     if not tensors:
         raise WeightsError(path, "the MXNet file holds no AIZOO layer weights")

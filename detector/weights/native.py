@@ -16,6 +16,7 @@ safetensors is a data-only format: reading it executes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 from detector.errors import WeightsError, one_line
 from detector.spec import ModelSpec, check_class_names
 from detector.weights.convert import RawWeights
+from detector.weights.limits import admit, check_file_size, default_spec
 
 FORMAT_NAME = "aizoo-ssd"
 FORMAT_VERSION = 1
@@ -71,27 +73,39 @@ def spec_fields(metadata: dict[str, str]) -> dict[str, Any]:
 def read(path: Path) -> RawWeights:
     from safetensors import SafetensorError, safe_open
 
+    check_file_size(path)
+    tensors: dict[str, np.ndarray] = {}
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = dict(f.metadata() or {})
-            tensors = {key: np.asarray(f.get_tensor(key), dtype=np.float32) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
+            spec = _check_metadata(path, metadata)
+            for key in f.keys():  # each shape checked against the model before its data is read
+                if admit(path, key, tuple(f.get_slice(key).get_shape()), layout="OIHW", spec=spec):
+                    tensors[key] = np.asarray(f.get_tensor(key), dtype=np.float32)
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
         raise WeightsError(
             path, f"not a valid safetensors file ({one_line(exc, limit=160)}); is it truncated?"
         ) from None
+    input_size = int(metadata["input_size"]) if "input_size" in metadata else None
+    return RawWeights(
+        path=path, format="native", tensors=tensors, layout="OIHW", input_size=input_size, metadata=metadata
+    )
+
+
+def _check_metadata(path: Path, metadata: dict[str, str]) -> ModelSpec:
+    """The architecture ``metadata`` describes; :class:`WeightsError` for a foreign or unreadable one."""
     version = metadata.get("format_version", str(FORMAT_VERSION))
     if metadata.get("maskjobs_format", FORMAT_NAME) != FORMAT_NAME or version != str(FORMAT_VERSION):
         found = f"{metadata.get('maskjobs_format')!r} version {version}"
         raise WeightsError(path, f"metadata says {found}, expected {FORMAT_NAME!r} version {FORMAT_VERSION}")
     _check_classes(path, metadata)
     try:
-        input_size = int(metadata["input_size"]) if "input_size" in metadata else None
-        spec_fields(metadata)  # fail here, naming the file, rather than when the model is built
+        if "input_size" in metadata:
+            int(metadata["input_size"])
+        # fail here, naming the file, rather than when the model is built
+        return dataclasses.replace(default_spec(), **spec_fields(metadata))
     except (ValueError, TypeError) as exc:
-        raise WeightsError(path, f"unreadable metadata ({exc})") from None
-    return RawWeights(
-        path=path, format="native", tensors=tensors, layout="OIHW", input_size=input_size, metadata=metadata
-    )
+        raise WeightsError(path, f"unreadable metadata ({one_line(exc, limit=160)})") from None
 
 
 def _check_classes(path: Path, metadata: dict[str, str]) -> None:

@@ -17,6 +17,7 @@ AIZOO's model: NCHW, kernels OIHW named ``<layer>_weights``, biases ``<layer>_bi
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from detector.errors import WeightsError
 from detector.weights._bytes import ByteReader
 from detector.weights import _protobuf as pb
 from detector.weights.convert import RawWeights
+from detector.weights.limits import MAX_DIMS, admit, read_bounded
 
 MODEL_FILE, PARAMS_FILE = "__model__", "__params__"
 _LOD_TENSOR = 7
@@ -110,7 +112,7 @@ def _lod_tensor_header(s: ByteReader) -> tuple[int, list[int]]:
     if not 0 < desc_size <= _MAX_DESC:
         raise ValueError(f"tensor description of {desc_size} bytes")
     dtype, dims = _tensor_desc(s.take(desc_size))
-    if dtype not in _DTYPES or any(d < 0 for d in dims):
+    if dtype not in _DTYPES or any(d < 0 for d in dims) or len(dims) > MAX_DIMS:
         raise ValueError(f"tensor of dtype {dtype} and dims {dims}")
     return dtype, dims
 
@@ -142,18 +144,18 @@ def read(path: Path) -> RawWeights:
         if not p.is_file():
             raise WeightsError(p, f"the Paddle {what} file beside {path.name} is missing")
     try:
-        variables, input_size = _program(model_path.read_bytes())
+        variables, input_size = _program(read_bounded(model_path))
     except pb.ProtobufError as exc:
         raise WeightsError(model_path, f"not a valid Paddle program ({exc}); is the file truncated?") from None
     stored = sorted((v for v in variables if v.persistable and v.lod_tensor), key=lambda v: v.name)
     if not stored:
         raise WeightsError(model_path, "the Paddle program declares no persistable tensors")
-    stream = ByteReader(params_path.read_bytes())
+    stream = ByteReader(read_bounded(params_path))
     tensors: dict[str, np.ndarray] = {}
     for var in stored:
         try:
             dtype, dims = _lod_tensor_header(stream)
-            data = stream.take(int(np.prod(dims)) * np.dtype(_DTYPES[dtype]).itemsize)
+            data = stream.take(math.prod(dims) * np.dtype(_DTYPES[dtype]).itemsize)
         except (ValueError, struct.error) as exc:  # ProtobufError is a ValueError
             raise WeightsError(params_path, f"tensor {var.name!r}: {exc}; is the file truncated?") from None
         if tuple(dims) != var.dims:
@@ -162,10 +164,10 @@ def read(path: Path) -> RawWeights:
                 f"tensor {var.name!r} is stored with dims {tuple(dims)}, the program declares {var.dims}: "
                 f"the parameters do not belong to {model_path.name}",
             )
-        array = np.frombuffer(data, dtype=_DTYPES[dtype]).reshape(dims)
         for suffix, leaf in (("_weights", "weight"), ("_bias", "bias")):
-            if var.name.endswith(suffix):
-                tensors[f"{var.name[: -len(suffix)]}.{leaf}"] = array.astype(np.float32)
+            key = f"{var.name[: -len(suffix)]}.{leaf}"
+            if var.name.endswith(suffix) and admit(params_path, key, dims, layout="OIHW"):
+                tensors[key] = np.frombuffer(data, dtype=_DTYPES[dtype]).reshape(dims).astype(np.float32)
     if stream.pos != len(stream.data):
         raise WeightsError(
             params_path, f"{len(stream.data) - stream.pos} bytes follow the last tensor the program declares"

@@ -14,7 +14,9 @@ Nothing in the graph is executed: only Const values and a few attributes are rea
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from detector.errors import WeightsError
 from detector.weights import _protobuf as pb
 from detector.weights._keras_names import aizoo_key
 from detector.weights.convert import RawWeights
+from detector.weights.limits import admit, read_bounded
 
 _FLOAT_DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 19: np.dtype("<f2")}  # DT_FLOAT, DT_DOUBLE, DT_HALF
 _OP_NAME = re.compile(rb"^[A-Z][A-Za-z0-9_]*$")
@@ -72,8 +75,9 @@ def _shape(data: memoryview) -> list[int]:
     return dims
 
 
-def _tensor(data: memoryview) -> np.ndarray | None:
-    """A float TensorProto's value (float32), or None for other dtypes."""
+def _tensor(data: memoryview, admit_shape: Callable[[list[int]], bool]) -> np.ndarray | None:
+    """A float TensorProto's value (float32); None for other dtypes, or when ``admit_shape``
+    (called with the declared shape before anything is allocated) says to skip it."""
     dtype_enum, shape, content, float_vals = 0, [], None, []
     for num, wire, val in pb.fields(data):
         if num == 1 and wire == pb.VARINT:
@@ -85,15 +89,15 @@ def _tensor(data: memoryview) -> np.ndarray | None:
         elif num == 5:
             float_vals.append(val)
     dtype = _FLOAT_DTYPES.get(dtype_enum)
-    if dtype is None:
+    if dtype is None or not admit_shape(shape):
         return None
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # admit_shape checked it against the model: small and non-negative
     if content is not None:
         if len(content) != count * dtype.itemsize:
             raise pb.ProtobufError(f"tensor of shape {shape} holds {len(content)} bytes")
         return np.frombuffer(content, dtype=dtype).astype(np.float32).reshape(shape)
     flat = pb.floats(float_vals)  # only DT_FLOAT keeps small values in float_val
-    if flat.size == 1 and count > 1:  # a splat: one value for the whole tensor
+    if flat.size == 1 and count > 1:  # a splat: one value for the whole (checked) tensor
         flat = np.full(count, flat[0], np.float32)
     if flat.size != count:
         raise pb.ProtobufError(f"tensor of shape {shape} holds {flat.size} values")
@@ -118,13 +122,13 @@ def read(path: Path) -> RawWeights:
     eps: set[float] = set()
     input_size = None
     try:
-        for num, wire, val in pb.fields(path.read_bytes()):
+        for num, wire, val in pb.fields(read_bounded(path)):
             if num != 1 or wire != pb.LEN:
                 continue
             name, op, attrs = _node(val)
             key = aizoo_key(name) if op == "Const" else None
             if key is not None and isinstance(value := _attr(attrs, "value", 8), memoryview):
-                tensor = _tensor(value)
+                tensor = _tensor(value, lambda shape, key=key: admit(path, key, shape, layout="HWIO"))
                 if tensor is not None:
                     tensors[key] = tensor
             elif op in _BATCH_NORM_OPS:

@@ -10,6 +10,7 @@ AIZOO's file was converted by TOCO from the Keras graph: NHWC, conv kernels OHWI
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from detector.errors import WeightsError
 from detector.weights import _flatbuffers as fb
 from detector.weights._keras_names import aizoo_key
 from detector.weights.convert import RawWeights
+from detector.weights.limits import admit, read_bounded
 
 _IDENTIFIER = b"TFL3"
 _FLOAT_TYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2")}  # TensorType FLOAT32, FLOAT16
@@ -38,7 +40,7 @@ def _buffer_bytes(buffer: fb.Table, data: memoryview) -> memoryview:
 
 
 def read(path: Path) -> RawWeights:
-    data = memoryview(path.read_bytes())
+    data = memoryview(read_bounded(path))
     tensors: dict[str, np.ndarray] = {}
     input_size = None
     try:
@@ -56,12 +58,14 @@ def read(path: Path) -> RawWeights:
             dtype = _FLOAT_TYPES.get(int(t.scalar(1, "<b")))
             if dtype is None:
                 raise WeightsError(path, f"tensor {t.string(3)!r} is quantized or not float; only float models load")
+            shape = [int(d) for d in t.array(0, "<i4")]
+            if not admit(path, key, shape, layout="OHWI"):
+                continue
             index = int(t.scalar(2, "<I"))
             if index >= len(buffers):
                 raise fb.FlatbufferError(f"tensor {t.string(3)!r} names buffer {index} of {len(buffers)}")
             raw = _buffer_bytes(buffers[index], data)
-            shape = [int(d) for d in t.array(0, "<i4")]
-            if len(raw) != int(np.prod(shape)) * dtype.itemsize:
+            if len(raw) != math.prod(shape) * dtype.itemsize:
                 raise WeightsError(path, f"tensor {t.string(3)!r} of shape {shape} holds {len(raw)} bytes")
             tensors[key] = np.frombuffer(raw, dtype=dtype).astype(np.float32).reshape(shape)
         inputs = graph.array(1, "<i4")

@@ -84,7 +84,7 @@ def submit(
     overwrite: OverwriteOpt = False,
     int8: Int8Opt = False,
     keyframes: KeyframesOpt = False,
-    wait: Annotated[bool, typer.Option(help="Follow the job's logs; exit with its outcome (0, 1 or 3).")] = False,
+    wait: Annotated[bool, typer.Option(help="Follow the job's logs; exit with its outcome (0, 1, 3 or 4).")] = False,
     ship_code: Annotated[
         bool,
         typer.Option(help="Ship this maskjobs code with the job (--no-ship-code: it is installed on the cluster)."),

@@ -17,6 +17,7 @@ from jobs.errors import ImageReadError, MaskjobsError
 if TYPE_CHECKING:
     from detector.detections import Detections
     from detector.predictor import FaceMaskDetector
+    from detector.tiling import TileGrid
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,10 @@ def detect_paths(
     *,
     batch_size: int = 16,
     errors: list[ImageReadError] | None = None,
+    tiles: TileGrid | str | None = None,
 ) -> Iterator[FrameResult]:
-    """Yields results per picture or frame; unreadable inputs are appended to ``errors``."""
+    """Yields results per picture or frame; unreadable inputs are appended to ``errors``.
+    ``tiles``: also detect in overlapping tiles (:mod:`detector.tiling`)."""
     from jobs.media import is_video, iter_video_batches, read_image_rgb
 
     errors = errors if errors is not None else []
@@ -51,13 +54,16 @@ def detect_paths(
         try:
             if is_video(path):
                 for idx, frames in iter_video_batches(path, batch_size):
-                    sizes = [(frames.shape[2], frames.shape[1])] * len(frames)
-                    dets = detector.detect_prepared(detector.prepare(frames), sizes)
+                    if tiles is None:
+                        sizes = [(frames.shape[2], frames.shape[1])] * len(frames)
+                        dets = detector.detect_prepared(detector.prepare(frames), sizes)
+                    else:
+                        dets = detector.detect(list(frames), tiles=tiles)
                     for i, d in zip(idx.tolist(), dets):
                         yield FrameResult(given, i, d)
             else:
                 image = read_image_rgb(path)
-                yield FrameResult(given, 0, detector.detect([image])[0])
+                yield FrameResult(given, 0, detector.detect([image], tiles=tiles)[0])
         except ImageReadError as exc:
             logger.debug("skipping %s: %s", given, exc)
             errors.append(exc)
@@ -72,16 +78,26 @@ def detect(
     iou_threshold: Annotated[float, typer.Option(help="NMS overlap threshold.", min=0.0, max=1.0)] = 0.4,
     batch_size: Annotated[int, typer.Option(help="Frames per model call.", min=1)] = 16,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array instead of a table.")] = False,
+    tiles: Annotated[
+        str,
+        typer.Option(help="Small faces: also run overlapping ROWSxCOLS tiles (e.g. 4x4), 'auto' (32 px faces) or 'off'."),
+    ] = "off",
 ) -> None:
     """Run the detector on pictures and video frames, without Ray."""
     from detector.predictor import FaceMaskDetector
+    from detector.tiling import parse_tiles
     from jobs.weight_cache import resolve_weights
+
+    try:
+        grid = parse_tiles(tiles)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tiles") from None
 
     detector = FaceMaskDetector(
         resolve_weights(weights), score_threshold=score_threshold, iou_threshold=iou_threshold
     )
     errors: list[MaskjobsError] = []
-    results = detect_paths(detector, paths, batch_size=batch_size, errors=errors)
+    results = detect_paths(detector, paths, batch_size=batch_size, errors=errors, tiles=grid)
     if as_json:
         typer.echo(json.dumps([r.to_json() for r in results]))
     else:

@@ -69,6 +69,14 @@ KeyframesOpt = Annotated[
         "videos.parquet's sampling_rate says how many frames a second that was).",
     ),
 ]
+TilesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tiles",
+        help="Small faces: also run the frame cut into overlapping ROWSxCOLS tiles (e.g. 4x4), or 'auto' "
+        "for 32 px faces (detector.tiles_target_px), or 'off'. Costs about one frame's time per tile.",
+    ),
+]
 AnnotateOpt = Annotated[
     bool, typer.Option("--annotate", help="Also write OUT/annotated/<video>.mp4: boxes, track ids, compliance.")
 ]
@@ -84,6 +92,7 @@ def run_overrides(
     annotate: bool = False,
     int8: bool = False,
     keyframes: bool = False,
+    tiles: str | None = None,
 ) -> dict[str, Any]:
     """The flags shared by ``run`` and ``submit``, as :func:`jobs.config.resolve_config` overrides."""
     return {
@@ -94,4 +103,5 @@ def run_overrides(
         "annotate.enabled": True if annotate else None,
         "detector.int8": True if int8 else None,
         "sampling.keyframes": True if keyframes else None,
+        "detector.tiles": tiles,
     }

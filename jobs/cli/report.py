@@ -43,7 +43,7 @@ def summary(directory: DirArg) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from jobs.results.report import clock, load_output, percent, totals
+    from jobs.results.report import clock, load_output, percent, totals, video_counts
 
     out = load_output(directory)
     t = totals(out)
@@ -51,7 +51,7 @@ def summary(directory: DirArg) -> None:
     head.add_column("figure")
     head.add_column("value", justify="right")
     for name, value in (
-        ("videos", f"{t['videos']} ({t['done']} done, {t['failed']} failed)"),
+        ("videos", f"{t['videos']} ({video_counts(t)})"),
         ("video time", clock(t["duration_s"])),
         ("frames analysed", f"{t['frames']:,}"),
         ("faces", f"{t['faces']:,}"),
@@ -64,12 +64,18 @@ def summary(directory: DirArg) -> None:
     ):
         head.add_row(name, value)
     per = Table(title="videos")
-    for col in ("video", "status", "duration", "compliance", "people", "unmasked people"):
+    cols = ("video", "status", "duration", "compliance", "people", "unmasked people", "min face px",
+            "compliance >= min", "faces near/below min")
+    for col in cols:
         per.add_column(col, justify="left" if col in ("video", "status") else "right")
     for r in out.videos.sort_values("video").to_dict("records"):
+        limit = r.get("min_face_px")
+        covered = limit is not None and pd.notna(limit)  # absent in outputs of older versions
         per.add_row(
             r["video"], r["status"], clock(r["duration_s"]) if pd.notna(r["duration_s"]) else "–",
             percent(r["compliance"]), str(int(r.get("people") or 0)), str(int(r.get("people_unmasked") or 0)),
+            f"{limit:.0f}" if covered else "–", percent(r.get("compliance_reliable")) if covered else "–",
+            str(int(r.get("faces_near_min") or 0)) if covered else "–",
         )
     console = Console(width=120)
     console.print(head)

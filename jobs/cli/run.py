@@ -14,6 +14,8 @@ from jobs.cli.options import (
     AnnotateOpt, BatchSizeOpt, ConfigOpt, FpsOpt, InputsArg, Int8Opt, OutOpt, OverwriteOpt, StrideOpt, WeightsOpt,
     errors_to_exit_codes, run_overrides,
 )
+from jobs.cli.options import TilesOpt
+from jobs.errors import MaskjobsError, one_line
 
 if TYPE_CHECKING:
     from jobs.config import JobConfig
@@ -22,6 +24,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 commands = typer.Typer()
+
+EXIT_DONE = 0  # every video done
+EXIT_VIDEOS_FAILED = 1  # some videos failed; every other one finished
+EXIT_CRASHED = 3  # the job itself crashed (as ``submit --wait``'s "the job failed")
+EXIT_PARTIAL = 4  # no video failed, some are partial: cut off mid-recording, frames before the damage kept
 
 
 @commands.command()
@@ -39,24 +46,38 @@ def run(
     annotate: AnnotateOpt = False,
     int8: Int8Opt = False,
     keyframes: KeyframesOpt = False,
+    tiles: TilesOpt = None,
 ) -> None:
     """Run the batch job: every video's sampled frames through the detector, into Parquet.
 
-    Exit code 0 when every video is done, 1 when any failed (after all others finished).
+    Exit code 0 when every video is done, 1 when any failed (after all others finished), 4 when
+    none failed but some are partial (cut off mid-recording: the frames before the damage are
+    kept), 2 for bad input (nothing run), 3 when the job itself crashed (one line; rerun to resume).
     """
     from jobs.config import resolve_config
 
     overrides = run_overrides(
-        stride=stride, fps=fps, batch_size=batch_size, weights=weights, annotate=annotate, int8=int8,
+        stride=stride, fps=fps, batch_size=batch_size, weights=weights, annotate=annotate, int8=int8, tiles=tiles,
         keyframes=keyframes,
     )
     cfg = resolve_config(config, {**overrides, "ray.address": address})
-    code = run_command(inputs, out, cfg, overwrite=overwrite)
+    try:
+        code = run_command(inputs, out, cfg, overwrite=overwrite)
+    except MaskjobsError:
+        raise
+    except Exception as exc:  # a crash of the job itself, not of a video: its own exit code, one line
+        logger.debug("the job crashed", exc_info=True)
+        typer.echo(
+            f"error: the job crashed ({type(exc).__name__}: {one_line(exc, limit=300)}); "
+            "what was committed is kept, run the same command again to resume (-v shows the traceback)",
+            err=True,
+        )
+        raise typer.Exit(EXIT_CRASHED) from None
     raise typer.Exit(code)
 
 
 def run_command(inputs: list[str], out: str, config: JobConfig, *, overwrite: bool) -> int:
-    """Runs the job; returns the exit code (0 all done, 1 some videos failed).
+    """Runs the job; returns the exit code (0 all done, 1 some videos failed, 4 some partial).
 
     ``out`` is a local path or a URI that pyarrow's filesystems understand (``s3://...``).
     Ray and the pipeline are imported here, not at start-up, so ``maskjobs --help`` stays fast.
@@ -70,7 +91,7 @@ def run_command(inputs: list[str], out: str, config: JobConfig, *, overwrite: bo
     from jobs.weight_cache import resolve_weights
     from sinks.store import OutputStore
 
-    videos = discover(inputs)
+    videos = discover(inputs, exclude=[] if "://" in out else [out])  # never its own output as input
     weights = WeightsPayload.from_converted(convert_weights(resolve_weights(config.detector.weights)))
     sink = OutputStore(out)
     progress = Progress()
@@ -86,7 +107,11 @@ def run_command(inputs: list[str], out: str, config: JobConfig, *, overwrite: bo
     print_summary(result, fps)
     for v in result.failed:
         sys.stderr.write(f"error: {v['path']}: {v['error']}\n")
-    return 1 if result.failed else 0
+    for v in result.partial:
+        sys.stderr.write(f"warning: {v['path']}: partial: {v['error']}\n")
+    if result.failed:
+        return EXIT_VIDEOS_FAILED
+    return EXIT_PARTIAL if result.partial else EXIT_DONE
 
 
 def print_summary(result: JobResult, fps: float) -> None:
@@ -106,3 +131,16 @@ def print_summary(result: JobResult, fps: float) -> None:
             str(v["unmasked"]), comp, str(v["people"]), str(v["people_unmasked"]),
         )
     Console(width=120).print(table)
+    _print_coverage(result)
+
+
+def _print_coverage(result: JobResult) -> None:
+    """Per video, what its compliance covers (``jobs/results/coverage.py``)."""
+    for v in result.videos:
+        if v.get("min_face_px") is None:
+            continue
+        comp = "-" if v["compliance_reliable"] is None else f"{v['compliance_reliable']:.1%}"
+        typer.echo(
+            f"{v['video']}: faces >= {v['min_face_px']:.0f} px (both labels reliably found): {v['faces_reliable']}, "
+            f"compliance {comp}; {v['faces_near_min']} faces near or below that size"
+        )

@@ -7,6 +7,9 @@ A thin layer over :class:`ray.job_submission.JobSubmissionClient`. What it adds:
   sends it when ``RAY_AUTH_MODE=token`` is set); a head that refuses us is one line
   saying what to set;
 * ``--address`` wins over ``$RAY_ADDRESS`` (Ray's client lets the variable win);
+* the token never travels in clear text to another machine: a plain ``http://`` address
+  (or one without a scheme) is refused unless it is this machine (loopback) or the user
+  opts in with ``$MASKJOBS_ALLOW_PLAIN_HTTP_TOKEN=1`` (:func:`check_token_transport`);
 * a job's outcome as maskjobs' exit code (:func:`outcome_code`).
 """
 
@@ -29,11 +32,13 @@ logger = logging.getLogger(__name__)
 ADDRESS_ENV = "RAY_ADDRESS"
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+PLAIN_HTTP_ENV = "MASKJOBS_ALLOW_PLAIN_HTTP_TOKEN"
 
 # Exit codes of `maskjobs submit --wait` (and `maskjobs run` inside the job).
 EXIT_DONE = 0
 EXIT_VIDEOS_FAILED = 1
 EXIT_JOB_FAILED = 3
+EXIT_PARTIAL = 4  # no video failed, some are partial (``maskjobs run``'s code, passed on)
 
 # Ray's client modules set INFO on their own loggers (package uploads, websocket closed).
 _RAY_CLIENT_LOGGERS = ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk")
@@ -59,6 +64,49 @@ def find_token() -> Token | None:
         if value:
             return Token(value, str(path))
     return None
+
+
+def _host(address: str) -> tuple[str, str]:
+    """``(scheme, host)`` of a Jobs API address; no scheme means ``http`` (as Ray's client reads it)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"http://{address}")
+    return parts.scheme.lower(), (parts.hostname or "").lower()
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", "auto") or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def check_token_transport(address: str, token: Token | None) -> None:
+    """Refuses to send ``token`` in clear text to another machine.
+
+    Allowed: no token; an ``https://`` address; a loopback host (``localhost``, 127.0.0.0/8,
+    ``::1``); or ``$MASKJOBS_ALLOW_PLAIN_HTTP_TOKEN=1`` (e.g. a private network or an SSH tunnel
+    the user trusts). Anything else raises :class:`ClusterError` before a byte is sent.
+    """
+    if token is None:
+        return
+    scheme, host = _host(address)
+    if scheme == "https" or _is_loopback(host):
+        return
+    if os.environ.get(PLAIN_HTTP_ENV, "").strip().lower() in ("1", "true", "yes"):
+        logger.warning("sending the Ray token from %s to %s over plain %s (%s is set)", token.source, host, scheme,
+                       PLAIN_HTTP_ENV)
+        return
+    raise ClusterError(
+        f"refusing to send the Ray token from {token.source} to {address} over plain {scheme}: anyone on the "
+        f"network could read it; use https://, an SSH tunnel to localhost, or set {PLAIN_HTTP_ENV}=1 to send it anyway"
+    )
 
 
 @contextmanager
@@ -90,6 +138,7 @@ class Cluster:
             raise ClusterError(f"no Ray cluster: pass --address http://HEAD:8265 or set {ADDRESS_ENV}")
         self.address = address
         self.token = find_token()
+        check_token_transport(address, self.token)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         from ray.exceptions import AuthenticationError
         from ray.job_submission import JobSubmissionClient
@@ -104,7 +153,7 @@ class Cluster:
                 self.client = JobSubmissionClient(address, headers=headers)
         except AuthenticationError as exc:
             raise ClusterError(_auth_message(address, exc, self.token)) from None
-        except (ConnectionError, OSError, ValueError) as exc:
+        except (ConnectionError, OSError, ValueError, RuntimeError) as exc:  # RuntimeError: not a Jobs API
             raise ClusterError(
                 f"cannot reach the Ray Jobs API at {address} ({one_line(exc)}); "
                 "is the head up and its dashboard port reachable from here?"
@@ -177,12 +226,15 @@ class Cluster:
 
 
 def outcome_code(info: Any) -> int:
-    """A finished job as maskjobs' exit code: 0 done, 1 videos failed, 3 job failed or stopped."""
+    """A finished job as maskjobs' exit code: 0 done, 1 videos failed, 3 job failed or stopped,
+    4 no video failed but some are partial."""
     status = str(getattr(info.status, "value", info.status))
     if status == "SUCCEEDED":
         return EXIT_DONE
     if status == "FAILED" and info.driver_exit_code == EXIT_VIDEOS_FAILED and not _crashed(info.message):
         return EXIT_VIDEOS_FAILED
+    if status == "FAILED" and info.driver_exit_code == EXIT_PARTIAL:
+        return EXIT_PARTIAL
     return EXIT_JOB_FAILED
 
 

@@ -93,10 +93,16 @@ class DetectorActor:
             raise RuntimeError("int8 detector actor used before calibrate()")
         sizes = list(zip(batch["width"].tolist(), batch["height"].tolist()))
         clock = time.process_time()
-        dets = self.detector.detect_prepared(batch["frames"], sizes)
+        if not len(batch["frame"]):
+            dets = []
+        elif "per_frame" in batch:  # tiled: every frame's pictures in one model call, merged per frame
+            tiles = np.split(batch["tiles"], np.cumsum(batch["per_frame"])[:-1])
+            dets = self.detector.detect_tiles_prepared(batch["frames"], tiles, sizes)
+        else:
+            dets = self.detector.detect_prepared(batch["frames"], sizes)
         counts = np.array([len(d) for d in dets], dtype=np.int32)
         n = len(counts)
-        return DetectedBatch(
+        out = DetectedBatch(
             video=batch["video"],
             frame=batch["frame"],
             time_s=batch["time_s"],
@@ -107,6 +113,9 @@ class DetectorActor:
             decode_cpu_s=batch.get("decode_cpu_s", np.zeros(n, np.float32)),
             detect_cpu_s=np.full(n, (time.process_time() - clock) / max(n, 1), np.float32),
         )
+        if "damaged" in batch:  # a video cut off mid-recording: the driver marks it partial
+            out["damaged"] = batch["damaged"]
+        return out
 
     def frame_counts(self) -> dict[str, Any]:
         """The backend, frames whose int8 outputs were kept, and frames run again in float32."""

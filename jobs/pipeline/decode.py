@@ -7,13 +7,15 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
 from detector.preprocess import resize_rgb
-from jobs.pipeline.plan import Shard
+from detector.tiling import cut_tiles, resolve_grid, tile_boxes
+from jobs.pipeline.plan import Segment, Shard
 from jobs.pipeline.records import DecodedBatch
-from jobs.video import VideoReadError, open_video
+from jobs.video import OpenVideo, VideoReadError, open_video
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ class DecodeError(RuntimeError):
 
 
 def decode_shard(
-    shard: Shard, *, input_size: int, batch_size: int, threads: int = 1
+    shard: Shard, *, input_size: int, batch_size: int, threads: int = 1, tiles: object = None,
+    target_px: float = 32.0,
 ) -> Iterator[str | DecodedBatch]:
     """Yields ``STARTED`` once the task runs, then batches (:class:`~jobs.pipeline.records.DecodedBatch`:
     ``{video (B,), frame (B,), time_s (B,), width (B,), height (B,), frames (B, S, S, 3) uint8
@@ -60,13 +63,17 @@ def decode_shard(
     generator waits on Ray's backpressure would fill memory with full-size frames and
     spend CPU on frames past the segment's end. So each segment is read straight through,
     keeping only resized frames (``S*S*3`` bytes each), and its reader is closed before
-    the segment's last batch is handed over. The caller sizes the generator's
+    the segment's last batch is handed over. ``tiles`` (a :class:`~detector.tiling.TileGrid`,
+    ``"auto"`` for ``target_px`` faces, or ``None``): each frame also yields its overlapping
+    tiles (``tiles`` and ``per_frame`` in the batch), ``per_frame`` times the bytes. The caller sizes the generator's
     backpressure to a whole shard, which is what bounds memory: about ``shard frames x
     S*S*3`` bytes per running task, whatever the video's length or resolution.
     """
     with _opencv_threads(1):  # the task holds one CPU: OpenCV's pool made each resize cost 1.8x the CPU
         yield STARTED
-        yield from _decode_segments(shard, input_size=input_size, batch_size=batch_size, threads=threads)
+        yield from _decode_segments(
+            shard, input_size=input_size, batch_size=batch_size, threads=threads, tiles=tiles, target_px=target_px,
+        )
 
 
 @contextmanager
@@ -82,42 +89,137 @@ def _opencv_threads(n: int) -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
-def _decode_segments(shard: Shard, *, input_size: int, batch_size: int, threads: int) -> Iterator[DecodedBatch]:
-    """:func:`decode_shard`'s batches, segment by segment."""
+def _decode_segments(
+    shard: Shard, *, input_size: int, batch_size: int, threads: int, tiles: object = None, target_px: float = 32.0,
+) -> Iterator[DecodedBatch]:
+    """:func:`decode_shard`'s batches, segment by segment.
+
+    A segment whose video cannot be opened raises :class:`DecodeError` (the shard fails and is
+    retried). A video that opens but stops decoding part-way (a recording cut off mid-write, a
+    damaged stretch) is not a failure of the shard: the frames before the damage are yielded,
+    then one batch of no frames whose ``damaged`` says where and why
+    (:data:`~jobs.pipeline.records.DecodedBatch`), and the shard goes on with its next segment.
+    """
     for seg in shard.segments:
         _inject_fault(seg.path)
         try:
             video = open_video(seg.path, threads=threads)
-            frames = np.asarray(seg.frames, dtype=np.int64)
-            stream = video.read(frames)
-            image = None
-            pending: DecodedBatch | None = None  # a finished batch is handed over once the next one is read
-            clock = time.process_time()
-            for start in range(0, len(frames), batch_size):
-                idx = frames[start : start + batch_size]
-                small = np.empty((len(idx), input_size, input_size, 3), np.uint8)
-                for j in range(len(idx)):
-                    image = next(stream)
-                    small[j] = resize_rgb(image, input_size)
-                stamps = video.timestamps(idx)
-                n = len(idx)
-                now = time.process_time()
-                cpu = np.full(n, (now - clock) / n, np.float32)
-                if pending is not None:
-                    yield pending
-                clock = time.process_time()  # the hand-over's own cost is not decoding
-                pending = DecodedBatch(
-                    video=np.array([seg.video] * n, dtype=object),
-                    frame=idx,
-                    time_s=stamps,
-                    width=np.full(n, image.shape[1], np.int32),
-                    height=np.full(n, image.shape[0], np.int32),
-                    frames=small,
-                    decode_cpu_s=cpu,
-                )
         except VideoReadError as exc:  # named by the video's id: the driver records it against the video
             raise DecodeError(f"{seg.video}: {exc.cause}") from None
-        del stream, image  # stops decord's read-ahead before the last hand-over
-        video.close()
+        yield from _decode_segment(
+            seg, video, input_size=input_size, batch_size=batch_size, threads=threads, tiles=tiles, target_px=target_px,
+        )
+
+
+MAX_REOPENS = 16  # reopenings of a damaged video to get back frames decoded ahead of its damage
+
+
+class _Frames:
+    """The (H, W, 3) frames of ``seg`` in order, from ``video``; where decoding fails, the video
+    is opened again at the failing frame, as long as that gets further.
+
+    decord decodes ahead on its own thread and reports an error when that thread meets it, not
+    when the caller reaches it: frames already decoded before the damage would be lost, more or
+    fewer with timing. Reopening at the frame reported (a seek decodes up to it before returning)
+    gets them back, so the frames kept do not depend on timing. ``damaged`` is then set to
+    ``{"video", "frame", "error"}``: the first sampled frame that could not be decoded."""
+
+    def __init__(self, seg: Segment, video: OpenVideo, threads: int) -> None:
+        self.seg, self.video, self.threads = seg, video, threads
+        self.damaged: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        frames = np.asarray(self.seg.frames, dtype=np.int64)
+        pos, reopens = 0, 0
+        while pos < len(frames):
+            start = pos
+            try:
+                for image in self.video.read(frames[pos:]):
+                    yield image
+                    pos += 1
+            except VideoReadError as exc:
+                if pos == start or reopens >= MAX_REOPENS:  # no further than last time: the damage
+                    self.damaged = {"video": self.seg.video, "frame": int(frames[pos]), "error": exc.cause}
+                    return
+                reopens += 1
+                self.video.close()
+                try:
+                    self.video = open_video(self.seg.path, threads=self.threads)
+                except VideoReadError as again:
+                    self.damaged = {"video": self.seg.video, "frame": int(frames[pos]), "error": again.cause}
+                    return
+
+
+def _decode_segment(
+    seg: Segment, video: OpenVideo, *, input_size: int, batch_size: int, threads: int, tiles: object = None,
+    target_px: float = 32.0,
+) -> Iterator[DecodedBatch]:
+    frames = np.asarray(seg.frames, dtype=np.int64)
+    source = _Frames(seg, video, threads)
+    stream = iter(source)
+    image = None
+    boxes = None  # the frames' tile boxes, (T, 4), once the first frame's size is known; None: whole frames
+    per = 1  # model inputs per frame
+    pending: DecodedBatch | None = None  # a finished batch is handed over once the next one is read
+    clock = time.process_time()
+    for start in range(0, len(frames), batch_size):
+        idx = frames[start : start + batch_size]
+        small = None
+        done = 0
+        for image in stream:
+            if small is None:
+                if tiles is not None and boxes is None:
+                    grid = resolve_grid(tiles, image.shape[1], image.shape[0], target_px=target_px, input_size=input_size)
+                    boxes = tile_boxes(image.shape[1], image.shape[0], grid) if grid is not None else None
+                    per = 1 if boxes is None else len(boxes)
+                small = np.empty((len(idx) * per, input_size, input_size, 3), np.uint8)
+            if boxes is None:
+                small[done] = resize_rgb(image, input_size)
+            else:
+                cut_tiles(image, boxes, input_size, out=small[done * per : (done + 1) * per])
+            done += 1
+            if done == len(idx):
+                break
+        if small is None:
+            small = np.empty((0, input_size, input_size, 3), np.uint8)
+        idx, small = idx[:done], small[: done * per]
+        stamps = np.zeros(0)
+        if done:
+            try:
+                stamps = source.video.timestamps(idx)
+            except VideoReadError as exc:
+                source.damaged = {"video": seg.video, "frame": int(idx[0]), "error": exc.cause}
+                idx, small = idx[:0], small[:0]
+        n = len(idx)
+        cpu = np.full(n, (time.process_time() - clock) / max(n, 1), np.float32)
         if pending is not None:
             yield pending
+        clock = time.process_time()  # the hand-over's own cost is not decoding
+        pending = None if n == 0 else DecodedBatch(
+            video=np.array([seg.video] * n, dtype=object),
+            frame=idx,
+            time_s=stamps,
+            width=np.full(n, image.shape[1], np.int32),
+            height=np.full(n, image.shape[0], np.int32),
+            frames=small,
+            decode_cpu_s=cpu,
+        )
+        if pending is not None and boxes is not None:
+            pending["tiles"] = np.tile(boxes, (n, 1))
+            pending["per_frame"] = np.full(n, per, np.int32)
+        if source.damaged is not None:
+            logger.warning("%s: decoding stopped at frame %d (%s); the frames before it are kept",
+                           seg.video, source.damaged["frame"], source.damaged["error"])
+            break
+    damaged = source.damaged
+    del stream, image  # stops decord's read-ahead before the last hand-over
+    source.video.close()
+    if pending is not None:
+        yield pending
+    if damaged is not None:
+        yield DecodedBatch(
+            video=np.zeros(0, object), frame=np.zeros(0, np.int64), time_s=np.zeros(0),
+            width=np.zeros(0, np.int32), height=np.zeros(0, np.int32),
+            frames=np.zeros((0, input_size, input_size, 3), np.uint8), decode_cpu_s=np.zeros(0, np.float32),
+            damaged=damaged,
+        )

@@ -34,18 +34,22 @@ from typing import Any
 
 from jobs.config import DetectorConfig, JobConfig
 from jobs.errors import ConfigError, one_line
-from jobs.inputs import VideoInput
+from jobs.identity import identify_all
+from jobs.inputs import VideoInput, escape_name
 from jobs.pipeline.actor import DetectorActor, WeightsPayload
 from jobs.pipeline.pool import ActorPool
 from jobs.pipeline.calibrate import pick_calibration, start_calibration
-from jobs.pipeline.commit import commit_shard
+from jobs.pipeline.commit import commit_shard, damage_notes
 from jobs.pipeline.decode import decode_shard
 from jobs.pipeline.plan import Shard, decoded_frames, plan_shards, sample_frames, shard_sizes
 from jobs.pipeline.probe import ProbeError, probe_video
 from jobs.pipeline.ray_private import StreamingTask
 from jobs.pipeline.records import DetectedBatch
+from jobs.pipeline.resume import drop_changed_videos
 from jobs.pipeline.scheduler import Scheduler, ShardRun
+from jobs.pipeline.tiles import job_tiles, pictures_per_frame
 from jobs.pipeline.sizing import DecoderTuner, Sizing, WorkCosts, plan_costs, prior_costs, size_job
+from jobs.results.coverage import add_coverage, video_coverage
 from jobs.results.tracks import finish_tracks
 from jobs.video import ProbedVideo, VideoInfo
 from sinks.store import OutputStore
@@ -63,7 +67,12 @@ class JobResult:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        return [v for v in self.videos if v["status"] != "done"]
+        return [v for v in self.videos if v["status"] == "failed"]
+
+    @property
+    def partial(self) -> list[dict[str, Any]]:
+        """Videos cut off mid-recording: their frames before the damage are committed."""
+        return [v for v in self.videos if v["status"] == "partial"]
 
 
 def _probe_all(ray: Any, videos: list[VideoInput], timeout_s: float) -> tuple[dict[str, VideoInfo], dict[str, str]]:
@@ -140,6 +149,7 @@ def _decode_task(
     )
     return functools.partial(
         task.remote, input_size=input_size, batch_size=batch_size, threads=config.resources.decode_threads,
+        tiles=job_tiles(config.detector), target_px=config.detector.tiles_target_px,
     )
 
 
@@ -157,6 +167,7 @@ class _ShardLoop:
     on_frames: Callable[[int], None]
     on_batch: Callable[[DetectedBatch], None] = lambda out: None  # every batch's detections, as they come back
     on_tick: Callable[[], None] = lambda: None  # once per turn of the loop
+    on_damage: Callable[[list[dict[str, Any]]], None] = lambda notes: None  # committed ``damaged`` notes
 
     def run(self) -> None:
         """Runs until every shard has committed or failed (see ``scheduler.failures``)."""
@@ -215,9 +226,11 @@ class _ShardLoop:
                 self._fail(run, one_line(exc, limit=300))
                 return
         if run.complete:
-            error = self.commit(run.shard, run.in_order())
+            parts = run.in_order()
+            error = self.commit(run.shard, parts)
             if error is None:
                 self.scheduler.finish(run)
+                self.on_damage(damage_notes(parts))
             else:
                 self._fail(run, error)
         elif (stall := self.scheduler.stalled(run, now)) is not None:
@@ -274,6 +287,9 @@ def run_job(
     sizing = size_job(ray.cluster_resources(), config, prior_costs(config))
     job = _job_record(config, weights, videos, started)
     committed = sink.start(job, fingerprint=config.result_fingerprint(weights.sha256), overwrite=overwrite)
+    identities = identify_all({v.video: v.path for v in videos})
+    if drop_changed_videos(sink, identities):  # a replaced or re-encoded file: from scratch
+        committed = sink.committed_ranges()
 
     factory, pool = _start_detectors(ray, config, weights, sizing)  # they load the model while the videos are probed
     t0 = time.monotonic()
@@ -282,9 +298,11 @@ def run_job(
     probed = [ProbedVideo(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]
     if config.detector.int8:
         job["int8_calibration"] = _start_int8(ray, probed, config, pool, factory, input_size=weights.spec.input_size)
+    per_frame = pictures_per_frame(probed, config.detector, input_size=weights.spec.input_size)  # tiles: > 1
     shards = plan_shards(
         probed, config.sampling, committed=committed,
-        **shard_sizes(config.sampling, shard_frames=config.planning.shard_frames, pack_frames=config.planning.pack_frames),
+        **shard_sizes(config.sampling, shard_frames=max(1, config.planning.shard_frames // per_frame),
+                      pack_frames=config.planning.pack_frames // per_frame),
     )
     tuner = DecoderTuner(sizing, config, _planned_costs(shards, probed, config))
     if (resized := tuner.update(ray.cluster_resources())) is not None:
@@ -298,18 +316,26 @@ def run_job(
     batch_size = config.detector.batch_size
     if batch_size is None:  # on GPU the actor sizes batches to its card; CPUs gain nothing past 16
         batch_size = ray.get(pool.actors[0].batch_size.remote()) if factory.use_gpu and shards else 16
+        batch_size = max(1, batch_size // per_frame) if factory.use_gpu else batch_size
     t0 = time.monotonic()
     scheduler = Scheduler(
         shards, max_retries=config.planning.max_retries, shard_timeout_s=config.planning.shard_timeout_s,
         max_decoders=sizing.decoders,
     )
+    damaged: dict[str, dict[str, Any]] = {}  # video -> its first damage note (decoding stopped there)
+
+    def on_damage(notes: list[dict[str, Any]]) -> None:
+        for note in notes:
+            if note["video"] not in damaged or note["frame"] < damaged[note["video"]]["frame"]:
+                damaged[note["video"]] = note
+
     decoders = _Decoders(functools.partial(_decode_task, ray, config, batch_size=batch_size,
                                            input_size=weights.spec.input_size), sizing.decode_cpus)
     loop = _ShardLoop(
         ray=ray, scheduler=scheduler, pool=pool,
         start_decode=decoders,
-        commit=functools.partial(commit_shard, sink, class_names=weights.spec.class_names),
-        on_frames=on_frames,
+        commit=functools.partial(commit_shard, sink, class_names=weights.spec.class_names, inputs=identities),
+        on_frames=on_frames, on_damage=on_damage,
         on_batch=functools.partial(_observe, tuner),
         on_tick=functools.partial(_retune, ray, tuner, scheduler, decoders, t0),
     )
@@ -326,9 +352,13 @@ def run_job(
         timings["tracks_s"] = time.monotonic() - t0
     finally:
         pool.close()
-    rows = _video_rows(videos, infos, failures, sink.frame_totals(), people, config)
+    rows = _video_rows(videos, infos, failures, sink.frame_totals(), people, config, damaged=damaged,
+                       identities=identities)
+    sizes = [(p.video, p.info.width, p.info.height) for p in probed]
+    rows = add_coverage(rows, video_coverage(sink, sizes, config.detector, input_size=weights.spec.input_size))
+    statuses = {r["status"] for r in rows}
     job.update(
-        status="done" if not any(r["status"] != "done" for r in rows) else "failed",
+        status="failed" if "failed" in statuses else "partial" if "partial" in statuses else "done",
         finished=datetime.now(timezone.utc).isoformat(),
         fingerprint=config.result_fingerprint(weights.sha256),
         sizing={"detector_workers": sizing.detector_workers, "detector_threads": sizing.detector_threads,
@@ -419,22 +449,39 @@ def _video_rows(
     totals: dict[str, dict[str, int]],
     people: dict[str, dict[str, int]],
     config: JobConfig,
+    *,
+    damaged: dict[str, dict[str, Any]] | None = None,
+    identities: dict[str, dict[str, Any] | None] | None = None,
 ) -> list[dict[str, Any]]:
     """``videos.parquet`` rows: each video's status and error, probe facts, committed totals
-    (``totals``, from the sink) and tracked people (``people``, from the tracks pass)."""
+    (``totals``, from the sink) and tracked people (``people``, from the tracks pass).
+
+    Status: ``done``; ``partial`` when its video stopped decoding part-way (``damaged``: the
+    frames before it are committed, ``damaged_frame`` says where); ``failed``; and ``absent``
+    for a video with committed rows that is not among this run's inputs (its rows are kept).
+    """
+    damaged, identities = damaged or {}, identities or {}
     rows = []
     for v in videos:
         info = infos.get(v.video)
         t = totals.get(v.video, {"frames": 0, "faces": 0, "masked": 0, "unmasked": 0})
         error = failures.get(v.video)
+        damage = damaged.get(v.video) if error is None else None
         sampled = len(sample_frames(info, config.sampling)) if info is not None else 0
-        if error is None and info is not None and t["frames"] != sampled:
+        if damage is not None and info is not None and t["frames"] < sampled:
+            error = (f"decoding stopped at frame {damage['frame']} ({damage['error']}); "
+                     f"{t['frames']} of {sampled} sampled frames kept")
+        elif error is None and info is not None and t["frames"] != sampled:
             error = f"{t['frames']} of {sampled} sampled frames committed"
+            damage = None
+        else:
+            damage = None
+        identity = identities.get(v.video) or {}
         rows.append(
             {
                 "video": v.video,
-                "path": v.path,
-                "status": "failed" if error else "done",
+                "path": escape_name(v.path),  # text: a name that is not UTF-8 escaped
+                "status": "partial" if damage is not None else "failed" if error else "done",
                 "error": error,
                 "frames_total": info.frames_total if info else None,
                 "frames_processed": t["frames"],
@@ -448,6 +495,22 @@ def _video_rows(
                 "unmasked": t["unmasked"],
                 "compliance": (t["masked"] / t["faces"]) if t["faces"] else None,
                 **people.get(v.video, {"people": 0, "people_unmasked": 0}),
+                "damaged_frame": damage["frame"] if damage is not None else None,
+                "size_bytes": identity.get("size"),
+                "mtime_ns": identity.get("mtime_ns"),
+                "content_hash": identity.get("content_hash"),
+            }
+        )
+    given = {v.video for v in videos}
+    for video in sorted(set(totals) - given):  # committed by an earlier run over other inputs
+        t = totals[video]
+        rows.append(
+            {
+                "video": video, "path": None, "status": "absent",
+                "error": f"not among this run's inputs; its {t['frames']} committed frames are kept",
+                "frames_processed": t["frames"], "faces": t["faces"], "masked": t["masked"],
+                "unmasked": t["unmasked"], "compliance": (t["masked"] / t["faces"]) if t["faces"] else None,
+                **people.get(video, {"people": 0, "people_unmasked": 0}),
             }
         )
     return rows

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from jobs.video import VideoInfo, VideoReadError, open_video
+from jobs.video import VideoInfo, VideoReadError, open_video, utf8_alias
 
 __all__ = ["ProbeError", "probe_video"]
 
@@ -21,7 +21,8 @@ class ProbeError(RuntimeError):
 def _fourcc(path: str) -> str:
     import cv2
 
-    cap = cv2.VideoCapture(path)
+    with utf8_alias(path) as openable:  # OpenCV crashes on a name that is not UTF-8
+        cap = cv2.VideoCapture(openable)
     try:
         code = int(cap.get(cv2.CAP_PROP_FOURCC)) if cap.isOpened() else 0
     finally:

@@ -8,7 +8,7 @@ frame (B) except the detections, which have one row per detection (K = ``counts.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -23,6 +23,14 @@ class DecodedBatch(TypedDict):
     height: np.ndarray  # (B,) int32
     frames: np.ndarray  # (B, S, S, 3) uint8 RGB, resized to the model's input size S
     decode_cpu_s: np.ndarray  # (B,) float32: CPU seconds decoding took, per frame (the batch's, spread)
+    # only on a segment's last item when its video is damaged (a recording cut off): the
+    # sampled frame where decoding failed and why, {"video", "frame", "error"} (see Damage)
+    damaged: NotRequired[dict[str, Any]]
+    # Tiled detection (detector.tiles): ``frames`` is (N, S, S, 3), each frame's pictures (the
+    # whole frame, then its tiles) in turn; ``tiles`` (N, 4) int64 their boxes in frame pixels,
+    # ``per_frame`` (B,) int32 how many are each frame's. Absent: one whole picture per frame.
+    tiles: NotRequired[np.ndarray]
+    per_frame: NotRequired[np.ndarray]
 
 
 class DetectedBatch(TypedDict):
@@ -38,6 +46,7 @@ class DetectedBatch(TypedDict):
     boxes: np.ndarray  # (K, 4) float32 x1, y1, x2, y2 in source pixels
     decode_cpu_s: np.ndarray  # (B,) float32: the decoded batch's, passed through
     detect_cpu_s: np.ndarray  # (B,) float32: CPU seconds detection took, per frame (the batch's, spread)
+    damaged: NotRequired[dict[str, Any]]  # passed on from the DecodedBatch
 
 
 def empty_detections() -> DetectedBatch:

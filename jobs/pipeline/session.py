@@ -42,6 +42,7 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
                 _start_embedded(
                     ray,
                     address="local",
+                    _node_ip_address=LOOPBACK,
                     num_cpus=cfg.num_cpus or local_cpus(),  # affinity and container quota, not os.cpu_count()
                     num_gpus=cfg.num_gpus,
                     include_dashboard=False,
@@ -60,6 +61,8 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
             watchdog.wait()
 
 
+LOOPBACK = "127.0.0.1"
+
 START_UP_PATCHES = "the embedded Ray's start-up patches (no HTTP API, no autoscaler, node polled)"
 
 
@@ -67,17 +70,60 @@ def _start_embedded(ray: Any, **init: Any) -> None:
     """``ray.init(**init)`` with :func:`_without_http_api_and_autoscaler` on a tested Ray
     (:mod:`jobs.pipeline.ray_private`). Any exception while the patches are applied or Ray
     starts under them stops what that start left running and starts Ray as Ray does: a
-    patch that no longer fits costs the seconds it saved, never the job."""
+    patch that no longer fits costs the seconds it saved, never the job. Either way Ray
+    starts on loopback only (:func:`_on_loopback`)."""
     if ray_private.tested(START_UP_PATCHES) and not ray.is_initialized():
         before = descendants(os.getpid())
         try:
-            with _without_http_api_and_autoscaler():
+            with _without_http_api_and_autoscaler(), _on_loopback():
                 ray.init(**init)
+            _check_loopback(ray)
             return
         except Exception as exc:  # any trouble, not only a missing name: Ray's own start
             ray_private.fall_back(START_UP_PATCHES, exc)
             _stop_failed_start(ray, before)
-    ray.init(**init)
+    with _on_loopback():
+        ray.init(**init)
+    _check_loopback(ray)
+
+
+@contextmanager
+def _on_loopback() -> Iterator[None]:
+    """Lets ``ray.init(_node_ip_address="127.0.0.1")`` keep that address.
+
+    Ray's GCS, raylet, workers and agents listen on every interface unless their node's
+    address is exactly 127.0.0.1, and ``ray.init`` replaces a loopback ``_node_ip_address``
+    by the machine's outward address unless Ray's cluster mode is off (it is on by default
+    on Linux: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``). An embedded Ray is one node on this
+    machine, so cluster mode is turned off around its ``ray.init`` (Ray 2.60's
+    ``ray_constants.ENABLE_RAY_CLUSTER``); a Ray without that switch starts as it would,
+    and :func:`_check_loopback` warns."""
+    try:
+        import ray._private.ray_constants as ray_constants
+    except ImportError:
+        yield
+        return
+    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        yield
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _check_loopback(ray: Any) -> None:
+    """Warns when the embedded Ray's node is not on loopback (its ports then face the network)."""
+    try:
+        address = ray.util.get_node_ip_address()
+    except Exception as exc:  # any trouble asking: say so, the job goes on
+        logger.warning("could not tell which address the embedded Ray listens on (%s)", one_line(exc))
+        return
+    if address != LOOPBACK:
+        logger.warning("the embedded Ray listens on %s, not only on %s: its ports are reachable from the network",
+                       address, LOOPBACK)
 
 
 def _stop_failed_start(ray: Any, before: dict[int, int]) -> None:

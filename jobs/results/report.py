@@ -21,6 +21,8 @@ import pandas as pd
 
 from detector.spec import MASK
 from jobs.errors import InputError
+from jobs.results.manifest import read_manifest
+from sinks.atomic import atomic_output
 from sinks.layout import REPORT_NAME
 
 logger = logging.getLogger(__name__)
@@ -59,8 +61,7 @@ def load_output(root: Path) -> JobOutput:
     )
     job_file = root / "job.json"
     job = json.loads(job_file.read_text()) if job_file.is_file() else {}
-    manifest = root / "annotated" / "manifest.json"
-    annotated = {v: e["file"] for v, e in json.loads(manifest.read_text()).items()} if manifest.is_file() else {}
+    annotated = {v: e["file"] for v, e in read_manifest(root / "annotated", set_aside=False).items()}
     return JobOutput(root, videos, tracks, frames, job, annotated)
 
 
@@ -73,7 +74,9 @@ def totals(out: JobOutput) -> dict[str, Any]:
     return {
         "videos": len(v),
         "done": int((v.status == "done").sum()),
-        "failed": int((v.status != "done").sum()),
+        "partial": int((v.status == "partial").sum()),  # cut off mid-recording: frames before the damage kept
+        "absent": int((v.status == "absent").sum()),  # rows of an earlier run's input, kept
+        "failed": int((~v.status.isin(["done", "partial", "absent"])).sum()),
         "duration_s": float(v.duration_s.fillna(0).sum()),
         "frames": int(v.frames_processed.sum()),
         "faces": faces,
@@ -84,6 +87,13 @@ def totals(out: JobOutput) -> dict[str, Any]:
         "people_unmasked": unmasked_people,
         "people_compliance": (people - unmasked_people) / people if people else None,
     }
+
+
+def video_counts(t: dict[str, Any]) -> str:
+    """``"3 done, 1 partial, 1 failed"`` (partial and absent only where there are some)."""
+    parts = [f"{t['done']} done"]
+    parts += [f"{t[k]} {k}" for k in ("partial", "absent") if t.get(k)]
+    return ", ".join([*parts, f"{t['failed']} failed"])
 
 
 def clock(seconds: float) -> str:
@@ -212,7 +222,7 @@ def _e(x: Any) -> str:
 
 def _cards(t: dict[str, Any]) -> str:
     cards = [
-        ("videos", f"{t['videos']}", f"{t['done']} done, {t['failed']} failed", "bad" if t["failed"] else ""),
+        ("videos", f"{t['videos']}", video_counts(t), "bad" if t["failed"] or t["partial"] else ""),
         ("video time", clock(t["duration_s"]), f"{t['frames']:,} frames analysed", ""),
         ("face compliance", percent(t["compliance"]), f"{t['masked']:,} of {t['faces']:,} faces masked", ""),
         ("people", f"{t['people']:,}", "tracked across frames", ""),
@@ -270,9 +280,21 @@ def _video_sections(out: JobOutput, report_dir: Path) -> str:
         sections.append(
             f'<div class="video" data-video="{_e(r["video"])}"><b>{_e(r["video"])}</b> '
             f'<span class="muted">{_e(r["status"])} · compliance {percent(r.get("compliance"))} · '
-            f'{int(people)} people, {int(r.get("people_unmasked") or 0)} unmasked{link}</span>{chart}</div>'
+            f'{int(people)} people, {int(r.get("people_unmasked") or 0)} unmasked{link}</span>{_coverage(r)}{chart}</div>'
         )
     return "".join(sections)
+
+
+def _coverage(r: dict[str, Any]) -> str:
+    """What the video's compliance covers (``jobs/results/coverage.py``); empty for older outputs."""
+    limit = r.get("min_face_px")
+    if limit is None or pd.isna(limit):
+        return ""
+    return (
+        f'<p class="muted">faces at least {limit:.0f} px wide (both labels reliably found at this size in the '
+        f'mode run): {int(r.get("faces_reliable") or 0):,}, compliance {percent(r.get("compliance_reliable"))}; '
+        f'{int(r.get("faces_near_min") or 0):,} faces near or below that size</p>'
+    )
 
 
 def _thumbnails(tracks: pd.DataFrame) -> str:
@@ -320,7 +342,8 @@ def write_report(root: Path, output: Path | None = None) -> Path:
     """Writes the report of the job in ``root`` (default ``root/report.html``); returns its path."""
     out = load_output(root)
     path = output or root / REPORT_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(out, path.resolve()), encoding="utf-8")
+    page = render_html(out, path.resolve())
+    with atomic_output(path) as tmp:  # whole or not at all, owner only: it shows faces
+        tmp.write_text(page, encoding="utf-8")
     logger.info("report: %s", path)
     return path

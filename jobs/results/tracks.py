@@ -32,6 +32,7 @@ from detector.spec import MASK, NO_MASK
 from jobs.config import JobConfig, SamplingConfig
 from jobs.errors import one_line
 from jobs.video import VideoInfo, keyframe_before
+from jobs.results.manifest import MANIFEST, read_manifest
 from jobs.results.render import VideoDetections, render_video
 from sinks.atomic import atomic_output, sweep
 from sinks.store import OutputStore
@@ -40,7 +41,6 @@ from jobs.results.bytetrack import track_sequence
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 
 
 def sampled_rate(info: VideoInfo, sampling: SamplingConfig) -> float:
@@ -153,7 +153,7 @@ class _Manifest:
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / MANIFEST
-        self.entries: dict[str, dict[str, Any]] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.entries: dict[str, dict[str, Any]] = read_manifest(folder, set_aside=True)
 
     def current(self, video: str, digest: str, folder: Path) -> bool:
         entry = self.entries.get(video)

@@ -158,6 +158,30 @@ def test_to_dict_has_every_section_and_key() -> None:
     assert data["planning"]["shard_frames"] == 1024 and data["sampling"] == {"stride": 1, "fps": None, "keyframes": False}
 
 
+@pytest.mark.parametrize(("value", "expected"), [("3x3", "3x3"), ("auto", "auto"), (None, "off")])
+def test_tiles_is_a_detector_setting(value: str | None, expected: str) -> None:
+    assert resolve_config(None, {"detector.tiles": value}).detector.tiles == expected
+
+
+@pytest.mark.parametrize("bad", ["3", "0x2", "big", "3x3x3"])
+def test_bad_tiles_are_one_line_config_errors(bad: str) -> None:
+    with pytest.raises(ConfigError, match="detector.tiles must be off, auto or ROWSxCOLS") as info:
+        resolve_config(None, {"detector.tiles": bad})
+    assert "\n" not in str(info.value) and bad in str(info.value)
+
+
+def test_tiles_join_the_fingerprint_only_when_on(tmp_path: Path) -> None:
+    base = JobConfig()
+    fp = base.result_fingerprint("abc")
+    off = tmp_path / "off.yaml"
+    off.write_text("detector:\n  tiles: off\n")  # YAML reads a bare off as false: still off
+    assert resolve_config(off).result_fingerprint("abc") == fp
+    tiled = dataclasses.replace(base, detector=dataclasses.replace(base.detector, tiles="4x4"))
+    assert tiled.result_fingerprint("abc") != fp
+    auto = dataclasses.replace(base, detector=dataclasses.replace(base.detector, tiles="auto"))
+    assert auto.result_fingerprint("abc") not in (fp, tiled.result_fingerprint("abc"))
+
+
 def test_keyframes_sampling_from_the_file_or_a_flag_and_alone(tmp_path: Path) -> None:
     assert resolve_config(None, {"sampling.keyframes": True}).sampling == SamplingConfig(keyframes=True)
     assert resolve_config(_file(tmp_path, "sampling:\n  keyframes: true\n")).sampling.keyframes

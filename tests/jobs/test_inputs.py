@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobs.errors import InputError
-from jobs.inputs import VideoInput, discover
+from jobs.inputs import VideoInput, discover, escape_name
 from jobs.media import VIDEO_EXTENSIONS
 
 
@@ -67,10 +67,12 @@ def test_a_relative_input_gives_absolute_paths(tmp_path: Path, monkeypatch: pyte
     assert discover(["videos"]) == [VideoInput("a.mp4", str(tmp_path / "videos" / "a.mp4"))]
 
 
-def test_several_inputs_are_merged_and_sorted_by_id(tmp_path: Path) -> None:
+def test_several_inputs_are_merged_and_named_under_their_common_folder(tmp_path: Path) -> None:
     _touch(tmp_path, "one/c.mp4", "one/a.mp4", "two/b.mp4", "d.mov")
     found = discover([str(tmp_path / "two"), str(tmp_path / "d.mov"), str(tmp_path / "one")])
-    assert _ids(found) == ["a.mp4", "b.mp4", "c.mp4", "d.mov"]
+    assert _ids(found) == ["d.mov", "one/a.mp4", "one/c.mp4", "two/b.mp4"]
+    for item in found:
+        assert Path(item.path) == tmp_path / item.video
 
 
 def test_the_same_video_given_twice_is_listed_once(tmp_path: Path) -> None:
@@ -78,13 +80,104 @@ def test_the_same_video_given_twice_is_listed_once(tmp_path: Path) -> None:
     assert _ids(discover([str(tmp_path), str(tmp_path / "a.mp4"), str(tmp_path)])) == ["a.mp4"]
 
 
-def test_two_videos_with_the_same_id_are_refused(tmp_path: Path) -> None:
-    _touch(tmp_path, "north/cam.mp4", "south/cam.mp4")
-    with pytest.raises(InputError) as info:
-        discover([str(tmp_path / "north"), str(tmp_path / "south")])
-    message = str(info.value)
-    assert "same video id 'cam.mp4'" in message and "\n" not in message
-    assert str(tmp_path / "north" / "cam.mp4") in message and str(tmp_path / "south" / "cam.mp4") in message
+def test_the_same_file_name_in_two_folders_gives_two_ids(tmp_path: Path) -> None:
+    """Issue 17 item 3: ``run cams1/ cams2/`` with the same name in both was refused whole."""
+    _touch(tmp_path, "north/cam.mp4", "south/cam.mp4", "south/other.mp4")
+    found = discover([str(tmp_path / "north"), str(tmp_path / "south")])
+    assert _ids(found) == ["north/cam.mp4", "south/cam.mp4", "south/other.mp4"]
+    # argument order does not matter
+    assert discover([str(tmp_path / "south"), str(tmp_path / "north")]) == found
+
+
+def test_folders_with_the_same_name_in_different_places_are_told_apart(tmp_path: Path) -> None:
+    _touch(tmp_path, "site1/cams/cam.mp4", "site2/cams/cam.mp4")
+    found = discover([str(tmp_path / "site1" / "cams"), str(tmp_path / "site2" / "cams")])
+    assert _ids(found) == ["site1/cams/cam.mp4", "site2/cams/cam.mp4"]
+
+
+def test_a_file_inside_a_given_folder_is_one_video(tmp_path: Path) -> None:
+    """``run vids/ vids/sub/a.mp4`` processed one file twice, as ``a.mp4`` and ``sub/a.mp4``."""
+    _touch(tmp_path, "vids/sub/a.mp4", "vids/b.mp4")
+    vids = tmp_path / "vids"
+    for inputs in ([vids, vids / "sub" / "a.mp4"], [vids / "sub" / "a.mp4", vids], [vids, vids / "sub"]):
+        found = discover([str(p) for p in inputs])
+        assert _ids(found) == ["b.mp4", "sub/a.mp4"], inputs
+
+
+def test_a_folder_spelt_two_ways_is_one_input_with_the_same_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``vids`` and ``vids/../vids`` gave different paths (and a symlink to it another input)."""
+    _touch(tmp_path, "vids/a.mp4", "vids/sub/b.mp4")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "alias").symlink_to(tmp_path / "vids")
+    plain = discover(["vids"])
+    assert discover(["vids/../vids"]) == plain
+    assert discover([str(tmp_path / "alias")]) == plain
+    assert discover(["vids", "vids/../vids", "alias", "./vids/"]) == plain
+    assert _ids(plain) == ["a.mp4", "sub/b.mp4"]
+
+
+def test_the_output_folder_inside_an_input_folder_is_not_searched(tmp_path: Path) -> None:
+    """An ``--out`` inside the input folder must not feed its annotated MP4s back in."""
+    _touch(tmp_path, "vids/a.mp4", "vids/results/annotated/a.mp4.mp4", "vids/results/annotated/x.mp4")
+    found = discover([str(tmp_path / "vids")], exclude=[str(tmp_path / "vids" / "results")])
+    assert _ids(found) == ["a.mp4"]
+    # spelt another way, or relative: the same folder
+    found = discover([str(tmp_path / "vids")], exclude=[str(tmp_path / "vids" / "." / "results" / "")])
+    assert _ids(found) == ["a.mp4"]
+
+
+def test_appledouble_files_are_not_videos(tmp_path: Path) -> None:
+    _touch(tmp_path, "a.mp4", "._a.mp4", "sub/._b.MOV", "sub/b.mov")
+    assert _ids(discover([str(tmp_path)])) == ["a.mp4", "sub/b.mov"]
+
+
+def test_a_file_name_that_is_not_utf8_is_found_and_its_id_escaped(tmp_path: Path) -> None:
+    """Issue 17 item 1: ``caf\\xe9.mp4`` (Latin-1) must get a text id, and still be opened by its name."""
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9.mp4")
+    with open(raw, "wb") as f:
+        f.write(b"bytes")
+    _touch(tmp_path, "plain.mp4")
+    found = discover([str(tmp_path)])
+    assert _ids(found) == ["caf\\xe9.mp4", "plain.mp4"]
+    assert found[0].video.encode("utf-8")  # valid text, so Parquet can hold it
+    assert os.fsencode(found[0].path) == raw  # opened by its real name
+    assert escape_name(found[0].path) == str(tmp_path / "caf\\xe9.mp4")
+
+
+def test_escape_name_leaves_text_alone() -> None:
+    assert escape_name("caméra/é.mp4") == "caméra/é.mp4"
+    assert escape_name(os.fsdecode(b"\xff\xfe.mp4")) == "\\xff\\xfe.mp4"
+
+
+@pytest.mark.slow  # spawns a process (dropping root, who reads every folder, where it runs as root)
+def test_an_unreadable_folder_is_reported_by_name() -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # under /tmp: a dropped user can reach it
+        root = Path(tmp)
+        root.chmod(0o755)
+        _touch(root, "vids/a.mp4", "vids/locked/b.mp4")
+        locked = root / "vids" / "locked"
+        locked.chmod(0)
+        code = (
+            "import logging, os, sys\n"
+            "from jobs.inputs import discover\n"
+            "if os.geteuid() == 0:\n"
+            "    os.setgid(65534); os.setuid(65534)\n"
+            "logging.basicConfig(stream=sys.stderr, format='%(levelname)s %(message)s')\n"
+            f"print([v.video for v in discover([{str(root / 'vids')!r}])])\n"
+        )
+        try:
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                  cwd=Path(__file__).resolve().parents[2])
+        finally:
+            locked.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['a.mp4']"
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and str(locked) in warnings[0] and "cannot read" in warnings[0], proc.stderr
 
 
 def test_a_missing_input_is_refused(tmp_path: Path) -> None:

@@ -139,3 +139,36 @@ def test_a_folder_that_refuses_fsync_still_gets_the_file(tmp_path: Path, monkeyp
         tmp.write_bytes(b"more")
     assert target.read_bytes() == b"data" and (tmp_path / "y.bin").read_bytes() == b"more"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.parquet", "y.bin"]
+
+
+# -- issue 17 item 16: outputs are the owner's only -------------------------------------------------
+
+
+@pytest.fixture
+def loose_umask():
+    """The usual umask 022 (files 0644, folders 0755 by default), whatever the test runner's."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_files_written_are_owner_only_whatever_the_umask(tmp_path: Path, loose_umask) -> None:
+    with atomic_output(tmp_path / "new" / "deeper" / "cam.mp4") as tmp:  # creates its folders
+        tmp.write_bytes(b"video")  # a library (ffmpeg) creates it with the umask's mode
+    target = tmp_path / "new" / "deeper" / "tracks.parquet"
+    atomic_write(pafs.LocalFileSystem(), str(target), lambda f: f.write(b"faces"))
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert modes == {
+        "new": 0o700, "new/deeper": 0o700, "new/deeper/tracks.parquet": 0o600, "new/deeper/cam.mp4": 0o600,
+    }
+
+
+def test_an_existing_folder_keeps_its_mode(tmp_path: Path, loose_umask) -> None:
+    from sinks.atomic import make_dirs
+
+    (tmp_path / "shared").mkdir(mode=0o755)
+    make_dirs(tmp_path / "shared" / "mine")
+    assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "shared" / "mine").stat().st_mode & 0o777 == 0o700

@@ -89,3 +89,31 @@ def test_detect_every_frame_of_a_video(
     assert [o["frame"] for o in out] == list(range(30))
     labels = [sorted(d["label"] for d in o["detections"]) for o in out]
     assert sum(lab == ["Mask", "NoMask"] for lab in labels) >= 25
+
+
+def test_detect_tiles_finds_a_small_face(runner: CliRunner, caffe_weights: Path, unmasked_photo: Path, tmp_path: Path) -> None:
+    """A 48 px face in a 1920x1080 picture: whole-frame mode finds nothing, ``--tiles 4x4`` finds it."""
+    import cv2
+    import numpy as np
+
+    photo = read_rgb(unmasked_photo)
+    s = 48 / (278.7 - 182.1)  # the reference's face box on the photo is 96.6 px wide
+    small = cv2.resize(photo, (round(photo.shape[1] * s), round(photo.shape[0] * s)), interpolation=cv2.INTER_AREA)
+    frame = np.full((1080, 1920, 3), 90, np.uint8)
+    frame[500 : 500 + small.shape[0], 700 : 700 + small.shape[1]] = small
+    path = tmp_path / "far.png"
+    cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    whole = runner.invoke(app, ["detect", str(path), "--weights", str(caffe_weights), "--json"])
+    assert whole.exit_code == 0, whole.output
+    assert json.loads(whole.stdout)[0]["detections"] == []
+    tiled = runner.invoke(app, ["detect", str(path), "--weights", str(caffe_weights), "--json", "--tiles", "4x4"])
+    assert tiled.exit_code == 0, tiled.output
+    dets = json.loads(tiled.stdout)[0]["detections"]
+    assert [d["label"] for d in dets] == ["NoMask"]
+    assert 700 < dets[0]["x1"] < dets[0]["x2"] < 700 + small.shape[1]
+
+
+def test_detect_bad_tiles_is_exit_2(runner: CliRunner, caffe_weights: Path, masked_photo: Path) -> None:
+    result = runner.invoke(app, ["detect", str(masked_photo), "--weights", str(caffe_weights), "--tiles", "3by3"])
+    assert result.exit_code == 2
+    assert "ROWSxCOLS" in result.output

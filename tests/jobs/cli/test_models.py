@@ -236,13 +236,13 @@ BAD_FILES = {  # format, how to break a copy of its file, which file, what the e
         "keras",
         _keras_with_an_unconverted_kernel,
         None,
-        "layer 'cls_0_conv' has shape (3, 3, 8, 64)",
+        "layer 'cls_0_conv' has shape (8, 64, 3, 3) (HWIO), the model expects (3, 3, 64, 8)",
     ),
     "tensorflow-wrong-tensor-size": (
         "tensorflow",
         _tf_kernel_of_the_wrong_shape,
         None,
-        "shape [3, 3, 3, 31] holds 3456 bytes",
+        "layer 'conv2d_0' has shape (3, 3, 3, 31) (HWIO), the model expects (3, 3, 3, 32)",
     ),
 }
 

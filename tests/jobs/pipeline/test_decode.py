@@ -114,3 +114,26 @@ def test_sampled_frames_between_are_skipped_not_converted(video_set) -> None:
     batches = [b for b in decode_shard(shard, input_size=260, batch_size=16) if b is not STARTED]
     cpu = np.concatenate([b["decode_cpu_s"] for b in batches])
     assert len(cpu) == len(range(0, 400, 7)) and (cpu > 0).all() and cpu.dtype == np.float32
+
+
+def test_decode_shard_cuts_tiles(video_set) -> None:
+    """With ``tiles``, every frame yields its whole picture and its tiles, as ``cut_tiles`` cuts them."""
+    from detector.tiling import TileGrid, cut_tiles, tile_boxes
+
+    path = str(video_set.root / "long.mp4")
+    frames = (3, 10, 11, 40)
+    shard = Shard("s", (Segment("long.mp4", path, frames),))
+    grid = TileGrid(2, 3)
+    batches = [b for b in decode_shard(shard, input_size=64, batch_size=3, tiles=grid) if b is not STARTED]
+    assert [len(b["frame"]) for b in batches] == [3, 1]
+    ref = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    boxes = tile_boxes(480, 272, grid)
+    for b in batches:
+        assert b["per_frame"].tolist() == [7] * len(b["frame"])
+        assert b["frames"].shape == (7 * len(b["frame"]), 64, 64, 3)
+        assert np.array_equal(b["tiles"], np.tile(boxes, (len(b["frame"]), 1)))
+        for j, i in enumerate(b["frame"].tolist()):
+            want = cut_tiles(ref.get_batch([i]).asnumpy()[0], boxes, 64)
+            assert np.array_equal(b["frames"][7 * j : 7 * (j + 1)], want)
+    plain = [b for b in decode_shard(shard, input_size=64, batch_size=3) if b is not STARTED]
+    assert "tiles" not in plain[0] and plain[0]["frames"].shape == (3, 64, 64, 3)

@@ -1,0 +1,69 @@
+"""``maskjobs run`` over messy file sets (issue 17, items 1 and 3): names that are not UTF-8,
+the output inside the input folder, the same name in two folders. Real Ray, videos, Parquet."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from benchmarks.videogen import Scene, write_video
+from jobs.cli.main import app
+
+pytestmark = pytest.mark.slow  # every test runs `maskjobs run` on real videos and a real local Ray
+
+
+def _run(*args: str):
+    return CliRunner().invoke(app, ["run", *args], catch_exceptions=False)
+
+
+def test_a_name_that_is_not_utf8_is_processed_and_escaped_and_the_output_never_feeds_back(
+    tmp_path: Path, scene: Scene, ffmpeg: str, caffe_weights: Path
+) -> None:
+    vids = tmp_path / "vids"
+    (vids / "cams1").mkdir(parents=True)
+    (vids / "cams2").mkdir()
+    latin1 = os.fsdecode(os.path.join(os.fsencode(vids), b"caf\xe9.mp4"))  # a Latin-1 NAS export
+    write_video(Path(latin1), scene, 30, ffmpeg=ffmpeg, gop=10)
+    write_video(vids / "cams1" / "cam.mp4", scene, 20, ffmpeg=ffmpeg, gop=10)
+    write_video(vids / "cams2" / "cam.mp4", scene, 24, ffmpeg=ffmpeg, gop=10)
+    (vids / "._cam.mp4").write_bytes(b"\x00\x05\x16\x07AppleDouble metadata")
+    out = vids / "results"  # --out inside the input folder
+    args = [str(vids), "--out", str(out), "--weights", str(caffe_weights), "--annotate"]
+
+    first = _run(*args)
+    assert first.exit_code == 0, first.output
+    assert "Traceback" not in first.output
+    videos = pd.read_parquet(out / "videos.parquet").set_index("video")
+    assert sorted(videos.index) == ["caf\\xe9.mp4", "cams1/cam.mp4", "cams2/cam.mp4"]
+    assert (videos.status == "done").all(), videos.error.to_dict()
+    assert videos.loc["caf\\xe9.mp4", "frames_processed"] == 30
+    assert videos.loc["caf\\xe9.mp4", "path"] == str(vids / "caf\\xe9.mp4")
+    assert videos.loc["caf\\xe9.mp4", "faces"] > 0
+    frames = pq.read_table(out / "frames").to_pandas()
+    assert (frames.video == "caf\\xe9.mp4").sum() == 30
+    assert (out / "annotated" / "caf\\xe9.mp4.mp4").is_file()
+
+    # the annotated MP4s now sit inside the input folder: a rerun must not take them as inputs;
+    # and what a crash or a disk error leaves (item 11) costs only what it damaged: an empty
+    # manifest, a folder written aside, a shard file cut short
+    (out / "annotated" / "manifest.json").write_text("")
+    (out / "annotated" / ".tmp-left" / "inner").mkdir(parents=True)
+    (out / "annotated" / ".tmp-left" / "inner" / "x.mp4").write_bytes(b"half")
+    part = sorted((out / "frames").glob("part-*.parquet"))[0]
+    lost = pq.read_table(part).num_rows
+    part.write_bytes(part.read_bytes()[:100])
+    again = _run(*args)
+    assert again.exit_code == 0, again.output  # JSONDecodeError / "cannot write the output here" before
+    assert sorted(pd.read_parquet(out / "videos.parquet").video) == sorted(videos.index)
+    frames = pq.read_table(out / "frames", columns=["video", "frame"]).to_pandas()
+    assert len(frames) == 30 + 20 + 24 and not frames.duplicated().any()  # the cut file's frames redone
+    assert len(list((out / "quarantine").iterdir())) == 1 and lost > 0
+    assert len(list((out / "annotated").glob("manifest.json.corrupt-*"))) == 1
+    manifest = json.loads((out / "annotated" / "manifest.json").read_text())
+    assert sorted(manifest) == sorted(videos.index)  # drawn again, every one

@@ -1,0 +1,73 @@
+"""A recording cut off mid-write (issue 17, item 4): the decode task keeps the frames before the
+damage, whatever its consumer's pace, says where it stopped, and goes on with its next video."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.videogen import Scene, write_video
+from jobs.pipeline.decode import STARTED, decode_shard
+from jobs.pipeline.plan import Segment, Shard
+
+pytestmark = pytest.mark.slow  # decodes real videos
+
+
+@pytest.fixture(scope="module")
+def cut(tmp_path_factory: pytest.TempPathFactory, scene: Scene, ffmpeg: str) -> tuple[Path, Path, int]:
+    import decord
+
+    root = tmp_path_factory.mktemp("damage")
+    whole, fast = root / "whole.mp4", root / "fast.mp4"
+    write_video(whole, scene, 120, ffmpeg=ffmpeg, gop=12)
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-i", str(whole), "-c", "copy", "-movflags", "+faststart",
+                    str(fast)], check=True)
+    data = fast.read_bytes()
+    path = root / "cut.mp4"
+    path.write_bytes(data[: int(len(data) * 0.6)])
+    reader = decord.VideoReader(str(path), num_threads=1)
+    decodable = 0
+    try:
+        for _ in range(len(reader)):  # read without pausing: decord's read-ahead stays behind
+            reader.next()
+            decodable += 1
+    except Exception:  # decord raises RuntimeError / DECORDError at the damage
+        pass
+    good = root / "good.mp4"
+    write_video(good, scene, 10, ffmpeg=ffmpeg, gop=5)
+    return path, good, decodable
+
+
+def _decode(shard: Shard, pause_s: float) -> list:
+    items = []
+    for item in decode_shard(shard, input_size=64, batch_size=8):  # raised DecodeError, every frame lost, before
+        items.append(item)
+        time.sleep(pause_s)  # a consumer slower than decord's read-ahead (as Ray's hand-over can be)
+    return items
+
+
+def test_the_frames_before_the_damage_are_kept_at_any_pace(cut: tuple[Path, Path, int]) -> None:
+    path, good, decodable = cut
+    assert 12 < decodable < 120
+    shard = Shard("s", (Segment("cut.mp4", str(path), tuple(range(120))), Segment("good.mp4", str(good), (0, 4, 9))))
+    stops = []
+    for pause_s in (0.0, 0.3, 0.0):
+        items = _decode(shard, pause_s)
+        assert items[0] == STARTED
+        batches = items[1:]
+        notes = [b["damaged"] for b in batches if "damaged" in b]
+        assert len(notes) == 1 and notes[0]["video"] == "cut.mp4", notes
+        stop = notes[0]["frame"]
+        assert "decoding failed" in notes[0]["error"]
+        cut_frames = np.concatenate([b["frame"] for b in batches if len(b["frame"]) and b["video"][0] == "cut.mp4"])
+        assert cut_frames.tolist() == list(range(stop))  # every frame before the damage, in order, once
+        assert batches[-1]["video"].tolist() == ["good.mp4"] * 3  # the next video of the shard goes on
+        assert all(b["frames"].shape[1:] == (64, 64, 3) for b in batches)
+        stops.append(stop)
+    # the same frames whatever the pace (decord alone loses those it decoded ahead), and no fewer
+    # than one uninterrupted read of the file gets
+    assert len(set(stops)) == 1 and stops[0] >= decodable, (stops, decodable)
