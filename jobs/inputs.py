@@ -26,6 +26,8 @@ from pathlib import Path
 
 from jobs.errors import InputError
 from jobs.media import VIDEO_EXTENSIONS
+from jobs.remote import is_remote, list_videos, local_path
+from sinks.location import display_location
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,9 @@ def discover(inputs: list[str], *, exclude: list[str] | tuple[str, ...] = ()) ->
     (e.g. the job's output) are not searched. Raises :class:`InputError` for a missing input
     or no video at all.
     """
+    if any(is_remote(i) for i in inputs):
+        return _with_remote(inputs, exclude)
+    inputs = [local_path(i) for i in inputs]  # file:///... is a local path
     roots: list[tuple[str, str]] = []  # (real path, as given)
     for given in inputs:
         if not os.path.exists(given):
@@ -125,4 +130,21 @@ def discover(inputs: list[str], *, exclude: list[str] | tuple[str, ...] = ()) ->
         by_id[vid] = item
     if not by_id:
         raise InputError(f"no video files found in {', '.join(escape_name(i) for i in inputs)}")
+    return [by_id[k] for k in sorted(by_id)]
+
+
+def _with_remote(inputs: list[str], exclude: list[str] | tuple[str, ...]) -> list[VideoInput]:
+    """:func:`discover` with URIs among ``inputs`` (object storage, HTTP: :mod:`jobs.remote`): a
+    prefix's videos are named by their keys relative to it, a file given directly by its name;
+    the local inputs are named as :func:`discover` names them. Two videos with one id are an error."""
+    local = [i for i in inputs if not is_remote(i)]
+    by_id = {v.video: v for v in discover(local, exclude=exclude)} if local else {}
+    for given in (i for i in inputs if is_remote(i)):
+        for vid, uri in list_videos(given):
+            if vid in by_id and by_id[vid].path != uri:
+                raise InputError(f"{display_location(uri)}: two inputs have the same video id {vid!r} "
+                                 f"({display_location(by_id[vid].path)})")
+            by_id[vid] = VideoInput(vid, uri)
+    if not by_id:
+        raise InputError(f"no video files found in {', '.join(display_location(i) for i in inputs)}")
     return [by_id[k] for k in sorted(by_id)]

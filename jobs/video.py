@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -114,8 +114,12 @@ class OpenVideo:
     wanted are read: :meth:`close` drops the reader, which stops its read-ahead.
     """
 
-    def __init__(self, path: str, reader: Any) -> None:
+    def __init__(
+        self, path: str, reader: Any, *, source: str | None = None, release: Callable[[], Any] | None = None
+    ) -> None:
         self.path = path
+        self.source = source or path  # the file decord opened: ``path``, or a remote video's staged copy
+        self._release = release  # called once on close (a staged copy's lock)
         self._reader = reader
         self._keyframes: np.ndarray | None = None
 
@@ -127,6 +131,9 @@ class OpenVideo:
 
     def close(self) -> None:
         self._reader = None
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
     @property
     def reader(self) -> Any:
@@ -145,7 +152,7 @@ class OpenVideo:
             try:
                 self._keyframes = np.asarray(self.reader.get_key_indices(), dtype=np.int64)
             except _decord_errors() as exc:
-                raise VideoReadError(self.path, f"not a readable video ({one_line(exc)})") from None
+                raise VideoReadError(self.path, f"not a readable video ({self._line(exc)})") from None
         return self._keyframes
 
     def read(self, frames: np.ndarray) -> Iterator[np.ndarray]:
@@ -176,7 +183,11 @@ class OpenVideo:
             raise self._decoding_failed(int(frames[0]), exc) from None
 
     def _decoding_failed(self, frame: int, exc: BaseException) -> VideoReadError:
-        return VideoReadError(self.path, f"decoding failed at frame {frame} ({one_line(exc)})")
+        return VideoReadError(self.path, f"decoding failed at frame {frame} ({self._line(exc)})")
+
+    def _line(self, exc: BaseException) -> str:
+        """decord's line, naming the video's display name rather than its staged copy."""
+        return one_line(str(exc).replace(self.source, self.path) if self.source != self.path else exc)
 
 
 def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:
@@ -187,7 +198,12 @@ def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:
     """
     import decord
 
+    from jobs.remote import is_remote, local_path
+
     name = os.fspath(path)
+    if is_remote(name):
+        return _open_remote(name, threads=threads)
+    name = local_path(name)
     if not os.path.exists(name):
         raise VideoReadError(name, "no such file")
     if os.path.isfile(name) and os.path.getsize(name) == 0:
@@ -198,6 +214,31 @@ def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:
     except _decord_errors() as exc:
         raise VideoReadError(name, f"not a readable video ({one_line(exc)})") from None
     return OpenVideo(name, reader)
+
+
+def _open_remote(uri: str, *, threads: int) -> OpenVideo:
+    """Opens a video in object storage or behind HTTP through this node's stage cache
+    (:mod:`jobs.stage`): the copy stays until the video is closed. Errors name the URI
+    without its credentials."""
+    from contextlib import ExitStack
+
+    import decord
+
+    from jobs.stage import StageError, staged
+    from sinks.location import display_location
+
+    shown = display_location(uri)
+    stack = ExitStack()
+    try:
+        copy = str(stack.enter_context(staged(uri)))
+        reader = decord.VideoReader(copy, ctx=decord.cpu(0), num_threads=threads)
+    except StageError as exc:
+        stack.close()
+        raise VideoReadError(shown, str(exc)) from None
+    except _decord_errors() as exc:
+        stack.close()
+        raise VideoReadError(shown, f"not a readable video ({one_line(str(exc).replace(copy, shown))})") from None
+    return OpenVideo(shown, reader, source=copy, release=stack.close)
 
 
 @contextmanager

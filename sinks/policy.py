@@ -4,7 +4,9 @@ An output holds one job's results. A rerun with the same result fingerprint (con
 weights, :meth:`jobs.config.JobConfig.result_fingerprint`) resumes it: the shards already
 committed are kept and only the rest is planned. Another fingerprint is refused with
 :class:`OutputConflictError` unless ``overwrite``, which first clears what maskjobs wrote there
-(and only that: a user's own files in the folder are kept).
+(and only that: a user's own files in the folder are kept). A location holding maskjobs'
+file names without a maskjobs ``job.json`` is not a maskjobs output and is never cleared; an
+output another running job holds is refused before this (:mod:`sinks.lease`).
 """
 
 from __future__ import annotations
@@ -38,15 +40,29 @@ def prepare_output(layout: OutputLayout, reader: OutputReader, *, fingerprint: s
                 f"{layout.location}: holds the output of a job with a different config; "
                 "use --overwrite to replace it or choose another --out"
             )
+    if previous is not None and "fingerprint" not in previous:
+        raise OutputConflictError(f"{layout.location}: its job.json is not a maskjobs job's; choose another --out")
+    if previous is None and (reader.parts() or _written_by_maskjobs(layout)):
+        # maskjobs writes job.json before anything else: these files are someone else's, --overwrite or not
+        raise OutputConflictError(
+            f"{layout.location}: holds frames/, videos.parquet or tracks.parquet but no job.json: "
+            "not a maskjobs output; choose another --out"
+        )
     if overwrite:
         _clear(layout)
-    elif previous is None and reader.parts():
-        raise OutputConflictError(f"{layout.location}: holds Parquet files but no job.json; use --overwrite")
     make_dirs(layout.frames_dir, fs=layout.fs)  # owner only where local (sinks.atomic)
     # this run owns the location from here on: whatever is still written aside is a killed writer's
     sweep(layout.frames_dir, fs=layout.fs)
     sweep(layout.root, fs=layout.fs)
     quarantine_unreadable_parts(layout, reader.parts())  # a damaged file costs only its own frames
+
+
+def _written_by_maskjobs(layout: OutputLayout) -> bool:
+    """Whether a file maskjobs writes at the end (or its annotated videos' folder) exists."""
+    return any(
+        layout.file_type(path) != pafs.FileType.NotFound
+        for path in (layout.videos_file, layout.tracks_file, layout.annotated_root)
+    )
 
 
 def _clear(layout: OutputLayout) -> None:

@@ -14,7 +14,8 @@ is not committed yet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ import pyarrow.fs as pafs
 
 from detector.errors import InputError, one_line
 from sinks.layout import OutputLayout, SegmentRange
+from sinks.lease import DEFAULT_TTL_S, OutputLease
+from sinks.location import is_uri
 from sinks.policy import prepare_output
 from sinks.reader import OutputReader
 from sinks.writer import OutputWriter
@@ -39,6 +42,7 @@ class OutputStore:
 
     def __init__(self, location: str | Path, filesystem: pafs.FileSystem | None = None) -> None:
         self.layout = OutputLayout.open(location, filesystem)
+        self._uri = str(location) if filesystem is None and is_uri(str(location)) else None
         self.reader = OutputReader(self.layout)
         self.writer = OutputWriter(self.layout)
 
@@ -57,6 +61,19 @@ class OutputStore:
     @property
     def annotated_dir(self) -> Path | None:
         return self.layout.annotated_dir
+
+    # -- one writer --------------------------------------------------------------------------
+    @contextmanager
+    def leased(self, *, ttl_s: float = DEFAULT_TTL_S) -> Iterator[OutputLease]:
+        """Holds the location's lease (:mod:`sinks.lease`) for the block: a second job on the same
+        output is refused with :class:`sinks.lease.OutputLeasedError` naming this one. Take it
+        before :meth:`start`, so ``overwrite`` never clears an output another job writes."""
+        lease = OutputLease(self.fs, self.root, location=self.location, uri=self._uri, ttl_s=ttl_s)
+        lease.acquire()
+        try:
+            yield lease
+        finally:
+            lease.release()
 
     # -- start ---------------------------------------------------------------------------
     def start(

@@ -96,6 +96,17 @@ class S3Server:
             f"?endpoint_override=127.0.0.1:{self.port}&scheme=http&region=us-east-1"
         )
 
+    def env_uri(self, key: str) -> str:
+        """``s3://`` URI of ``key`` without credentials (they come from ``AWS_*`` variables)."""
+        return f"s3://{self.bucket}/{key}?endpoint_override=127.0.0.1:{self.port}&scheme=http&region=us-east-1"
+
+    def put(self, key: str, data: bytes) -> None:
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(self.uri("x"))
+        with fs.open_output_stream(f"{self.bucket}/{key}") as f:
+            f.write(data)
+
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:

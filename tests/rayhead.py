@@ -73,7 +73,14 @@ def pids_mentioning(text: str) -> set[int]:
 class RayHead:
     """One Ray head node on 127.0.0.1 with token auth, its own temp dir and ports."""
 
-    def __init__(self, *, num_cpus: int = 2, object_store_mb: int = 300) -> None:
+    def __init__(
+        self, *, num_cpus: int = 2, object_store_mb: int = 300, python: str | Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``python``: the interpreter the head and its workers run (default: this venv's), e.g.
+        one from :func:`deps_only_python`; ``env``: extra environment variables for the head."""
+        self.python = Path(python) if python is not None else Path(sys.executable)
+        self.extra_env = dict(env or {})
         self.temp_dir = Path(tempfile.mkdtemp(prefix="mjray-", dir="/tmp"))
         self.token = secrets.token_hex(32)
         self.token_file = self.temp_dir / "auth_token"
@@ -85,9 +92,10 @@ class RayHead:
         self.object_store_mb = object_store_mb
         self.proc: subprocess.Popen | None = None
         self.log = self.temp_dir / "ray-start.log"
+        self.nodes: list[RayWorkerNode] = []
 
     def env(self) -> dict[str, str]:
-        """The head's environment: token auth on, this venv's ``python`` first on PATH."""
+        """The head's environment: token auth on, its ``python`` first on PATH."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env.update(
             RAY_AUTH_MODE="token",
@@ -96,14 +104,23 @@ class RayHead:
             # Single-node mode: Ray keeps 127.0.0.1 instead of resolving this machine's IP.
             RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
             AWS_EC2_METADATA_DISABLED="true",  # an s3:// output never asks a metadata service
-            PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            PATH=os.pathsep.join([str(self.python.parent), *self._path_without_maskjobs(env.get("PATH", ""))]),
         )
+        env.update(self.extra_env)
         return env
+
+    def _path_without_maskjobs(self, path: str) -> list[str]:
+        """``$PATH``'s folders; for a head with its own ``python``, those with a ``maskjobs``
+        command left out (another venv's), so the head sees only its own environment."""
+        folders = [p for p in path.split(os.pathsep) if p]
+        if self.python == Path(sys.executable):
+            return folders
+        return [p for p in folders if not (Path(p) / "maskjobs").exists()]
 
     def start(self, timeout_s: float = 90) -> RayHead:
         lo, hi = _worker_port_range()
         cmd = [
-            str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+            str(self.python), "-m", "ray.scripts.scripts", "start", "--head", "--block",
             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
             "--temp-dir", str(self.temp_dir), "--num-cpus", str(self.num_cpus), "--num-gpus", "0",
             "--object-store-memory", str(self.object_store_mb * 1024 * 1024),
@@ -114,7 +131,7 @@ class RayHead:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 cmd, env=self.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, cwd=self.temp_dir,  # outside the repository: nothing of it imports by accident
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -148,8 +165,20 @@ class RayHead:
         raylets = {pid for pid, _, args in procs if "raylet/raylet" in args and str(self.temp_dir) in args}
         return [pid for pid, ppid, args in procs if ppid in raylets and args.startswith(f"ray::{title}")]
 
+    def add_node(
+        self, *, num_cpus: int = 2, resources: dict[str, float] | None = None, env: dict[str, str] | None = None
+    ) -> RayWorkerNode:
+        """Starts another node of this cluster on 127.0.0.1 (its own raylet, object store, ports;
+        ``env`` added to the head's environment). The head must have been started with
+        ``env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}`` (else Ray keeps it single-node)."""
+        node = RayWorkerNode(self, num_cpus=num_cpus, resources=resources or {}, env=env or {})
+        self.nodes.append(node)
+        return node.start()
+
     def stop(self, grace_s: float = 20) -> None:
-        """Stops this head and every process it started; leaves other Rays alone."""
+        """Stops this head, its other nodes and every process they started; leaves other Rays alone."""
+        for node in self.nodes:
+            node.stop(grace_s)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -171,3 +200,97 @@ class RayHead:
                     pass
             time.sleep(0.5)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def deps_only_python(folder: Path) -> Path:
+    """A Python that has maskjobs' dependencies and not maskjobs, as on a cluster built from
+    ``configs/cluster.yaml``: a venv in ``folder`` whose ``.pth`` file names this venv's
+    site-packages. Paths listed in a ``.pth`` are added to ``sys.path`` but their own ``.pth``
+    files (maskjobs' editable-install finder among them) are not processed, so ``import jobs``
+    fails there while torch, Ray and decord import. Seconds, no downloads."""
+    import sysconfig
+    import venv
+
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(folder)
+    python = folder / "bin" / "python"
+    target = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    Path(target, "maskjobs-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+_NODE_PORT_NAMES = (
+    "node-manager-port", "object-manager-port", "metrics-export-port", "runtime-env-agent-port",
+    "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+)
+
+
+class RayWorkerNode:
+    """A second node joined to a :class:`RayHead` (``ray start --address``), on 127.0.0.1 with its
+    own ports, resources and process group, so its raylet can be killed alone."""
+
+    def __init__(self, head: RayHead, *, num_cpus: int, resources: dict[str, float], env: dict[str, str]) -> None:
+        self.head = head
+        self.extra_env = env
+        self.num_cpus = num_cpus
+        self.resources = resources
+        self.ports = dict(zip(_NODE_PORT_NAMES, _free_ports(len(_NODE_PORT_NAMES)), strict=True))
+        self.log = head.temp_dir / f"ray-node-{self.ports['node-manager-port']}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90) -> RayWorkerNode:
+        import json
+
+        lo, hi = _worker_port_range()
+        cmd = [
+            str(self.head.python), "-m", "ray.scripts.scripts", "start", "--block", "--address", self.head.gcs_address,
+            "--node-ip-address", "127.0.0.1", "--num-cpus", str(self.num_cpus), "--num-gpus", "0",
+            "--resources", json.dumps(self.resources), "--object-store-memory", str(self.head.object_store_mb << 20),
+            "--min-worker-port", str(lo), "--max-worker-port", str(hi), "--disable-usage-stats",
+        ]
+        for name, port in self.ports.items():
+            cmd += [f"--{name}", str(port)]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, env={**self.head.env(), **self.extra_env}, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, cwd=self.head.temp_dir,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start --address exited: {self.log.read_text()[-2000:]}")
+            if self.raylet_pid() is not None and "Ray runtime started" in self.log.read_text():
+                return self
+            time.sleep(0.5)
+        raise RuntimeError(f"the Ray node did not come up in {timeout_s:g} s: {self.log.read_text()[-2000:]}")
+
+    def pids(self) -> set[int]:
+        """Processes of this node: its process group (its raylet, store, agents, workers)."""
+        if self.proc is None:
+            return set()
+        out = subprocess.run(["ps", "-eo", "pid=,pgid="], capture_output=True, text=True, check=True).stdout
+        return {int(pid) for pid, pgid in (line.split() for line in out.splitlines()) if int(pgid) == self.proc.pid}
+
+    def raylet_pid(self) -> int | None:
+        mine = self.pids()
+        for pid, _, args in _processes():
+            if pid in mine and "raylet/raylet" in args:
+                return pid
+        return None
+
+    def stop(self, grace_s: float = 20) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -94,7 +94,7 @@ def submit(
         typer.Option(help="Ship the weight file with the job (--no-ship-weights: --weights is a path the head sees)."),
     ] = True,
     check_inputs: Annotated[
-        bool, typer.Option(help="Check that the inputs exist here (they must be at the same path on the cluster).")
+        bool, typer.Option(help="Check that the inputs exist here (paths: at the same path on the cluster; URIs: listed here).")
     ] = True,
     python: Annotated[
         str | None,
@@ -103,8 +103,8 @@ def submit(
 ) -> None:
     """Submit `maskjobs run` to a Ray cluster through its Jobs API; print the job id.
 
-    Inputs and --out must be on storage every node sees at the same path, or --out a URI
-    (s3://bucket/prefix). The config is resolved here and travels with the job.
+    Inputs and --out are URIs every node reads (s3://bucket/prefix, gs://..., https://...; credentials
+    from the nodes' environment) or paths every node mounts. The config is resolved here and travels with the job.
     """
     from jobs.cluster.client import Cluster
     from jobs.config import resolve_config

@@ -80,7 +80,10 @@ TilesOpt = Annotated[
 AnnotateOpt = Annotated[
     bool, typer.Option("--annotate", help="Also write OUT/annotated/<video>.mp4: boxes, track ids, compliance.")
 ]
-InputsArg = Annotated[list[str], typer.Argument(help="Video files and directories (searched recursively).")]
+InputsArg = Annotated[
+    list[str],
+    typer.Argument(help="Video files and directories (searched recursively), or URIs: s3://bucket/prefix, gs://..., https://... ."),
+]
 
 
 def run_overrides(

@@ -96,7 +96,7 @@ def run_command(inputs: list[str], out: str, config: JobConfig, *, overwrite: bo
     sink = OutputStore(out)
     progress = Progress()
     t0 = time.monotonic()
-    with ray_session(config.ray) as ray:
+    with sink.leased(), ray_session(config.ray) as ray:  # one writer per output, before anything is written
         ray_start_s = time.monotonic() - t0
         logger.info("Ray ready in %.2f s", ray_start_s)
         result = run_job(

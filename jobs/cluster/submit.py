@@ -12,10 +12,11 @@ the user asked for, whatever defaults it has. What travels with the job:
   The entrypoint is then ``python -m jobs run`` (``python`` from the head's PATH, or the
   interpreter given); with ``ship_code`` off it is ``maskjobs run`` from the cluster's install.
 
-Inputs and the output must be on storage every node sees at the same path (a shared or
-network file system), or the output a URI (``s3://...``). Relative paths are made
-absolute here; an input missing on this machine is an error before anything is submitted
-(``check_inputs=False`` skips that when only the cluster can see it).
+Inputs and the output are URIs every node reads (``s3://...``, ``gs://...``, ``https://...``;
+inputs are staged per node, :mod:`jobs.stage`) or paths on storage every node mounts at the
+same path. Relative paths are made absolute here; an input missing on this machine is an
+error before anything is submitted (``check_inputs=False`` skips that when only the cluster
+can see it). A URI with credentials in it is refused: the cluster's own environment has them.
 """
 
 from __future__ import annotations
@@ -55,12 +56,34 @@ class Submission:
     metadata: dict[str, str]
 
 
+def _no_credentials(location: str) -> str:
+    """``location`` unchanged; a URI with ``user:secret@`` in it is refused: the entrypoint (which
+    Ray shows to anyone who can list jobs) would carry it. The cluster's nodes read credentials
+    from their own environment."""
+    if is_uri(location) and "@" in location.split("://", 1)[1].split("/", 1)[0]:
+        raise InputError(
+            f"{display_location(location)}: credentials in a URI would travel in the job's entrypoint; "
+            "give the cluster's nodes credentials in their environment (AWS_* variables, an instance role) instead"
+        )
+    return location
+
+
 def cluster_inputs(inputs: list[str], *, check: bool = True) -> list[str]:
-    """Inputs as absolute paths the cluster's nodes resolve the same way; missing ones are errors."""
+    """Inputs as URIs (object storage, HTTP) or absolute paths the cluster's nodes resolve the same
+    way; missing ones are errors (a URI is listed here with this machine's credentials)."""
+    from jobs.remote import is_remote, list_videos
+
     out = []
     for given in inputs:
-        if is_uri(given):
-            raise InputError(f"{given}: input videos must be file paths the workers see (a shared mount), not URIs")
+        if is_remote(given):
+            _no_credentials(given)
+            if check:
+                try:
+                    list_videos(given)
+                except InputError as exc:
+                    raise InputError(f"{exc} (use --no-check-inputs if only the cluster can read it)") from None
+            out.append(given)
+            continue
         path = Path(given).expanduser().absolute()
         if check and not path.exists():
             raise InputError(
@@ -73,7 +96,7 @@ def cluster_inputs(inputs: list[str], *, check: bool = True) -> list[str]:
 
 def cluster_output(out: str) -> str:
     """A URI as given; a local path made absolute (it must be a mount every node shares)."""
-    return out if is_uri(out) else str(Path(out).expanduser().absolute())
+    return _no_credentials(out) if is_uri(out) else str(Path(out).expanduser().absolute())
 
 
 def weight_files(path: Path) -> list[Path]:

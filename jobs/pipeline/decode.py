@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,21 @@ def _inject_fault(path: str) -> None:
                 time.sleep(3600)
 
 
-STARTED = "started"  # the first item: lets the driver time a shard from when it runs, not queues
+@dataclass(frozen=True)
+class Started:
+    """A decode task's first item: it runs (the driver times a shard from then, not from when it
+    was queued), and where: the Ray node's id and host name (job.json's ``placement``)."""
+
+    node: str
+    host: str
+
+
+def where() -> Started:
+    """Where this Ray worker runs (an empty node id outside Ray)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    return Started(node=node, host=os.uname().nodename)
 
 
 class DecodeError(RuntimeError):
@@ -47,8 +62,8 @@ class DecodeError(RuntimeError):
 def decode_shard(
     shard: Shard, *, input_size: int, batch_size: int, threads: int = 1, tiles: object = None,
     target_px: float = 32.0,
-) -> Iterator[str | DecodedBatch]:
-    """Yields ``STARTED`` once the task runs, then batches (:class:`~jobs.pipeline.records.DecodedBatch`:
+) -> Iterator[Started | DecodedBatch]:
+    """Yields :class:`Started` once the task runs, then batches (:class:`~jobs.pipeline.records.DecodedBatch`:
     ``{video (B,), frame (B,), time_s (B,), width (B,), height (B,), frames (B, S, S, 3) uint8
     RGB, decode_cpu_s (B,)}``) for the shard's sampled frames, in order.
 
@@ -70,7 +85,7 @@ def decode_shard(
     S*S*3`` bytes per running task, whatever the video's length or resolution.
     """
     with _opencv_threads(1):  # the task holds one CPU: OpenCV's pool made each resize cost 1.8x the CPU
-        yield STARTED
+        yield where()
         yield from _decode_segments(
             shard, input_size=input_size, batch_size=batch_size, threads=threads, tiles=tiles, target_px=target_px,
         )

@@ -40,7 +40,8 @@ from jobs.pipeline.actor import DetectorActor, WeightsPayload
 from jobs.pipeline.pool import ActorPool
 from jobs.pipeline.calibrate import pick_calibration, start_calibration
 from jobs.pipeline.commit import commit_shard, damage_notes
-from jobs.pipeline.decode import decode_shard
+from jobs.pipeline.decode import Started, decode_shard, where
+from jobs.pipeline.nodes import on_every_node
 from jobs.pipeline.plan import Shard, decoded_frames, plan_shards, sample_frames, shard_sizes
 from jobs.pipeline.probe import ProbeError, probe_video
 from jobs.pipeline.ray_private import StreamingTask
@@ -49,9 +50,12 @@ from jobs.pipeline.resume import drop_changed_videos
 from jobs.pipeline.scheduler import Scheduler, ShardRun
 from jobs.pipeline.tiles import job_tiles, pictures_per_frame
 from jobs.pipeline.sizing import DecoderTuner, Sizing, WorkCosts, plan_costs, prior_costs, size_job
+from jobs.remote import is_remote
 from jobs.results.coverage import add_coverage, video_coverage
 from jobs.results.tracks import finish_tracks
+from jobs.stage import clear_stage
 from jobs.video import ProbedVideo, VideoInfo
+from sinks.location import display_location
 from sinks.store import OutputStore
 
 __all__ = ["JobResult", "Sizing", "run_job", "size_job"]
@@ -168,6 +172,8 @@ class _ShardLoop:
     on_batch: Callable[[DetectedBatch], None] = lambda out: None  # every batch's detections, as they come back
     on_tick: Callable[[], None] = lambda: None  # once per turn of the loop
     on_damage: Callable[[list[dict[str, Any]]], None] = lambda notes: None  # committed ``damaged`` notes
+    started: dict[Any, Any] = field(default_factory=dict)  # ShardRun -> ref of its task's Started marker
+    placed: dict[str, Any] = field(default_factory=dict)  # committed shard id -> ref of its Started marker
 
     def run(self) -> None:
         """Runs until every shard has committed or failed (see ``scheduler.failures``)."""
@@ -203,8 +209,10 @@ class _ShardLoop:
             except StopIteration:
                 run.exhausted = True
                 break
-            if run.took(now):  # not the STARTED marker
+            if run.took(now):  # not the Started marker
                 run.dispatched(self.pool.submit(ref))
+            else:
+                self.started[run] = ref
 
     def _collect(self, run: ShardRun, now: float) -> None:
         """Takes ``run``'s detections that are back; commits it once complete, or fails it on
@@ -231,12 +239,15 @@ class _ShardLoop:
             if error is None:
                 self.scheduler.finish(run)
                 self.on_damage(damage_notes(parts))
+                if (marker := self.started.pop(run, None)) is not None:
+                    self.placed[run.shard.shard_id] = marker
             else:
                 self._fail(run, error)
         elif (stall := self.scheduler.stalled(run, now)) is not None:
             self._fail(run, stall)
 
     def _fail(self, run: ShardRun, error: str) -> None:
+        self.started.pop(run, None)
         self.ray.cancel(run.gen, force=True)
         for ref in run.pending:
             self.pool.release(ref)
@@ -344,6 +355,7 @@ def run_job(
         if config.detector.int8:
             job["detector_backend"], job["int8_frames"] = _int8_record(ray, pool.actors)
         timings["run_s"] = time.monotonic() - t0
+        job["placement"] = _placement(ray, loop.placed, pool.actors)
         failures.update({k: v for k, v in scheduler.failures.items() if k not in failures})
 
         t0 = time.monotonic()
@@ -352,6 +364,9 @@ def run_job(
         timings["tracks_s"] = time.monotonic() - t0
     finally:
         pool.close()
+        if any(is_remote(v.path) for v in videos):
+            freed = on_every_node(ray, clear_stage)  # the staged copies of remote videos, on every node
+            logger.info("stage caches cleared: %d bytes on %d nodes", sum(freed.values()), len(freed))
     rows = _video_rows(videos, infos, failures, sink.frame_totals(), people, config, damaged=damaged,
                        identities=identities)
     sizes = [(p.video, p.info.width, p.info.height) for p in probed]
@@ -426,6 +441,36 @@ def _costs_ms(tuner: DecoderTuner) -> dict[str, float]:
             "measured_frames": tuner.measured.frames}
 
 
+def _placement(ray: Any, placed: dict[str, Any], actors: list[Any]) -> dict[str, dict[str, Any]]:
+    """job.json's ``placement``: ``{node id: {"host": name, "shards": [shard ids], "detectors": n}}``:
+    where the committed attempt of each shard this run decoded ran, and where the detector
+    actors alive at the end run."""
+    probes = [actor.__ray_call__.remote(_where_actor_runs) for actor in actors]
+    out: dict[str, dict[str, Any]] = {}
+
+    def entry(at: Started) -> dict[str, Any]:
+        return out.setdefault(at.node, {"host": at.host, "shards": [], "detectors": 0})
+
+    for shard_id, marker in placed.items():
+        try:
+            entry(ray.get(marker, timeout=10))["shards"].append(shard_id)
+        except Exception as exc:  # a Ray error: the marker is lost with its node; the rows are committed
+            logger.debug("shard %s: where it ran is unknown (%s)", shard_id, one_line(exc))
+    for probe in probes:
+        try:
+            entry(ray.get(probe, timeout=10))["detectors"] += 1
+        except Exception as exc:  # a Ray error: that actor died at the end; its node is not recorded
+            logger.debug("a detector actor's node is unknown (%s)", one_line(exc))
+    for item in out.values():
+        item["shards"].sort()
+    return out
+
+
+def _where_actor_runs(_actor: Any) -> Started:
+    """Run inside an actor by ``__ray_call__``: its node."""
+    return where()
+
+
 def _int8_record(ray: Any, actors: list[Any]) -> tuple[str, dict[str, int]]:
     """The backend the int8 actors ran, and the frames they kept in int8 and ran again in
     float32 (a dead actor's are lost; its replacement counts its own)."""
@@ -480,7 +525,7 @@ def _video_rows(
         rows.append(
             {
                 "video": v.video,
-                "path": escape_name(v.path),  # text: a name that is not UTF-8 escaped
+                "path": escape_name(display_location(v.path)),  # text; a URI without its credentials
                 "status": "partial" if damage is not None else "failed" if error else "done",
                 "error": error,
                 "frames_total": info.frames_total if info else None,

@@ -49,12 +49,13 @@ def probe_video(path: str) -> VideoInfo:
         except VideoReadError:  # no usable index: the planner cuts shards anywhere
             keyframes = ()
         duration = float(reader.get_frame_timestamp(total - 1)[1]) if total else 0.0
+        codec = _fourcc(video.source)  # while a remote video's staged copy is held
     return VideoInfo(
         frames_total=total,
         fps=fps,
         duration_s=duration,
         width=int(width),
         height=int(height),
-        codec=_fourcc(path),
+        codec=codec,
         keyframes=keyframes,
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import decord
 import numpy as np
 import pytest
 
 from detector.preprocess import resize_rgb
-from jobs.pipeline.decode import STARTED, decode_shard
+from jobs.pipeline.decode import Started, decode_shard
 from jobs.pipeline.plan import Segment, Shard
 from jobs.video import read_frames
 
@@ -41,7 +43,7 @@ def test_decode_shard_batches(video_set) -> None:
     frames = tuple(range(5, 400, 7))
     shard = Shard("s", (Segment("long.mp4", path, frames),))
     items = list(decode_shard(shard, input_size=260, batch_size=16))
-    assert items[0] == STARTED
+    assert isinstance(items[0], Started) and items[0].host == os.uname().nodename
     batches = items[1:]
     assert [len(b["frame"]) for b in batches] == [16, 16, 16, 9]
     got_idx = np.concatenate([b["frame"] for b in batches])
@@ -124,7 +126,7 @@ def test_decode_shard_cuts_tiles(video_set) -> None:
     frames = (3, 10, 11, 40)
     shard = Shard("s", (Segment("long.mp4", path, frames),))
     grid = TileGrid(2, 3)
-    batches = [b for b in decode_shard(shard, input_size=64, batch_size=3, tiles=grid) if b is not STARTED]
+    batches = [b for b in decode_shard(shard, input_size=64, batch_size=3, tiles=grid) if not isinstance(b, Started)]
     assert [len(b["frame"]) for b in batches] == [3, 1]
     ref = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     boxes = tile_boxes(480, 272, grid)
@@ -135,5 +137,5 @@ def test_decode_shard_cuts_tiles(video_set) -> None:
         for j, i in enumerate(b["frame"].tolist()):
             want = cut_tiles(ref.get_batch([i]).asnumpy()[0], boxes, 64)
             assert np.array_equal(b["frames"][7 * j : 7 * (j + 1)], want)
-    plain = [b for b in decode_shard(shard, input_size=64, batch_size=3) if b is not STARTED]
+    plain = [b for b in decode_shard(shard, input_size=64, batch_size=3) if not isinstance(b, Started)]
     assert "tiles" not in plain[0] and plain[0]["frames"].shape == (3, 64, 64, 3)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks.videogen import Scene, write_video
-from jobs.pipeline.decode import STARTED, decode_shard
+from jobs.pipeline.decode import Started, decode_shard
 from jobs.pipeline.plan import Segment, Shard
 
 pytestmark = pytest.mark.slow  # decodes real videos
@@ -57,7 +57,7 @@ def test_the_frames_before_the_damage_are_kept_at_any_pace(cut: tuple[Path, Path
     stops = []
     for pause_s in (0.0, 0.3, 0.0):
         items = _decode(shard, pause_s)
-        assert items[0] == STARTED
+        assert isinstance(items[0], Started)
         batches = items[1:]
         notes = [b["damaged"] for b in batches if "damaged" in b]
         assert len(notes) == 1 and notes[0]["video"] == "cut.mp4", notes
