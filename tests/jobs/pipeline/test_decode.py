@@ -113,7 +113,7 @@ def test_sampled_frames_between_are_skipped_not_converted(video_set) -> None:
     list(read_frames(spy, idx, np.asarray(reader.get_key_indices(), dtype=np.int64)))
     assert spy.calls == [("next",)] + [("skip", 6), ("next",)] * 4
     shard = Shard("s", (Segment("long.mp4", path, tuple(range(0, 400, 7))),))
-    batches = [b for b in decode_shard(shard, input_size=260, batch_size=16) if b is not STARTED]
+    batches = [b for b in decode_shard(shard, input_size=260, batch_size=16) if not isinstance(b, Started)]
     cpu = np.concatenate([b["decode_cpu_s"] for b in batches])
     assert len(cpu) == len(range(0, 400, 7)) and (cpu > 0).all() and cpu.dtype == np.float32
 
