@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 from detector.spec import ModelSpec
 from detector.weights import ConvertedWeights, LoadedWeights
 from jobs.config import DetectorConfig
+from jobs import faults
 from jobs.pipeline.records import DecodedBatch, DetectedBatch
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class DetectorActor:
         return self.detector.backend
 
     def __call__(self, batch: DecodedBatch) -> DetectedBatch:
+        faults.in_detector()  # test-only: a busy or hung detector, when $MASKJOBS_TEST_FAULT asks
         if not self.calibrated:
             raise RuntimeError("int8 detector actor used before calibrate()")
         sizes = list(zip(batch["width"].tolist(), batch["height"].tolist()))
@@ -127,13 +130,14 @@ class DetectorActor:
     def ping(self) -> str:
         return self.detector.device.type
 
-    def render(self, *args: Any, **kwargs: Any) -> dict[int, bytes]:
-        """:func:`jobs.results.render.render_video` in this actor's process. After the last batch the
-        driver hands the actors render work, so that the finishing pass needs no new worker
-        process (~1 s of start-up on 2 busy cores) for the CPU each actor holds."""
+    def render(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """:func:`jobs.results.render.render_video` in this actor's process (call it with
+        ``num_returns="streaming"``). After the last batch the driver hands the actors render
+        work, so that the finishing pass needs no new worker process (~1 s of start-up on 2
+        busy cores) for the CPU each actor holds."""
         from jobs.results.render import render_video
 
-        return render_video(*args, **kwargs)
+        yield from render_video(*args, **kwargs)
 
     def batch_size(self) -> int:
         """Frames per batch this actor's device wants (see ``suggested_batch_size``)."""

@@ -9,12 +9,15 @@ on their own, without the frames before them.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from detector.preprocess import resize_rgb
 from jobs.errors import one_line
+from jobs import faults
 from jobs.video import ProbedVideo, VideoReadError, keyframe_before, open_video
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ def read_calibration(path: str, frames: list[int], *, input_size: int) -> np.nda
     A video that cannot be read gives no frames (k = 0) rather than an error: calibration
     uses the others, and the video's own shards report what is wrong with it.
     """
+    faults.at_path("calib", path)  # test-only: a read that crashes or hangs, when $MASKJOBS_TEST_FAULT asks
     want = np.asarray(sorted(frames), np.int64)
     try:
         with open_video(path) as video:
@@ -75,8 +79,65 @@ def read_calibration(path: str, frames: list[int], *, input_size: int) -> np.nda
     return np.zeros((0, input_size, input_size, 3), np.uint8)
 
 
-def start_calibration(ray: Any, picks: list[CalibrationPick], *, input_size: int) -> list[Any]:
-    """Starts reading ``picks`` in Ray tasks; returns their refs, in order (pass them to
-    ``DetectorActor.calibrate`` as arguments: Ray hands the actor the arrays)."""
-    remote = ray.remote(num_cpus=0.5, max_retries=1)(read_calibration)
-    return [remote.remote(path, frames, input_size=input_size) for _, path, frames in picks]
+STARTED = "started"  # a read task's first item: its time limit runs from here
+
+
+def _read_task(path: str, frames: list[int], *, input_size: int) -> Iterator[str | np.ndarray]:
+    """The Ray task: ``STARTED`` once it runs, then :func:`read_calibration`'s array."""
+    import decord  # noqa: F401  (loaded before the clock starts)
+
+    yield STARTED
+    yield read_calibration(path, frames, input_size=input_size)
+
+
+def collect_calibration(
+    ray: Any, picks: list[CalibrationPick], *, input_size: int, timeout_s: float, total_s: float | None = None,
+    poll_s: float = 0.2,
+) -> tuple[list[Any], dict[str, str]]:
+    """Reads ``picks`` in Ray tasks and waits for them, each for at most ``timeout_s`` from
+    when its own task starts and all for at most ``total_s`` (default ``2 * timeout_s``).
+
+    Returns ``(refs, skipped)``: refs of the non-empty (k, S, S, 3) arrays read, in pick order
+    (pass them to ``DetectorActor.calibrate`` as arguments: Ray hands the actor the arrays,
+    and they are all there, so no batch ever queues behind a read), and ``{video: why}`` for
+    each video left out: unreadable, its read crashed, or it ran past a limit (cancelled).
+    An empty ``refs`` leaves the detector in float32.
+    """
+    total_s = 2 * timeout_s if total_s is None else total_s
+    remote = ray.remote(num_cpus=0.5, max_retries=0, num_returns="streaming")(_read_task)
+    pending = {remote.remote(path, frames, input_size=input_size): video for video, path, frames in picks}
+    order = {video: i for i, (video, _, _) in enumerate(picks)}
+    got: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    started: dict[Any, float] = {}
+    deadline = time.monotonic() + total_s
+    while pending:
+        gens = list(pending)
+        ray.wait(gens, num_returns=1, timeout=poll_s, fetch_local=False)
+        ready = set(ray.wait(gens, num_returns=len(gens), timeout=0, fetch_local=False)[0])
+        now = time.monotonic()
+        for gen, video in list(pending.items()):
+            if gen in ready:
+                try:
+                    ref = next(gen)
+                    value = ray.get(ref)
+                except StopIteration:
+                    ref, value = None, "no frames"
+                except Exception as exc:  # a Ray error: the read crashed or raised
+                    ref, value = None, f"read failed ({one_line(exc, limit=200)})"
+                if isinstance(value, str) and value == STARTED:
+                    started[gen] = now
+                    continue
+                del pending[gen]
+                if isinstance(value, np.ndarray) and len(value):
+                    got[video] = ref
+                else:
+                    skipped[video] = value if isinstance(value, str) else "no frame could be read"
+            elif (gen in started and now - started[gen] > timeout_s) or now > deadline:
+                ray.cancel(gen, force=True)
+                del pending[gen]
+                limit = f"{timeout_s:g} s" if gen in started else f"{total_s:g} s for all calibration reads"
+                skipped[video] = f"timed out after {limit}"
+    for video, why in skipped.items():
+        logger.warning("%s: not used for int8 calibration (%s)", video, why)
+    return [got[v] for v in sorted(got, key=order.__getitem__)], skipped

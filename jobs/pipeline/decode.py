@@ -127,6 +127,7 @@ def _decode_segments(
 
 
 MAX_REOPENS = 16  # reopenings of a damaged video to get back frames decoded ahead of its damage
+STUCK_TRIES = 3  # reopenings that get no further before a frame counts as the damage
 
 
 class _Frames:
@@ -136,7 +137,8 @@ class _Frames:
     decord decodes ahead on its own thread and reports an error when that thread meets it, not
     when the caller reaches it: frames already decoded before the damage would be lost, more or
     fewer with timing. Reopening at the frame reported (a seek decodes up to it before returning)
-    gets them back, so the frames kept do not depend on timing. ``damaged`` is then set to
+    gets them back, so the frames kept do not depend on timing, except inside the GOP that holds
+    the damage, where a reopened reader's read-ahead can still win. ``damaged`` is then set to
     ``{"video", "frame", "error"}``: the first sampled frame that could not be decoded."""
 
     def __init__(self, seg: Segment, video: OpenVideo, threads: int) -> None:
@@ -145,7 +147,7 @@ class _Frames:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         frames = np.asarray(self.seg.frames, dtype=np.int64)
-        pos, reopens = 0, 0
+        pos, reopens, stuck = 0, 0, 0
         while pos < len(frames):
             start = pos
             try:
@@ -153,7 +155,11 @@ class _Frames:
                     yield image
                     pos += 1
             except VideoReadError as exc:
-                if pos == start or reopens >= MAX_REOPENS:  # no further than last time: the damage
+                # No further than last time, again: the damage. One miss is not enough: a fresh
+                # reader's read-ahead can reach the damage before the seek's frame is handed over
+                # (seen on a loaded machine), so a frame counts as damaged after STUCK_TRIES misses.
+                stuck = stuck + 1 if pos == start else 0
+                if stuck >= STUCK_TRIES or reopens >= MAX_REOPENS:
                     self.damaged = {"video": self.seg.video, "frame": int(frames[pos]), "error": exc.cause}
                     return
                 reopens += 1

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -38,12 +38,12 @@ from jobs.identity import identify_all
 from jobs.inputs import VideoInput, escape_name
 from jobs.pipeline.actor import DetectorActor, WeightsPayload
 from jobs.pipeline.pool import ActorPool
-from jobs.pipeline.calibrate import pick_calibration, start_calibration
+from jobs.pipeline.calibrate import collect_calibration, pick_calibration
 from jobs.pipeline.commit import commit_shard, damage_notes
 from jobs.pipeline.decode import Started, decode_shard, where
 from jobs.pipeline.nodes import on_every_node
 from jobs.pipeline.plan import Shard, decoded_frames, plan_shards, sample_frames, shard_sizes
-from jobs.pipeline.probe import ProbeError, probe_video
+from jobs.pipeline.probe import probe_all
 from jobs.pipeline.ray_private import StreamingTask
 from jobs.pipeline.records import DetectedBatch
 from jobs.pipeline.resume import drop_changed_videos
@@ -79,32 +79,6 @@ class JobResult:
         return [v for v in self.videos if v["status"] == "partial"]
 
 
-def _probe_all(ray: Any, videos: list[VideoInput], timeout_s: float) -> tuple[dict[str, VideoInfo], dict[str, str]]:
-    """Probes every video in Ray workers; a crash or hang fails that video only."""
-    remote = ray.remote(num_cpus=0.5, max_retries=0)(probe_video)
-    refs = {remote.remote(v.path): v for v in videos}
-    infos: dict[str, VideoInfo] = {}
-    errors: dict[str, str] = {}
-    deadline = time.monotonic() + timeout_s
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=max(0.0, deadline - time.monotonic()))
-        for ref in ready:
-            video = refs[ref]
-            try:
-                infos[video.video] = ray.get(ref)
-            except ProbeError as exc:  # Ray re-raises it wrapped; ``cause`` is the original
-                errors[video.video] = str(getattr(exc, "cause", None) or exc)
-            except Exception as exc:  # a Ray error: the probe worker crashed or raised
-                errors[video.video] = f"probe failed ({one_line(exc, limit=300)})"
-        if time.monotonic() >= deadline:
-            break
-    for ref in pending:
-        ray.cancel(ref, force=True)
-        errors[refs[ref].video] = f"probe timed out after {timeout_s:g} s (the decoder hangs on this file)"
-    return infos, errors
-
-
 @dataclass(kw_only=True)
 class _ActorFactory:
     """Starts one detector actor. Once int8 calibration frames are known (``calibration``:
@@ -116,11 +90,11 @@ class _ActorFactory:
     config: DetectorConfig
     threads: int | None
     use_gpu: bool
-    calibration: list[Any] = field(default_factory=list)
+    calibration: list[Any] | None = None  # None: not int8 (or not calibrated yet); []: int8 fell back to float32
 
     def __call__(self) -> Any:
         actor = self.actor_cls.remote(self.payload, self.config, threads=self.threads, use_gpu=self.use_gpu)
-        if self.calibration:
+        if self.calibration is not None:
             actor.calibrate.remote(*self.calibration)  # runs before any batch: an actor runs calls in order
         return actor
 
@@ -128,14 +102,20 @@ class _ActorFactory:
 def _start_int8(
     ray: Any, probed: list[ProbedVideo], config: JobConfig, pool: ActorPool, factory: _ActorFactory, *, input_size: int
 ) -> list[dict[str, Any]]:
-    """Starts reading the int8 calibration frames and has every actor quantize on them before
-    its first batch; returns job.json's ``int8_calibration`` record."""
+    """Reads the int8 calibration frames (each video's read bounded by ``probe_timeout_s``
+    from its start, all by twice that; a video that fails or runs late is left out) and
+    has every actor quantize on them before its first batch; returns job.json's
+    ``int8_calibration`` record (the frames used)."""
     picks = pick_calibration(probed, config.detector.calibration_frames)
-    factory.calibration = start_calibration(ray, picks, input_size=input_size)
-    # the shards start decoding meanwhile; each actor quantizes before its first batch
+    factory.calibration, skipped = collect_calibration(
+        ray, picks, input_size=input_size, timeout_s=config.planning.probe_timeout_s,
+    )
+    if picks and not factory.calibration:
+        logger.warning("int8: no calibration frame could be read; the detector runs in float32")
     for actor in pool.actors:
         actor.calibrate.remote(*factory.calibration)
-    return [{"video": v, "frames": f} for v, _, f in picks]
+    pool.restart_clocks()  # quantizing is not a hang
+    return [{"video": v, "frames": f} for v, _, f in picks if v not in skipped]
 
 
 def _decode_task(
@@ -197,10 +177,35 @@ class _ShardLoop:
             for run in runs:  # collect detections
                 if scheduler.is_active(run):
                     self._collect(run, now)
+            self._resubmitted(self.pool.check())
+
+    def _resubmitted(self, moved: dict[Any, Any]) -> None:
+        """Batches of a hung detector actor were sent again (``{old ref: new ref}``); a batch
+        that hung actors too often (``new`` None) fails its shard."""
+        claimed, failing = set(), []
+        for old, new in moved.items():
+            for run in self.scheduler.running():
+                if old in run.pending:
+                    if new is None:
+                        run.pending.pop(old)
+                        failing.append(run)
+                    else:
+                        run.resubmitted(old, new)
+                        claimed.add(new)
+                    break
+        for new in moved.values():
+            if new is not None and new not in claimed:  # its shard has failed meanwhile
+                self.pool.release(new)
+        for run in dict.fromkeys(failing):
+            if self.scheduler.is_active(run):
+                self._fail(run, "a detector actor hung on this shard's frames")
 
     def _pull(self, run: ShardRun, now: float) -> None:
         """Dispatches ``run``'s decoded batches to the actors while they have room."""
-        while not run.exhausted and self.pool.capacity() > 0:
+        while not run.exhausted:
+            if self.pool.capacity() <= 0:
+                run.queued(now)  # waits for the detectors, not for its decoder
+                break
             ready, _ = self.ray.wait([run.gen], timeout=0, fetch_local=False)
             if not ready:
                 break
@@ -270,6 +275,7 @@ def _start_detectors(
     )
     pool = ActorPool(
         ray, make_actor=factory, size=sizing.detector_workers, inflight_per_actor=config.planning.inflight_batches,
+        hang_timeout_s=config.planning.shard_timeout_s,  # an actor that finishes nothing for this long is hung
     )
     return factory, pool
 
@@ -304,7 +310,7 @@ def run_job(
 
     factory, pool = _start_detectors(ray, config, weights, sizing)  # they load the model while the videos are probed
     t0 = time.monotonic()
-    infos, failures = _probe_all(ray, videos, config.planning.probe_timeout_s)
+    infos, failures = probe_all(ray, videos, config.planning.probe_timeout_s)
     timings["probe_s"] = time.monotonic() - t0
     probed = [ProbedVideo(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]
     if config.detector.int8:

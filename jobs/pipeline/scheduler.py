@@ -12,8 +12,11 @@ back. The scheduler decides:
 - a failed pack of several videos is retried as one shard per video (``split_pack``), so
   one bad video cannot fail the others; a failed single-video shard is retried up to
   ``planning.max_retries`` times, then its video fails with the last error;
-- an attempt that has started but made no progress (no batch decoded, no detection back)
-  for ``planning.shard_timeout_s`` fails: its decoder hung or crashed repeatedly.
+- an attempt that has started and whose decoder gave no batch for ``planning.shard_timeout_s``
+  while the driver was asking for one fails: its decoder hung or crashed repeatedly. Time
+  spent queueing is not a hang: while the detectors are full the driver asks for nothing
+  (:meth:`ShardRun.queued`), and an attempt whose frames are all decoded only waits for
+  detections (a hung detector is found and replaced by :class:`jobs.pipeline.pool.ActorPool`).
 
 Ray's objects (the decode generator, the result refs) are opaque values here, so all of this
 is unit-tested without Ray.
@@ -82,6 +85,16 @@ class ShardRun:
         self.running = True
         return False
 
+    def queued(self, now: float) -> None:
+        """The driver did not ask for this attempt's next batch (the detectors are full): its
+        decoder is waiting, not hanging, so its clock starts again."""
+        self.last_progress = now
+
+    def resubmitted(self, old: Any, new: Any) -> None:
+        """The call ``old`` was sent again as ``new`` (its detector actor hung)."""
+        if old in self.pending:
+            self.pending[new] = self.pending.pop(old)
+
     def dispatched(self, ref: Any) -> None:
         """A batch went to a detector actor; ``ref`` is the call's result."""
         self.pending[ref] = self.next_seq
@@ -148,9 +161,10 @@ class Scheduler:
 
     def stalled(self, run: ShardRun, now: float) -> str | None:
         """Why ``run`` must fail for lack of progress, or None. A queued task's wait for a
-        CPU does not count: only an attempt that has started can stall."""
+        CPU does not count (only an attempt that has started can stall), nor a wait for the
+        detectors (see the module docstring): only its decoder's silence does."""
         timeout = self.shard_timeout_s
-        if run.running and now - run.last_progress > timeout:
+        if run.running and not run.exhausted and now - run.last_progress > timeout:
             return f"no progress for {timeout:g} s (decoder hung or crashed repeatedly)"
         return None
 

@@ -1,7 +1,7 @@
 """Drawing on source frames, inside Ray workers: face thumbnails and annotated H.264 videos.
 
-Frames are decoded with decord a batch at a time (never a whole video) and annotated
-frames are piped raw into ffmpeg (imageio-ffmpeg's binary, which has libx264), written
+Thumbnails' frames are decoded with decord, annotated videos' in one forward pass with
+OpenCV (see :func:`_stream`), a frame at a time; annotated frames are piped raw into ffmpeg (imageio-ffmpeg's binary, which has libx264), written
 aside and renamed into place.
 """
 
@@ -11,13 +11,15 @@ import logging
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
 from detector.spec import MASK, NO_MASK
 from jobs.errors import one_line
-from jobs.video import VideoReadError, open_video
+from jobs import faults
+from jobs.video import VideoReadError, open_video, utf8_alias
 from sinks.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -66,28 +68,35 @@ def _read(path: str, frames: np.ndarray) -> Iterator[np.ndarray]:
         raise RenderError(str(exc)) from None
 
 
-def _batches(
-    path: str, frames: np.ndarray, *, budget_bytes: int = 64 << 20
-) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-    """``(indices, [(H, W, 3) uint8 RGB, ...])`` over ``frames`` (ascending), in chunks of at
-    most ``budget_bytes`` of frames.
+def _stream(path: str, frames: np.ndarray, *, threads: int = 1) -> Iterator[np.ndarray]:
+    """The (H, W, 3) uint8 RGB frames at ascending ``frames``, in one forward pass over the
+    file with OpenCV's FFmpeg reader: frames between wanted ones are decoded but not
+    converted (``grab``). Linear in the video's length, whatever its length.
 
-    Each chunk is read with a fresh reader that is closed before the chunk is handed over:
-    decord keeps decoding ahead, holding every frame, while its caller waits (here on
-    ffmpeg's pipe; see :class:`jobs.video.OpenVideo`), so an open reader would fill memory
-    on a long video.
+    Not decord: its reader keeps decoding ahead on its own thread, holding the frames,
+    while its caller waits (here on ffmpeg's pipe; ~850 MB measured on a 720p video), and
+    reopening it to stop that (as this once did every 64 MB of frames) scans the whole file
+    at each open: quadratic in the video's length. OpenCV decodes only when asked, so one
+    frame is held at a time. Raises :class:`RenderError`.
     """
-    pos = 0
-    while pos < len(frames):
-        images: list[np.ndarray] = []
-        reading = _read(path, frames[pos:])
-        for image in reading:
-            images.append(image.copy())
-            if len(images) * image.nbytes >= budget_bytes:
-                break
-        reading.close()
-        yield frames[pos : pos + len(images)], images
-        pos += len(images)
+    with utf8_alias(path) as openable:  # OpenCV crashes on a name that is not UTF-8
+        cap = cv2.VideoCapture(openable, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
+    try:
+        if not cap.isOpened():
+            raise RenderError(f"{path}: not a readable video")
+        cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)  # frames as stored, as decord (and the detections) saw them
+        pos = 0  # the index of the frame the next grab decodes
+        for idx in frames.tolist():
+            while pos <= idx:
+                if not cap.grab():
+                    raise RenderError(f"{path}: decoding failed at frame {pos}")
+                pos += 1
+            ok, bgr = cap.retrieve()
+            if not ok:
+                raise RenderError(f"{path}: decoding failed at frame {idx}")
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    finally:
+        cap.release()
 
 
 def crop_thumbnail(image: np.ndarray, box: np.ndarray, *, margin: float = 0.35) -> bytes:
@@ -110,18 +119,31 @@ def thumbnails(path: str, wanted: dict[int, tuple[int, np.ndarray]]) -> dict[int
     """``{track: JPEG}`` for ``wanted`` ``{track: (frame, box)}``, decoding only those frames.
 
     One reader reads the frames forward and each is cropped as soon as it is decoded, so
-    decord never reads ahead while this waits (see :func:`_batches`) and no frame is kept.
+    decord never reads ahead while this waits (see :func:`_stream`) and no frame is kept.
     """
+    return _last(_thumbnail_steps(path, wanted))
+
+
+def _last(steps: Iterator[Any]) -> Any:
+    value = None
+    for value in steps:
+        pass
+    return value
+
+
+def _thumbnail_steps(path: str, wanted: dict[int, tuple[int, np.ndarray]]) -> Iterator[int | dict[int, bytes]]:
+    """:func:`thumbnails`, yielding a count after each frame decoded, then the result."""
     by_frame: dict[int, list[int]] = {}
     for track, (frame, _) in wanted.items():
         by_frame.setdefault(int(frame), []).append(track)
     frames = np.array(sorted(by_frame), np.int64)
     out: dict[int, bytes] = {}
     if len(frames):
-        for frame, image in zip(frames.tolist(), _read(path, frames)):
+        for n, (frame, image) in enumerate(zip(frames.tolist(), _read(path, frames))):
             for track in by_frame[frame]:
                 out[track] = crop_thumbnail(image, wanted[track][1])
-    return out
+            yield n
+    yield out
 
 
 def draw_frame(image: np.ndarray, dets: VideoDetections, i: int, time_s: float) -> np.ndarray:
@@ -171,7 +193,18 @@ def annotate_video(
 ) -> int:
     """Writes ``out``: the sampled frames with :func:`draw_frame`, H.264 yuv420p MP4 at ``rate``
     frames per second, even dimensions (padded), moov atom first (faststart). Returns frames
-    written."""
+    written. One decoding pass over ``path`` (:func:`_stream`); memory: a frame or two."""
+    return _last(_annotate_steps(path, dets, out, rate=rate, width=width, height=height, crf=crf, preset=preset))
+
+
+PROGRESS_EVERY = 16  # frames between the progress counts a render step yields
+
+
+def _annotate_steps(
+    path: str, dets: VideoDetections, out: str, *, rate: float, width: int, height: int, crf: int, preset: str
+) -> Iterator[int]:
+    """:func:`annotate_video`, yielding the frames written so far every ``PROGRESS_EVERY``
+    frames and once at the end."""
     import imageio_ffmpeg
 
     with atomic_output(out) as tmp:  # ``-f mp4``: the format is not read from the temporary name
@@ -185,13 +218,14 @@ def annotate_video(
         assert proc.stdin is not None
         written = 0
         try:
-            for idx, images in _batches(path, dets.frames):
-                for image in images:
-                    if image.shape[:2] != (height, width):
-                        size = f"{image.shape[1]}x{image.shape[0]}"
-                        raise RenderError(f"{path}: a frame near {int(idx[0])} is {size}, not {width}x{height}")
-                    proc.stdin.write(draw_frame(image, dets, written, float(dets.time_s[written])).tobytes())
-                    written += 1
+            for idx, image in zip(dets.frames.tolist(), _stream(path, dets.frames)):
+                if image.shape[:2] != (height, width):
+                    size = f"{image.shape[1]}x{image.shape[0]}"
+                    raise RenderError(f"{path}: frame {idx} is {size}, not {width}x{height}")
+                proc.stdin.write(draw_frame(image, dets, written, float(dets.time_s[written])).tobytes())
+                written += 1
+                if written % PROGRESS_EVERY == 0:
+                    yield written
             proc.stdin.close()
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             if proc.wait() != 0:
@@ -200,7 +234,10 @@ def annotate_video(
             proc.kill()  # before the temporary file is removed: ffmpeg may still be writing it
             proc.wait()
             raise
-    return written
+    yield written
+
+
+STARTED = "started"  # a render step's first item: its no-progress clock starts here
 
 
 def render_video(
@@ -214,9 +251,19 @@ def render_video(
     height: int,
     crf: int,
     preset: str,
-) -> dict[int, bytes]:
-    """The Ray task: thumbnails for ``wanted`` tracks, and the annotated video if asked."""
-    thumbs = thumbnails(path, wanted) if wanted else {}
+) -> Iterator[str | int | dict[int, bytes]]:
+    """The Ray task (a streaming generator): ``STARTED``, then a count as work is done (so the
+    driver can tell a slow piece from a stuck one), then ``{track: JPEG}``: thumbnails for
+    ``wanted`` tracks, and the annotated video written to ``annotate_to`` if asked."""
+    yield STARTED
+    faults.at_path("render", path)  # test-only: a stuck piece, when $MASKJOBS_TEST_FAULT asks
+    thumbs: dict[int, bytes] = {}
+    if wanted:
+        for step in _thumbnail_steps(path, wanted):
+            if isinstance(step, dict):
+                thumbs = step
+            else:
+                yield step
     if annotate_to is not None:
-        annotate_video(path, dets, annotate_to, rate=rate, width=width, height=height, crf=crf, preset=preset)
-    return thumbs
+        yield from _annotate_steps(path, dets, annotate_to, rate=rate, width=width, height=height, crf=crf, preset=preset)
+    yield thumbs

@@ -260,11 +260,11 @@ def _render(
     manifest = _Manifest(sink.annotated_dir) if sink.annotated_dir is not None else None
     if a.enabled and sink.annotated_dir.is_dir():  # type: ignore[union-attr]  (run_job checked it)
         sweep(sink.annotated_dir, recursive=True)  # left by a killed run
-    remote = ray.remote(num_cpus=1, max_retries=1)(render_video)
+    remote = ray.remote(num_cpus=1, max_retries=0, num_returns="streaming")(render_video)
     # thumbnails of one video are split over the CPUs the other videos leave idle
     spread = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, len(todo)))
     idle = list(helpers)
-    pending: dict[Any, tuple[str, str | None, str, Callable[[], Any] | None]] = {}
+    pieces: list[_Piece] = []
     thumbs: dict[str, dict[int, bytes]] = {}
     for video, path, info in todo:
         dets, thumbs[video], wanted = tracked[video], {}, {}
@@ -286,33 +286,85 @@ def _render(
                 annotate = annotate_to if i == 0 else None
                 task = functools.partial(remote.remote, path, dets, part, annotate, rate=rate, width=info.width,
                                          height=info.height, crf=a.crf, preset=a.preset)
+                piece = _Piece(video, annotate, digest, task)
                 if idle:  # the task stays as the fallback should the actor die
-                    pending[idle.pop(0).render.remote(*task.args, **task.keywords)] = (video, annotate, digest, task)
+                    piece.actor = idle.pop(0)
+                    piece.gen = piece.actor.render.options(num_returns="streaming").remote(*task.args, **task.keywords)
                 else:
-                    pending[task()] = (video, annotate, digest, None)
-    for ref, (video, annotate_to, digest, fallback) in pending.items():
-        try:
-            thumbs[video].update(_rendered(ray, ref, fallback, video))
-        except Exception as exc:  # a Ray error: the render task failed; keep the rest of the output
-            cause = one_line(exc, limit=300)
-            logger.warning("%s: thumbnails/annotated video failed (%s)", video, cause)
+                    piece.gen = task()
+                pieces.append(piece)
+    for piece in _wait_pieces(ray, pieces, timeout_s=config.planning.shard_timeout_s):
+        if piece.error is not None:
+            logger.warning("%s: thumbnails/annotated video failed (%s)", piece.video, piece.error)
             continue
-        if annotate_to is not None:
-            manifest.entries[video] = {"file": f"{video}.mp4", "digest": digest, "frames": len(tracked[video].frames)}
+        thumbs[piece.video].update(piece.result)
+        if piece.annotate_to is not None:
+            manifest.entries[piece.video] = {
+                "file": f"{piece.video}.mp4", "digest": piece.digest, "frames": len(tracked[piece.video].frames),
+            }
     if a.enabled:
         manifest.save()
     return thumbs
 
 
-def _rendered(ray: Any, ref: Any, fallback: Callable[[], Any] | None, video: str) -> dict[int, bytes]:
-    """``ray.get(ref)``; if the actor it ran on died, the same piece again as a task (``fallback``)."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayActorError:
-        if fallback is None:
-            raise
-        logger.info("%s: the actor rendering it died; rendering in a task instead", video)
-        return ray.get(fallback())
+@dataclasses.dataclass(eq=False)
+class _Piece:
+    """One render step (thumbnails of some of a video's tracks, and maybe its annotated
+    video) running as a streaming generator on a helper actor or in a task (``task``)."""
+
+    video: str
+    annotate_to: str | None
+    digest: str
+    task: Callable[[], Any]  # starts it as a task (the fallback when its actor dies)
+    actor: Any = None
+    gen: Any = None
+    started: float | None = None  # when it started running; its last progress after
+    result: dict[int, bytes] = dataclasses.field(default_factory=dict)
+    error: str | None = None
+
+
+def _wait_pieces(ray: Any, pieces: list[_Piece], *, timeout_s: float, poll_s: float = 1.0) -> list[_Piece]:
+    """Runs ``pieces`` to the end: each yields a first item once it runs, counts as it
+    works, then its result. One that reports nothing for ``timeout_s`` once running is
+    stuck: stopped (its task cancelled, or its actor killed) and failed; one whose actor
+    died runs again as a task. A failure is its own video's only. Returns ``pieces``."""
+    pending = list(pieces)
+    while pending:
+        gens = [p.gen for p in pending]
+        ray.wait(gens, num_returns=1, timeout=poll_s, fetch_local=False)
+        ready = set(ray.wait(gens, num_returns=len(gens), timeout=0, fetch_local=False)[0])
+        now = time.monotonic()
+        for piece in list(pending):
+            if piece.gen in ready:
+                try:
+                    value = ray.get(next(piece.gen))
+                except StopIteration:
+                    value = RuntimeError("the render step returned nothing")
+                except ray.exceptions.RayActorError as exc:
+                    if piece.actor is not None:
+                        logger.info("%s: the actor rendering it died; rendering in a task instead", piece.video)
+                        piece.actor, piece.gen, piece.started = None, piece.task(), None
+                        continue
+                    value = exc
+                except Exception as exc:  # a Ray error: the render step failed
+                    value = exc
+                if isinstance(value, dict):
+                    piece.result = value
+                elif not isinstance(value, BaseException):
+                    piece.started = now  # STARTED, or a count: progress
+                    continue
+                else:
+                    piece.error = one_line(value, limit=300)
+            elif piece.started is not None and now - piece.started > timeout_s:
+                if piece.actor is not None:
+                    ray.kill(piece.actor)  # an actor's call cannot be cancelled by force
+                else:
+                    ray.cancel(piece.gen, force=True)
+                piece.error = f"no progress for {timeout_s:g} s (stuck decoding or encoding)"
+            else:
+                continue
+            pending.remove(piece)
+    return pieces
 
 
 def finish_tracks(

@@ -53,3 +53,40 @@ def test_read_calibration_matches_decoding(video_set: VideoSet) -> None:
 def test_an_unreadable_video_gives_no_frames(video_set: VideoSet, name: str) -> None:
     got = read_calibration(str(video_set.root / name), [0, 10], input_size=260)
     assert got.shape == (0, 260, 260, 3)
+
+
+@pytest.mark.slow  # runs `maskjobs run --int8` on a real local Ray
+def test_a_calibration_read_that_hangs_or_crashes_is_skipped(
+    tmp_path, scene, ffmpeg: str, caffe_weights, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of three videos picked for int8 calibration, one's read hangs and one's crashes its
+    worker: calibration goes on with the third within its time limit, every video is
+    processed in int8, and job.json lists the frames actually used."""
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from benchmarks.videogen import write_video
+    from jobs.cli.main import app
+
+    root = tmp_path / "in"
+    root.mkdir()
+    for i, name in enumerate(("good.mp4", "hangs.mp4", "crashes.mp4")):
+        write_video(root / name, scene, 30, ffmpeg=ffmpeg, first=i * 5, gop=10)
+    monkeypatch.setenv("MASKJOBS_TEST_FAULT", "calib-hang:hangs.mp4,calib-crash:crashes.mp4")
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("planning:\n  probe_timeout_s: 5\n  shard_timeout_s: 20\n  max_retries: 0\n")
+    out = tmp_path / "o"
+    result = CliRunner().invoke(
+        app, ["run", str(root), "--out", str(out), "--weights", str(caffe_weights), "--config", str(cfg), "--int8"],
+        catch_exceptions=False,
+    )
+    videos = pd.read_parquet(out / "videos.parquet")
+    bad = videos[videos.status != "done"]
+    assert bad.empty, bad[["video", "error"]].to_string()
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_parquet(out / "frames")) == 90
+    job = json.loads((out / "job.json").read_text())
+    assert [c["video"] for c in job["int8_calibration"]] == ["good.mp4"]
+    assert job["detector_backend"] == "int8" and sum(job["int8_frames"].values()) == 90

@@ -68,6 +68,9 @@ def test_the_frames_before_the_damage_are_kept_at_any_pace(cut: tuple[Path, Path
         assert batches[-1]["video"].tolist() == ["good.mp4"] * 3  # the next video of the shard goes on
         assert all(b["frames"].shape[1:] == (64, 64, 3) for b in batches)
         stops.append(stop)
-    # the same frames whatever the pace (decord alone loses those it decoded ahead), and no fewer
-    # than one uninterrupted read of the file gets
-    assert len(set(stops)) == 1 and stops[0] >= decodable, (stops, decodable)
+    # Whatever the pace, every GOP before the damaged one is kept (decord alone loses whatever it
+    # decoded ahead: frame 4 of 68 with these pauses, before). Inside the damaged GOP a reopened
+    # reader's read-ahead can still reach the damage before the seek's frame is handed over, on a
+    # loaded machine (seen: 64 of 68, in about 1 run of 10 with three busy loops beside it).
+    damaged_gop = 12 * ((decodable - 1) // 12)  # gop=12 above: the keyframe before the damage
+    assert min(stops) >= damaged_gop and max(stops) <= decodable + 12, (stops, decodable)

@@ -148,3 +148,41 @@ def test_results_commit_in_decode_order_whatever_order_they_return_in() -> None:
 def test_an_empty_plan_is_not_busy() -> None:
     scheduler = _scheduler([])
     assert not scheduler.busy() and scheduler.next_to_start() is None and scheduler.failures == {}
+
+
+def test_waiting_for_busy_detectors_is_not_a_hang() -> None:
+    """A shard whose frames are all decoded only waits for detections: however long the
+    detectors take (a hung one is the pool's to replace), it does not fail as "no progress"."""
+    scheduler = _scheduler([_single("v.mp4")], timeout=4.0)
+    (run,) = _start_all(scheduler, now=100.0)
+    run.took(now=100.0)
+    assert run.took(now=101.0)
+    run.dispatched("ref-0")
+    run.exhausted = True
+    assert scheduler.stalled(run, now=1000.0) is None
+
+
+def test_a_decoder_held_back_by_full_detectors_is_not_a_hang() -> None:
+    """While the detectors are full the driver asks the decoder for nothing: that time is
+    queueing (``queued``); only silence while the driver asks counts."""
+    scheduler = _scheduler([_single("v.mp4")], timeout=4.0)
+    (run,) = _start_all(scheduler, now=100.0)
+    run.took(now=100.0)
+    for now in (102.0, 105.0, 108.0, 111.0):  # detectors full: the driver does not ask
+        run.queued(now)
+        assert scheduler.stalled(run, now=now + 1.0) is None
+    assert scheduler.stalled(run, now=115.5) == "no progress for 4 s (decoder hung or crashed repeatedly)"
+
+
+def test_a_resubmitted_call_keeps_its_place() -> None:
+    scheduler = _scheduler([_single("v.mp4", frames=4)])
+    (run,) = _start_all(scheduler)
+    run.took(0.0)
+    for ref in ("r0", "r1"):
+        assert run.took(1.0)
+        run.dispatched(ref)
+    run.exhausted = True
+    run.resubmitted("r0", "r0-again")
+    run.received("r1", _batch("v.mp4", [2, 3]), now=2.0)
+    run.received("r0-again", _batch("v.mp4", [0, 1]), now=3.0)
+    assert run.complete and [b["frame"].tolist() for b in run.in_order()] == [[0, 1], [2, 3]]

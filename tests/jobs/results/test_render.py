@@ -82,3 +82,99 @@ def test_an_odd_sized_video_is_padded_to_even_dimensions(tmp_path, scene: Scene,
     image = reader[1].asnumpy().astype(int)
     assert np.abs(image[105, 100] - NOMASK_RGB).max() < 80 and np.abs(image[105, 180] - NOMASK_RGB).max() < 80
     assert not list(out.parent.glob(".*.part"))  # nothing left aside
+
+
+def _rchar() -> int:
+    """Bytes this process has read through read() calls so far (page cache included), its
+    reaped children's too (ffmpeg's reads of the frames piped to it)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def test_annotating_reads_the_video_once(tmp_path, ffmpeg: str) -> None:
+    """A 720p clip of 300 frames is ~800 MB of RGB frames: annotating it reads the file in
+    one pass, not once per 64 MB of frames (each reader open scans the whole file)."""
+    import subprocess
+
+    src = tmp_path / "long720.mp4"
+    subprocess.run(
+        [ffmpeg, "-y", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25", "-frames:v", "300",
+         "-c:v", "libx264", "-preset", "ultrafast", "-g", "50", str(src)],
+        check=True,
+    )
+    frames = np.arange(0, 300, 2)
+    n = len(frames)
+    dets = VideoDetections(frames, frames / 25.0, np.zeros(n, np.int64), np.zeros((0, 4)), np.zeros(0, bool),
+                           np.zeros(0), np.zeros(0, np.int64))
+    before = _rchar()
+    written = annotate_video(str(src), dets, str(tmp_path / "out.mp4"), rate=12.5, width=1280, height=720,
+                             preset="ultrafast")
+    piped = n * 1280 * 720 * 3  # what the encoder read from its pipe
+    ratio = (_rchar() - before - piped) / src.stat().st_size
+    assert written == n
+    assert ratio < 2.5, f"read the video {ratio:.1f} times"
+    reader = decord.VideoReader(str(tmp_path / "out.mp4"))
+    source = decord.VideoReader(str(src))
+    assert len(reader) == n
+    for pos in (0, n // 2, n - 1):  # the right source frames, in order (below the banner)
+        diff = np.abs(reader[pos].asnumpy()[100:].astype(int) - source[int(frames[pos])].asnumpy()[100:].astype(int))
+        assert diff.mean() < 8, (pos, diff.mean())
+
+
+@pytest.mark.parametrize("order", ["fine first: the stuck piece runs in a task", "stuck first: the stuck piece runs on the idle detector actor"])
+def test_a_stuck_render_piece_loses_only_its_own_videos_extras(
+    tmp_path, scene: Scene, ffmpeg: str, caffe_weights, order: str
+) -> None:
+    """Rendering one video never finishes (after every shard is committed): the job still
+    ends, within the no-progress limit, with the other video's annotated video and
+    thumbnails, and the stuck one's rows and tracks, without its extras. The first piece
+    goes to the one detector actor (stopped by killing it), the other to a task (cancelled)."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "in"
+    root.mkdir()
+    fine, stuck = ("a_fine.mp4", "b_stuck.mp4") if order.startswith("fine") else ("b_fine.mp4", "a_stuck.mp4")
+    for name in (fine, stuck):  # videos are rendered in name order
+        write_video(root / name, scene, 24, ffmpeg=ffmpeg, gop=12)
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("planning:\n  shard_timeout_s: 5\n")
+    out = tmp_path / "o"
+    env = {**os.environ, "MASKJOBS_TEST_FAULT": "render-hang:stuck.mp4"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from jobs.cli.main import app; app()", "run", str(root), "--out", str(out),
+         "--weights", str(caffe_weights), "--config", str(cfg), "--annotate"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{stuck}: thumbnails/annotated video failed (no progress for 5 s" in proc.stderr
+    videos = pd.read_parquet(out / "videos.parquet").set_index("video")
+    assert (videos.status == "done").all() and (videos.frames_processed == 24).all()
+    manifest = json.loads((out / "annotated" / "manifest.json").read_text())
+    assert set(manifest) == {fine} and (out / "annotated" / f"{fine}.mp4").is_file()
+    assert not (out / "annotated" / f"{stuck}.mp4").exists()
+    tracks = pd.read_parquet(out / "tracks.parquet")
+    unmasked = tracks[tracks.label == "NoMask"].set_index("video")
+    assert set(tracks.video) == {fine, stuck}
+    assert unmasked.loc[[fine], "thumbnail"].notna().all()
+    assert unmasked.loc[[stuck], "thumbnail"].isna().all()
+
+
+def test_the_annotate_reader_gives_decords_frames_in_every_codec(video_set) -> None:
+    """Annotated videos read with OpenCV, detections come from decord: the same frame index
+    must be the same picture in every container and codec of the video set."""
+    from jobs.results.render import _stream
+
+    for video, n in video_set.good.items():
+        path = str(video_set.root / video)
+        frames = np.unique(np.linspace(0, n - 1, 7).round().astype(np.int64))
+        source = decord.VideoReader(path)
+        for idx, image in zip(frames.tolist(), _stream(path, frames)):
+            want = source[idx].asnumpy().astype(int)
+            assert image.shape == want.shape, video
+            assert np.abs(image.astype(int) - want).mean() < 6, (video, idx)
+            if idx + 1 < n:  # and not its neighbour, where the scene moves between them
+                other = source[idx + 1].asnumpy().astype(int)
+                if np.abs(other - want).mean() > 2:
+                    assert np.abs(image.astype(int) - want).mean() < np.abs(image.astype(int) - other).mean(), (video, idx)

@@ -1,0 +1,56 @@
+"""Test-only fault injection for the parts a decode-level fault cannot reach.
+
+``$MASKJOBS_TEST_FAULT`` (unset in normal use; :mod:`jobs.pipeline.decode` reads its
+``crash:``/``hang:`` entries) may also hold, comma-separated:
+
+- ``calib-crash:<text>`` / ``calib-hang:<text>``: reading int8 calibration frames of a file
+  whose path contains ``<text>`` kills its worker / never returns;
+- ``render-hang:<text>``: rendering (thumbnails, ``--annotate``) a file whose path contains
+  ``<text>`` never returns;
+- ``detector-hang:<flag file>``: the first detector call that creates ``<flag file>``
+  never returns (one hung actor per job: its replacement, finding the file, works);
+- ``detector-sleep:<seconds>``: every detector call takes that much longer (a busy detector).
+
+Each is a no-op unless named, so these hooks cost one environment lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+FAULT_ENV = "MASKJOBS_TEST_FAULT"
+
+
+def _entries(kind: str) -> list[str]:
+    out = []
+    for spec in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        name, _, arg = spec.partition(":")
+        if name == kind and arg:
+            out.append(arg)
+    return out
+
+
+def _hang() -> None:
+    while True:
+        time.sleep(3600)
+
+
+def at_path(where: str, path: str) -> None:
+    """``where`` is ``calib`` or ``render``: crashes or hangs here if asked for ``path``."""
+    if any(text in path for text in _entries(f"{where}-crash")):
+        os._exit(134)
+    if any(text in path for text in _entries(f"{where}-hang")):
+        _hang()
+
+
+def in_detector() -> None:
+    """Sleeps or hangs a detector call if asked (see the module docstring)."""
+    for seconds in _entries("detector-sleep"):
+        time.sleep(float(seconds))
+    for flag in _entries("detector-hang"):
+        try:
+            os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        _hang()

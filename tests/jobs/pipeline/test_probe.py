@@ -1,0 +1,38 @@
+"""Probing: each video's time limit runs from when its own probe starts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from benchmarks.videogen import Scene, write_video
+from jobs.cli.main import app
+
+
+@pytest.mark.slow
+def test_probes_queued_behind_others_do_not_time_out(
+    tmp_path: Path, scene: Scene, ffmpeg: str, caffe_weights: Path
+) -> None:
+    """80 healthy files and a 2 s probe limit: two probes run at a time beside the detector,
+    so the last ones start well after 2 s, and every one must pass (one deadline for all
+    probes failed the late ones as "the decoder hangs")."""
+    root = tmp_path / "in"
+    root.mkdir()
+    first = write_video(root / "v00.mp4", scene, 4, ffmpeg=ffmpeg)
+    for i in range(1, 80):
+        shutil.copy(first, root / f"v{i:02d}.mp4")
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("planning:\n  probe_timeout_s: 2\n")
+    result = CliRunner().invoke(
+        app, ["run", str(root), "--out", str(tmp_path / "o"), "--weights", str(caffe_weights), "--config", str(cfg)],
+        catch_exceptions=False,
+    )
+    videos = pd.read_parquet(tmp_path / "o" / "videos.parquet")
+    failed = videos[videos.status != "done"]
+    assert failed.empty, failed[["video", "error"]].to_string()
+    assert result.exit_code == 0, result.output
+    assert len(videos) == 80 and (videos.frames_processed == 4).all()
