@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from jobs.cli.options import KeyframesOpt
 from jobs.cli.options import (
     AnnotateOpt, BatchSizeOpt, ConfigOpt, FpsOpt, InputsArg, Int8Opt, OutOpt, OverwriteOpt, StrideOpt, WeightsOpt,
     errors_to_exit_codes, run_overrides,
@@ -44,6 +45,7 @@ def run(
     overwrite: OverwriteOpt = False,
     annotate: AnnotateOpt = False,
     int8: Int8Opt = False,
+    keyframes: KeyframesOpt = False,
     tiles: TilesOpt = None,
 ) -> None:
     """Run the batch job: every video's sampled frames through the detector, into Parquet.
@@ -56,6 +58,7 @@ def run(
 
     overrides = run_overrides(
         stride=stride, fps=fps, batch_size=batch_size, weights=weights, annotate=annotate, int8=int8, tiles=tiles,
+        keyframes=keyframes,
     )
     cfg = resolve_config(config, {**overrides, "ray.address": address})
     try:
@@ -117,12 +120,14 @@ def print_summary(result: JobResult, fps: float) -> None:
 
     rate = f", {fps:.1f} frames/s" if fps > 0 else ", nothing left to process"
     table = Table(title=f"maskjobs run: {len(result.videos)} videos{rate}")
-    for col in ("video", "status", "frames", "faces", "masked", "unmasked", "compliance", "people", "unmasked people"):
+    for col in ("video", "status", "frames", "per s", "faces", "masked", "unmasked", "compliance", "people",
+                "unmasked people"):
         table.add_column(col, justify="left" if col in ("video", "status") else "right")
     for v in result.videos:
         comp = "-" if v["compliance"] is None else f"{v['compliance']:.1%}"
         table.add_row(
-            v["video"], v["status"], str(v["frames_processed"]), str(v["faces"]), str(v["masked"]),
+            v["video"], v["status"], str(v["frames_processed"]),
+            "-" if v.get("sampling_rate") is None else f"{v['sampling_rate']:.2f}", str(v["faces"]), str(v["masked"]),
             str(v["unmasked"]), comp, str(v["people"]), str(v["people_unmasked"]),
         )
     Console(width=120).print(table)
