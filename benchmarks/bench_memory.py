@@ -144,12 +144,12 @@ class Case:
     peak: MemoryPeak
 
 
-def run_case(name: str, inputs: list[Path], out: Path, weights: Path, interval: float) -> Case:
+def run_case(name: str, inputs: list[Path], out: Path, weights: Path, interval: float, flags: list[str] = ()) -> Case:
     exe = shutil.which("maskjobs", path=str(Path(sys.executable).parent)) or "maskjobs"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "MASKJOBS_WEIGHTS": str(weights)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([exe, "run", *map(str, inputs), "--out", str(out)], env=env,
+    proc = subprocess.Popen([exe, "run", *map(str, inputs), "--out", str(out), *flags], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sampler = TreeSampler(proc.pid, interval)
     sampler.start()
@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit-gib", type=float, default=4.0, help="the bound the peak must stay under")
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "maskjobs-bench")
+    p.add_argument("--flags", default="", help="extra flags for every run (e.g. '--stride 15': more decoders at once)")
     args = p.parse_args(argv)
+    flags = args.flags.split()
     weights = (args.weights or default_weights()).resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(machine())
@@ -193,13 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     clips = ensure_clips(args.workdir, args.clips, "720p", args.clip_frames) if args.clips else None
 
     cases = [
-        run_case(f"1080p, {args.minutes} min", [short], args.workdir / "out-mem-short", weights, args.interval),
+        run_case(f"1080p, {args.minutes} min", [short], args.workdir / "out-mem-short", weights, args.interval, flags),
         run_case(f"1080p, {args.minutes * args.repeat} min", [long], args.workdir / "out-mem-long", weights,
-                 args.interval),
+                 args.interval, flags),
     ]
     if clips is not None:
         cases.append(run_case(f"{args.clips} clips of {args.clip_frames} frames, 720p", [clips],
-                              args.workdir / "out-mem-clips", weights, args.interval))
+                              args.workdir / "out-mem-clips", weights, args.interval, flags))
     gib = 1024**3
     print("\n| case | frames | wall | frames/s | peak PSS (all processes) | peak RSS sum | processes |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -102,10 +102,10 @@ def decoded_batches(path: Path, frames: int, batch: int, which: Sequence[int] | 
     """The batches a job's decode task yields for ``path`` (frames ``which``, else the first
     ``frames``), resized to 260x260: ``jobs.pipeline.decode.decode_shard``'s dicts, whose
     ``"frames"`` is (n, 260, 260, 3) uint8 RGB and ``"frame"`` the n source indices."""
-    from jobs.pipeline.decode import STARTED, decode_shard
+    from jobs.pipeline.decode import Started, decode_shard
     from jobs.pipeline.plan import Segment, Shard
 
     shard = Shard("bench", (Segment(path.name, str(path), tuple(which if which is not None else range(frames))),))
     for item in decode_shard(shard, input_size=260, batch_size=batch):
-        if item is not STARTED:
+        if not isinstance(item, Started):
             yield item

@@ -57,12 +57,14 @@ def ensure_video(
     return path
 
 
-def ensure_walkers_video(workdir: Path, size: str, frames: int) -> Path:
+def ensure_walkers_video(workdir: Path, size: str, frames: int, *, fps: int = 25, gop: int = 250) -> Path:
     """A harder scene than :func:`ensure_video`'s: four faces (the two photos and their
     mirror images, at different heights) walking across the picture along straight lines,
     overlapping and leaving it, encoded as a surveillance camera might (``h264-camera``: x264
-    ``fast``, High profile, CRF 26; 25 fps, a keyframe every 250 frames). Generated once."""
-    path = workdir / f"walkers-{size}-{frames}.mp4"
+    ``fast``, High profile, CRF 26; 25 fps, a keyframe every 250 frames, unless ``fps`` and
+    ``gop`` say otherwise). Generated once."""
+    tag = "" if (fps, gop) == (25, 250) else f"-{fps}fps-g{gop}"
+    path = workdir / f"walkers-{size}-{frames}{tag}.mp4"
     if path.exists():
         return path
     width, height = SIZES[size]
@@ -81,7 +83,7 @@ def ensure_walkers_video(workdir: Path, size: str, frames: int) -> Path:
     scene = PathScene(walkers, frames, width=width, height=height)
     tmp = path.with_name(f".tmp-{path.name}")
     print(f"generating {path} ({frames} frames, {width}x{height}, four walkers) ...", flush=True)
-    write_video(tmp, scene, frames, ffmpeg=_ffmpeg(), codec="h264-camera", fps=25, gop=250)
+    write_video(tmp, scene, frames, ffmpeg=_ffmpeg(), codec="h264-camera", fps=fps, gop=gop)
     tmp.rename(path)
     return path
 

@@ -23,6 +23,7 @@ from jobs.errors import ConfigError, one_line
 class SamplingConfig:
     stride: int = 1
     fps: float | None = None
+    keyframes: bool = False  # only the keyframes the container lists (decodes nothing else)
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,11 @@ class JobConfig:
 
         Tracking and annotation are not in it: every run recomputes them from the rows.
         """
+        sampling = dataclasses.asdict(self.sampling)
+        if not sampling["keyframes"]:  # absent unless set, so older outputs keep their fingerprint
+            del sampling["keyframes"]
         key = {
-            "sampling": dataclasses.asdict(self.sampling),
+            "sampling": sampling,
             "score_threshold": self.detector.score_threshold,
             "iou_threshold": self.detector.iou_threshold,
             "weights_sha256": weights_sha256,
@@ -242,6 +246,7 @@ def _validate(cfg: JobConfig) -> None:
     need(s.stride >= 1, f"sampling.stride must be >= 1, got {s.stride}")
     need(s.fps is None or s.fps > 0, f"sampling.fps must be > 0, got {s.fps}")
     need(s.fps is None or s.stride == 1, "sampling: give either stride or fps, not both")
+    need(not s.keyframes or (s.fps is None and s.stride == 1), "sampling: keyframes takes no stride or fps")
     need(d.batch_size is None or d.batch_size >= 1, f"detector.batch_size must be >= 1, got {d.batch_size}")
     need(0 <= d.score_threshold <= 1, f"detector.score_threshold must be in [0, 1], got {d.score_threshold}")
     need(0 <= d.iou_threshold <= 1, f"detector.iou_threshold must be in [0, 1], got {d.iou_threshold}")

@@ -66,6 +66,7 @@ VIDEOS_SCHEMA = pa.schema(
         ("masked_reliable", pa.int64()),
         ("compliance_reliable", pa.float32()),
         ("faces_near_min", pa.int64()),  # faces narrower than 1.25 x min_face_px
+        ("sampling_rate", pa.float64()),  # frames analysed per second of video (effective sampling rate)
         ("camera", pa.string()),
         ("start", TIMESTAMP),  # wall-clock time of the first frame (null: unknown)
         ("end", TIMESTAMP),  # start + duration

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from jobs.cli.options import KeyframesOpt
 from jobs.cli.options import (
     BatchSizeOpt,
     ConfigOpt,
@@ -82,6 +83,7 @@ def submit(
     weights: WeightsOpt = None,
     overwrite: OverwriteOpt = False,
     int8: Int8Opt = False,
+    keyframes: KeyframesOpt = False,
     wait: Annotated[bool, typer.Option(help="Follow the job's logs; exit with its outcome (0, 1, 3 or 4).")] = False,
     ship_code: Annotated[
         bool,
@@ -108,7 +110,9 @@ def submit(
     from jobs.config import resolve_config
     from jobs.cluster.submit import staged_submission
 
-    cfg = resolve_config(config, run_overrides(stride=stride, fps=fps, batch_size=batch_size, weights=weights, int8=int8))
+    cfg = resolve_config(config, run_overrides(
+        stride=stride, fps=fps, batch_size=batch_size, weights=weights, int8=int8, keyframes=keyframes,
+    ))
     cluster = Cluster(address)
     with staged_submission(
         inputs, out, cfg, overwrite=overwrite, ship_code=ship_code, ship_weights=ship_weights,

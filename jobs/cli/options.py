@@ -61,6 +61,14 @@ Int8Opt = Annotated[
         "float32's, not equal.",
     ),
 ]
+KeyframesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keyframes",
+        help="Analyse only the keyframes the container lists, decoding nothing else (long footage; "
+        "videos.parquet's sampling_rate says how many frames a second that was).",
+    ),
+]
 TilesOpt = Annotated[
     str | None,
     typer.Option(
@@ -86,6 +94,7 @@ def run_overrides(
     weights: Path | str | None,
     annotate: bool = False,
     int8: bool = False,
+    keyframes: bool = False,
     tiles: str | None = None,
 ) -> dict[str, Any]:
     """The flags shared by ``run`` and ``submit``, as :func:`jobs.config.resolve_config` overrides."""
@@ -96,5 +105,6 @@ def run_overrides(
         "detector.weights": str(weights) if weights else None,
         "annotate.enabled": True if annotate else None,
         "detector.int8": True if int8 else None,
+        "sampling.keyframes": True if keyframes else None,
         "detector.tiles": tiles,
     }

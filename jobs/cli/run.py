@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from jobs.cli.options import KeyframesOpt
 from jobs.cli.options import (
     AnnotateOpt, BatchSizeOpt, ConfigOpt, FpsOpt, InputsArg, Int8Opt, OutOpt, OverwriteOpt, StrideOpt, WeightsOpt,
     errors_to_exit_codes, run_overrides,
@@ -45,6 +46,7 @@ def run(
     overwrite: OverwriteOpt = False,
     annotate: AnnotateOpt = False,
     int8: Int8Opt = False,
+    keyframes: KeyframesOpt = False,
     tiles: TilesOpt = None,
     zones: Annotated[
         Path | None, typer.Option("--zones", help="Zones YAML: compute OUT/zones/ at the end (see `maskjobs zones`).")
@@ -68,6 +70,7 @@ def run(
 
     overrides = run_overrides(
         stride=stride, fps=fps, batch_size=batch_size, weights=weights, annotate=annotate, int8=int8, tiles=tiles,
+        keyframes=keyframes,
     )
     extra = {"zones.file": str(zones.absolute()) if zones else None, "privacy.mode": privacy,
              "metadata.start_times": str(start_times.absolute()) if start_times else None}
@@ -131,12 +134,14 @@ def print_summary(result: JobResult, fps: float) -> None:
 
     rate = f", {fps:.1f} frames/s" if fps > 0 else ", nothing left to process"
     table = Table(title=f"maskjobs run: {len(result.videos)} videos{rate}")
-    for col in ("video", "status", "frames", "faces", "masked", "unmasked", "compliance", "people", "unmasked people"):
+    for col in ("video", "status", "frames", "per s", "faces", "masked", "unmasked", "compliance", "people",
+                "unmasked people"):
         table.add_column(col, justify="left" if col in ("video", "status") else "right")
     for v in result.videos:
         comp = "-" if v["compliance"] is None else f"{v['compliance']:.1%}"
         table.add_row(
-            v["video"], v["status"], str(v["frames_processed"]), str(v["faces"]), str(v["masked"]),
+            v["video"], v["status"], str(v["frames_processed"]),
+            "-" if v.get("sampling_rate") is None else f"{v['sampling_rate']:.2f}", str(v["faces"]), str(v["masked"]),
             str(v["unmasked"]), comp, str(v["people"]), str(v["people_unmasked"]),
         )
     Console(width=120).print(table)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,7 @@ class DetectorActor:
         if not self.calibrated:
             raise RuntimeError("int8 detector actor used before calibrate()")
         sizes = list(zip(batch["width"].tolist(), batch["height"].tolist()))
+        clock = time.process_time()
         if not len(batch["frame"]):
             dets = []
         elif "per_frame" in batch:  # tiled: every frame's pictures in one model call, merged per frame
@@ -102,6 +104,7 @@ class DetectorActor:
         else:
             dets = self.detector.detect_prepared(batch["frames"], sizes)
         counts = np.array([len(d) for d in dets], dtype=np.int32)
+        n = len(counts)
         out = DetectedBatch(
             video=batch["video"],
             frame=batch["frame"],
@@ -110,6 +113,8 @@ class DetectorActor:
             labels=np.concatenate([d.labels for d in dets]) if dets else np.zeros(0, np.int64),
             scores=np.concatenate([d.scores for d in dets]) if dets else np.zeros(0, np.float32),
             boxes=np.concatenate([d.boxes for d in dets]) if dets else np.zeros((0, 4), np.float32),
+            decode_cpu_s=batch.get("decode_cpu_s", np.zeros(n, np.float32)),
+            detect_cpu_s=np.full(n, (time.process_time() - clock) / max(n, 1), np.float32),
         )
         if "damaged" in batch:  # a video cut off mid-recording: the driver marks it partial
             out["damaged"] = batch["damaged"]

@@ -65,7 +65,13 @@ def decode_shard(
 ) -> Iterator[Started | DecodedBatch]:
     """Yields :class:`Started` once the task runs, then batches (:class:`~jobs.pipeline.records.DecodedBatch`:
     ``{video (B,), frame (B,), time_s (B,), width (B,), height (B,), frames (B, S, S, 3) uint8
-    RGB}``) for the shard's sampled frames, in order.
+    RGB, decode_cpu_s (B,)}``) for the shard's sampled frames, in order.
+
+    Only the sampled frames are converted to RGB and resized: the frames between two of them
+    are decoded without conversion (decord's ``skip_frames``), or not at all where a keyframe
+    lies between them (a seek). Sampling keyframes alone decodes one frame per sample.
+    ``decode_cpu_s`` is this process's CPU time for the batch (decord's threads included),
+    spread over its frames: the driver sizes its decoders from it.
 
     decord's reader keeps decoding ahead on its own thread while its caller waits, and
     holds every frame it decodes (dmlc/decord#157, #208): a reader left open while this
@@ -176,6 +182,7 @@ def _decode_segment(
     boxes = None  # the frames' tile boxes, (T, 4), once the first frame's size is known; None: whole frames
     per = 1  # model inputs per frame
     pending: DecodedBatch | None = None  # a finished batch is handed over once the next one is read
+    clock = time.process_time()
     for start in range(0, len(frames), batch_size):
         idx = frames[start : start + batch_size]
         small = None
@@ -204,9 +211,11 @@ def _decode_segment(
             except VideoReadError as exc:
                 source.damaged = {"video": seg.video, "frame": int(idx[0]), "error": exc.cause}
                 idx, small = idx[:0], small[:0]
+        n = len(idx)
+        cpu = np.full(n, (time.process_time() - clock) / max(n, 1), np.float32)
         if pending is not None:
             yield pending
-        n = len(idx)
+        clock = time.process_time()  # the hand-over's own cost is not decoding
         pending = None if n == 0 else DecodedBatch(
             video=np.array([seg.video] * n, dtype=object),
             frame=idx,
@@ -214,6 +223,7 @@ def _decode_segment(
             width=np.full(n, image.shape[1], np.int32),
             height=np.full(n, image.shape[0], np.int32),
             frames=small,
+            decode_cpu_s=cpu,
         )
         if pending is not None and boxes is not None:
             pending["tiles"] = np.tile(boxes, (n, 1))
@@ -231,5 +241,6 @@ def _decode_segment(
         yield DecodedBatch(
             video=np.zeros(0, object), frame=np.zeros(0, np.int64), time_s=np.zeros(0),
             width=np.zeros(0, np.int32), height=np.zeros(0, np.int32),
-            frames=np.zeros((0, input_size, input_size, 3), np.uint8), damaged=damaged,
+            frames=np.zeros((0, input_size, input_size, 3), np.uint8), decode_cpu_s=np.zeros(0, np.float32),
+            damaged=damaged,
         )

@@ -43,14 +43,14 @@ from jobs.pipeline.calibrate import collect_calibration, pick_calibration
 from jobs.pipeline.commit import commit_shard, damage_notes
 from jobs.pipeline.decode import Started, decode_shard, where
 from jobs.pipeline.nodes import on_every_node
-from jobs.pipeline.plan import Shard, plan_shards, sample_frames
+from jobs.pipeline.plan import Shard, decoded_frames, plan_shards, sample_frames, shard_sizes
 from jobs.pipeline.probe import probe_all
 from jobs.pipeline.ray_private import StreamingTask
 from jobs.pipeline.records import DetectedBatch
 from jobs.pipeline.resume import drop_changed_videos
 from jobs.pipeline.scheduler import Scheduler, ShardRun
 from jobs.pipeline.tiles import job_tiles, pictures_per_frame
-from jobs.pipeline.sizing import Sizing, size_job
+from jobs.pipeline.sizing import DecoderTuner, Sizing, WorkCosts, plan_costs, prior_costs, size_job
 from jobs.remote import is_remote
 from jobs.results.coverage import add_coverage, video_coverage
 from jobs.metadata import MetadataResolver, resolve_all, video_meta_columns
@@ -122,7 +122,9 @@ def _start_int8(
     return [{"video": v, "frames": f} for v, _, f in picks if v not in skipped]
 
 
-def _decode_task(ray: Any, config: JobConfig, *, batch_size: int, input_size: int) -> Callable[[Shard], Any]:
+def _decode_task(
+    ray: Any, config: JobConfig, *, batch_size: int, input_size: int, num_cpus: float | None = None
+) -> Callable[[Shard], Any]:
     """``shard -> ObjectRefGenerator``: starts a :func:`decode_shard` task, which yields its
     STARTED marker and then refs of its batches."""
     # A decode task reads its shard straight through (decord must not wait: see
@@ -131,7 +133,7 @@ def _decode_task(ray: Any, config: JobConfig, *, batch_size: int, input_size: in
     most = max(config.planning.shard_frames * 3 // 2, config.planning.pack_frames)
     task = StreamingTask(
         ray, decode_shard, backpressure=-(-most // batch_size) + 2,
-        num_cpus=config.resources.decode_cpus, max_retries=0,
+        num_cpus=config.resources.decode_cpus if num_cpus is None else num_cpus, max_retries=0,
     )
     return functools.partial(
         task.remote, input_size=input_size, batch_size=batch_size, threads=config.resources.decode_threads,
@@ -151,6 +153,8 @@ class _ShardLoop:
     start_decode: Callable[[Shard], Any]
     commit: Callable[[Shard, list[DetectedBatch]], str | None]
     on_frames: Callable[[int], None]
+    on_batch: Callable[[DetectedBatch], None] = lambda out: None  # every batch's detections, as they come back
+    on_tick: Callable[[], None] = lambda: None  # once per turn of the loop
     on_damage: Callable[[list[dict[str, Any]]], None] = lambda notes: None  # committed ``damaged`` notes
     started: dict[Any, Any] = field(default_factory=dict)  # ShardRun -> ref of its task's Started marker
     placed: dict[str, Any] = field(default_factory=dict)  # committed shard id -> ref of its Started marker
@@ -159,6 +163,7 @@ class _ShardLoop:
         """Runs until every shard has committed or failed (see ``scheduler.failures``)."""
         scheduler = self.scheduler
         while scheduler.busy():
+            self.on_tick()
             # a shard whose frames are all decoded only waits for detections: the next
             # one starts decoding meanwhile, so the detectors never wait at a boundary
             while (shard_try := scheduler.next_to_start()) is not None:
@@ -229,6 +234,7 @@ class _ShardLoop:
                     self.pool.release(ref)
                     run.received(ref, out, now)
                     self.on_frames(len(out["frame"]))
+                    self.on_batch(out)
             except Exception as exc:  # decode or actor failure, surfaced by Ray
                 i = self.pool.release(ref)
                 run.pending.pop(ref, None)
@@ -299,7 +305,7 @@ def run_job(
     started = datetime.now(timezone.utc).isoformat()
     if config.annotate.enabled and sink.annotated_dir is None:
         raise ConfigError(f"{sink.location}: --annotate writes videos, so --out must be a local or mounted path")
-    sizing = size_job(ray.cluster_resources(), config)
+    sizing = size_job(ray.cluster_resources(), config, prior_costs(config))
     job = _job_record(config, weights, videos, started)
     committed = sink.start(job, fingerprint=config.result_fingerprint(weights.sha256), overwrite=overwrite)
     identities = identify_all({v.video: v.path for v in videos})
@@ -319,9 +325,13 @@ def run_job(
         job["int8_calibration"] = _start_int8(ray, probed, config, pool, factory, input_size=weights.spec.input_size)
     per_frame = pictures_per_frame(probed, config.detector, input_size=weights.spec.input_size)  # tiles: > 1
     shards = plan_shards(
-        probed, config.sampling, shard_frames=max(1, config.planning.shard_frames // per_frame),
-        pack_frames=config.planning.pack_frames // per_frame, committed=committed,
+        probed, config.sampling, committed=committed,
+        **shard_sizes(config.sampling, shard_frames=max(1, config.planning.shard_frames // per_frame),
+                      pack_frames=config.planning.pack_frames // per_frame),
     )
+    tuner = DecoderTuner(sizing, config, _planned_costs(shards, probed, config))
+    if (resized := tuner.update(ray.cluster_resources())) is not None:
+        sizing = resized
     on_plan(sum(s.num_frames for s in shards))
     logger.info(
         "%d videos, %d shards to run (%d probe failures); %s",
@@ -344,11 +354,15 @@ def run_job(
             if note["video"] not in damaged or note["frame"] < damaged[note["video"]]["frame"]:
                 damaged[note["video"]] = note
 
+    decoders = _Decoders(functools.partial(_decode_task, ray, config, batch_size=batch_size,
+                                           input_size=weights.spec.input_size), sizing.decode_cpus)
     loop = _ShardLoop(
         ray=ray, scheduler=scheduler, pool=pool,
-        start_decode=_decode_task(ray, config, batch_size=batch_size, input_size=weights.spec.input_size),
+        start_decode=decoders,
         commit=functools.partial(commit_shard, sink, class_names=weights.spec.class_names, inputs=identities),
         on_frames=on_frames, on_damage=on_damage,
+        on_batch=functools.partial(_observe, tuner),
+        on_tick=functools.partial(_retune, ray, tuner, scheduler, decoders, t0),
     )
     try:
         loop.run()
@@ -390,11 +404,68 @@ def run_job(
         finished=datetime.now(timezone.utc).isoformat(),
         fingerprint=config.result_fingerprint(weights.sha256),
         sizing={"detector_workers": sizing.detector_workers, "detector_threads": sizing.detector_threads,
-                "decoders": sizing.decoders, "batch_size": batch_size},
+                "decoders": sizing.decoders, "decode_cpus": sizing.decode_cpus, "batch_size": batch_size,
+                "resized": tuner.changes, "costs_ms": _costs_ms(tuner)},
         timings={k: round(v, 3) for k, v in timings.items()},
     )
     sink.commit(rows, job)
     return JobResult(rows)
+
+
+def _planned_costs(shards: list[Shard], probed: list[ProbedVideo], config: JobConfig) -> WorkCosts:
+    """The plan's :class:`WorkCosts` estimate: its sampled frames, the source frames decoding
+    them takes, and the videos' sizes."""
+    keys = {p.video: p.info.keyframes for p in probed}
+    pixels = {p.video: p.info.width * p.info.height for p in probed}
+    kept = decoded = seeks = 0
+    area = 0.0
+    for shard in shards:
+        d, s = decoded_frames(shard, keys, seek_each=config.sampling.keyframes)
+        decoded, seeks, kept = decoded + d, seeks + s, kept + shard.num_frames
+        area += sum(len(seg.frames) * pixels.get(seg.video, 0) for seg in shard.segments)
+    if not kept:
+        return prior_costs(config)
+    return plan_costs(kept=kept, decoded=decoded, seeks=seeks, megapixels=area / kept / 1e6)
+
+
+@dataclass
+class _Decoders:
+    """Starts decode tasks (``shard -> ObjectRefGenerator``) reserving ``num_cpus`` each; the
+    driver changes ``num_cpus`` as it re-sizes the job (one task template per value)."""
+
+    make: Callable[..., Callable[[Shard], Any]]  # _decode_task with all but num_cpus bound
+    num_cpus: float
+    _started: dict[float, Callable[[Shard], Any]] = field(default_factory=dict)
+
+    def __call__(self, shard: Shard) -> Any:
+        start = self._started.get(self.num_cpus)
+        if start is None:
+            start = self._started[self.num_cpus] = self.make(num_cpus=self.num_cpus)
+        return start(shard)
+
+
+def _observe(tuner: DecoderTuner, out: DetectedBatch) -> None:
+    """Feeds a batch's measured costs (when its actor and decoder measured them) to the tuner."""
+    if "decode_cpu_s" in out and "detect_cpu_s" in out:
+        tuner.observe(len(out["frame"]), float(out["decode_cpu_s"].sum()), float(out["detect_cpu_s"].sum()))
+
+
+def _retune(ray: Any, tuner: DecoderTuner, scheduler: Scheduler, decoders: _Decoders, t0: float) -> None:
+    """Applies the tuner's new decoder count and reservation, when it has one (every few seconds)."""
+    now = time.monotonic()
+    if not tuner.due(now):
+        return
+    new = tuner.update(ray.cluster_resources(), at_s=now - t0)
+    if new is not None:
+        scheduler.max_decoders = new.decoders
+        decoders.num_cpus = new.decode_cpus
+
+
+def _costs_ms(tuner: DecoderTuner) -> dict[str, float]:
+    """job.json: the per-frame costs the job was sized by at its end, in CPU milliseconds."""
+    costs = tuner.costs()
+    return {"decode": round(costs.decode_s * 1e3, 3), "detect": round(costs.detect_s * 1e3, 3),
+            "measured_frames": tuner.measured.frames}
 
 
 def _placement(ray: Any, placed: dict[str, Any], actors: list[Any]) -> dict[str, dict[str, Any]]:
@@ -486,6 +557,7 @@ def _video_rows(
                 "error": error,
                 "frames_total": info.frames_total if info else None,
                 "frames_processed": t["frames"],
+                "sampling_rate": _sampling_rate(t["frames"], info),
                 "fps": info.fps if info else None,
                 "duration_s": info.duration_s if info else None,
                 "width": info.width if info else None,
@@ -514,6 +586,14 @@ def _video_rows(
             }
         )
     return rows
+
+
+def _sampling_rate(frames: int, info: VideoInfo | None) -> float | None:
+    """videos.parquet's ``sampling_rate``: the frames analysed per second of video (its
+    effective sampling rate: 2.0 for ``--fps 2``; with ``--keyframes`` what the GOPs give)."""
+    if info is None or not info.duration_s or info.duration_s <= 0:
+        return None
+    return frames / info.duration_s
 
 
 def _job_record(config: JobConfig, weights: WeightsPayload, videos: list[VideoInput], started: str) -> dict[str, Any]:

@@ -52,8 +52,13 @@ class Shard:
 
 
 def sample_frames(info: VideoInfo, sampling: SamplingConfig) -> np.ndarray:
-    """Source frame indices to process: every ``stride``-th, or ``fps`` per second of video."""
+    """Source frame indices to process: every ``stride``-th, ``fps`` per second of video, or
+    (``sampling.keyframes``) the keyframes the container lists (frame 0 where it lists none)."""
     total = info.frames_total
+    if getattr(sampling, "keyframes", False):
+        keys = np.unique(np.asarray(info.keyframes, dtype=np.int64))
+        keys = keys[(keys >= 0) & (keys < total)]
+        return keys if len(keys) else np.zeros(min(1, total), np.int64)
     if sampling.fps is None or info.fps <= 0:
         return np.arange(0, total, sampling.stride, dtype=np.int64)
     step = info.fps / sampling.fps
@@ -63,13 +68,19 @@ def sample_frames(info: VideoInfo, sampling: SamplingConfig) -> np.ndarray:
     return np.unique(idx[idx < total])
 
 
-def _cut_points(frames: np.ndarray, keyframes: tuple[int, ...], shard_frames: int) -> list[int]:
-    """Positions in ``frames`` where a new shard starts (a keyframe at or after each target)."""
+def _cut_points(frames: np.ndarray, keyframes: tuple[int, ...], shard_frames: int, span_frames: int | None = None) -> list[int]:
+    """Positions in ``frames`` where a new shard starts (a keyframe at or after each target):
+    every ``shard_frames`` sampled frames, and with ``span_frames`` also every ``span_frames``
+    source frames (the frames a sampled shard decodes), whichever comes first."""
     cuts = [0]
     keys = sorted(keyframes)
     pos = 0
-    while len(frames) - pos > shard_frames * 1.5:
-        target = int(frames[pos + shard_frames])
+    while len(frames) - pos > shard_frames * 1.5 or (
+        span_frames is not None and int(frames[-1]) - int(frames[pos]) + 1 > span_frames * 1.5
+    ):
+        target = int(frames[pos + shard_frames]) if len(frames) - pos > shard_frames else int(frames[-1]) + 1
+        if span_frames is not None:
+            target = min(target, int(frames[pos]) + span_frames)
         if keys:
             k = bisect.bisect_left(keys, target)
             if k == len(keys):
@@ -114,11 +125,15 @@ def plan_shards(
     shard_frames: int,
     pack_frames: int,
     committed: dict[str, list[tuple[int, int]]] | None = None,
+    span_frames: int | None = None,
 ) -> list[Shard]:
     """Shards for the probed videos (``(video id, path, info)``), long ones first (they take longest).
 
     ``committed`` maps a video id to the ``(first, last)`` frame ranges already committed;
-    their sampled frames are left out.
+    their sampled frames are left out. ``span_frames`` (for sampling that decodes every
+    frame: a stride or a rate) also cuts where a shard would decode more than that many
+    source frames, and packs no run that does, so a long video sampled at 2 frames a
+    second is decoded by several tasks at once rather than one.
     """
     committed = committed or {}
     singles: list[Shard] = []
@@ -128,14 +143,15 @@ def plan_shards(
     for video, path, info in videos:
         frames = sample_frames(info, sampling)
         for run in _runs(frames, _committed_mask(frames, committed.get(video, []))):
-            if len(run) < pack_frames:
+            spans = span_frames is not None and int(run[-1]) - int(run[0]) + 1 > span_frames
+            if len(run) < pack_frames and not spans:
                 if pack and pack_size + len(run) > pack_frames:
                     packs.append(Shard(_shard_id(tuple(pack)), tuple(pack)))
                     pack, pack_size = [], 0
                 pack.append(Segment(video, path, tuple(run.tolist())))
                 pack_size += len(run)
                 continue
-            cuts = _cut_points(run, info.keyframes, shard_frames) + [len(run)]
+            cuts = _cut_points(run, info.keyframes, shard_frames, span_frames) + [len(run)]
             for a, b in zip(cuts, cuts[1:]):
                 seg = (Segment(video, path, tuple(run[a:b].tolist())),)
                 singles.append(Shard(_shard_id(seg), seg))
@@ -147,3 +163,41 @@ def plan_shards(
 def split_pack(shard: Shard) -> list[Shard]:
     """A packed shard as one shard per video (to isolate a video that fails)."""
     return [Shard(_shard_id((seg,)), (seg,)) for seg in shard.segments]
+
+
+KEYFRAME_SHARD_FRAMES = 128  # keyframes per shard: each costs a seek and a whole-picture decode
+KEYFRAME_PACK_FRAMES = 32
+
+
+def shard_sizes(sampling: SamplingConfig, *, shard_frames: int, pack_frames: int) -> dict[str, int | None]:
+    """:func:`plan_shards`' ``shard_frames``, ``pack_frames`` and ``span_frames`` for the
+    sampling: a stride or a rate decodes every frame, so shards are also cut every
+    ``2 x shard_frames`` source frames; keyframes decode one frame each but a costly one (a
+    seek, a whole picture), so their shards hold at most 128 of them and packs 32, which
+    lets several decoders share even a few minutes of footage."""
+    if sampling.keyframes:
+        return {"shard_frames": min(shard_frames, KEYFRAME_SHARD_FRAMES),
+                "pack_frames": min(pack_frames, KEYFRAME_PACK_FRAMES), "span_frames": None}
+    return {"shard_frames": shard_frames, "pack_frames": pack_frames, "span_frames": 2 * shard_frames}
+
+
+def decoded_frames(shard: Shard, keyframes: dict[str, tuple[int, ...]], *, seek_each: bool) -> tuple[int, int]:
+    """``(decoded, seeks)``: about how many source frames decoding ``shard`` decodes, and how
+    many of its frames it reaches by a seek (``keyframes``: each video's). ``seek_each``: every
+    sampled frame is a keyframe reached by a seek (keyframe sampling)."""
+    if seek_each:
+        return shard.num_frames, shard.num_frames
+    decoded = seeks = 0
+    for seg in shard.segments:
+        frames = np.asarray(seg.frames, np.int64)
+        keys = np.asarray(keyframes.get(seg.video, ()), np.int64)
+        gaps = np.diff(frames, prepend=-1)  # a segment is read from frame 0 on, as read_frames does
+        if len(keys):
+            # a keyframe past the frame after the last one read is reached by a seek
+            # (read_frames' rule): only the frames from it count
+            before = keys[np.maximum(np.searchsorted(keys, frames, side="right") - 1, 0)]
+            jumped = before > frames - gaps + 1
+            gaps = np.where(jumped, frames - before + 1, gaps)
+            seeks += int(jumped.sum())
+        decoded += int(gaps.sum())
+    return decoded, seeks

@@ -22,6 +22,7 @@ class DecodedBatch(TypedDict):
     width: np.ndarray  # (B,) int32: source frame size
     height: np.ndarray  # (B,) int32
     frames: np.ndarray  # (B, S, S, 3) uint8 RGB, resized to the model's input size S
+    decode_cpu_s: np.ndarray  # (B,) float32: CPU seconds decoding took, per frame (the batch's, spread)
     # only on a segment's last item when its video is damaged (a recording cut off): the
     # sampled frame where decoding failed and why, {"video", "frame", "error"} (see Damage)
     damaged: NotRequired[dict[str, Any]]
@@ -43,6 +44,8 @@ class DetectedBatch(TypedDict):
     labels: np.ndarray  # (K,) int64: class indices
     scores: np.ndarray  # (K,) float32
     boxes: np.ndarray  # (K, 4) float32 x1, y1, x2, y2 in source pixels
+    decode_cpu_s: np.ndarray  # (B,) float32: the decoded batch's, passed through
+    detect_cpu_s: np.ndarray  # (B,) float32: CPU seconds detection took, per frame (the batch's, spread)
     damaged: NotRequired[dict[str, Any]]  # passed on from the DecodedBatch
 
 
@@ -52,4 +55,5 @@ def empty_detections() -> DetectedBatch:
         video=np.zeros(0, object), frame=np.zeros(0, np.int64), time_s=np.zeros(0),
         counts=np.zeros(0, np.int32), labels=np.zeros(0, np.int64),
         scores=np.zeros(0, np.float32), boxes=np.zeros((0, 4), np.float32),
+        decode_cpu_s=np.zeros(0, np.float32), detect_cpu_s=np.zeros(0, np.float32),
     )

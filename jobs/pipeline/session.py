@@ -13,6 +13,7 @@ from typing import Any
 from jobs.config import RayConfig
 from jobs.errors import InputError, one_line
 from jobs.pipeline import ray_private
+from jobs.pipeline.sizing import local_cpus
 from jobs.pipeline.watchdog import descendants, start_watchdog, stat
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,8 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
     """Yields the ``ray`` module, connected; an embedded instance stops with the block.
 
     Embedded: no dashboard, HTTP API or autoscaler (:func:`_without_http_api_and_autoscaler`
-    on a Ray it was tested on), quiet logs, this machine's CPUs, a bounded object store, and
+    on a Ray it was tested on), quiet logs, the CPUs this process may use
+    (:func:`~jobs.pipeline.sizing.local_cpus`), a bounded object store, and
     a watchdog (:mod:`jobs.pipeline.watchdog`) so a killed command leaves no Ray process running.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -41,7 +43,7 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
                     ray,
                     address="local",
                     _node_ip_address=LOOPBACK,
-                    num_cpus=cfg.num_cpus or os.cpu_count() or 1,
+                    num_cpus=cfg.num_cpus or local_cpus(),  # affinity and container quota, not os.cpu_count()
                     num_gpus=cfg.num_gpus,
                     include_dashboard=False,
                     object_store_memory=cfg.object_store_mb * 1024 * 1024,

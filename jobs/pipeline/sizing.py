@@ -1,11 +1,39 @@
-"""How a job uses the cluster: detector actors, their threads, and decode tasks at once."""
+"""How a job uses the cluster: detector actors, their threads, and decode tasks at once.
+
+The split between decoding and detecting follows the job's work, not a fixed share. A
+sampled frame costs its detector call plus the decoding of every source frame up to it:
+at every frame of 1080p H.264 that is ~3 ms of decoding to ~9 ms of detecting (the job is
+detector-bound), at 2 frames a second of 30 fps footage ~15 x 2 ms to 9 ms (decode-bound),
+and on keyframes alone one seek and one decode per kept frame. :func:`size_job` sizes from
+an estimate of those costs before anything ran (:func:`plan_costs`); while the job runs the
+driver re-sizes the decoders from the costs the decode tasks and actors measured
+(:class:`MeasuredCosts`) and from the CPUs the cluster has then (an autoscaler's new nodes
+get decoders).
+
+The CPUs of this machine (:func:`local_cpus`, the embedded Ray's size) are those this
+process may run on and its container's quota allows, not ``os.cpu_count()``: a 2-CPU
+container on a 64-core host has 2.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from jobs.config import JobConfig
 from jobs.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Prior per-frame CPU costs (one core, seconds), measured with benchmarks/bench_sampling.py on
+# 1080p H.264 (decord2, 2-core AVX-512 Xeon) and scaled by pixels: the split before the job's
+# own figures come in. Only their ratios matter.
+SKIP_S_PER_MPIX = 1.0e-3  # decode without RGB conversion
+KEEP_S_PER_MPIX = 1.6e-3  # decode + RGB + resize to the model's input
+DETECT_S = 9.0e-3  # the float32 detector, one frame
 
 
 @dataclass(frozen=True)
@@ -15,17 +43,70 @@ class Sizing:
     detector_workers: int
     detector_threads: int | None  # torch threads per CPU actor; None on GPU
     decoders: int  # decode tasks running at once
+    decode_cpus: float = 1.0  # CPUs each decode task reserves in Ray
 
 
-def size_job(cluster: dict[str, float], config: JobConfig) -> Sizing:
+@dataclass(frozen=True)
+class WorkCosts:
+    """CPU seconds per sampled frame: decoding it (and the frames skipped to reach it) and
+    detecting it. Only their ratio sizes the job."""
+
+    decode_s: float
+    detect_s: float
+
+    @property
+    def decode_share(self) -> float:
+        """The share of the job's CPU that decoding takes, in [0, 1]."""
+        total = self.decode_s + self.detect_s
+        return self.decode_s / total if total > 0 else 0.5
+
+
+def plan_costs(*, kept: int, decoded: int, seeks: int, megapixels: float) -> WorkCosts:
+    """Prior :class:`WorkCosts` of a plan: ``kept`` sampled frames, ``decoded`` source frames
+    decoded to reach them (kept ones included), ``seeks`` of them reached by a seek to a
+    keyframe (each decodes that keyframe), at ``megapixels`` (mean source frame size)."""
+    kept = max(1, kept)
+    skipped = max(0, decoded - kept)
+    decode = (skipped * SKIP_S_PER_MPIX + kept * KEEP_S_PER_MPIX) * megapixels
+    decode += seeks * KEEP_S_PER_MPIX * megapixels  # a seek's keyframe costs about a kept frame more
+    return WorkCosts(decode_s=decode / kept, detect_s=DETECT_S)
+
+
+class MeasuredCosts:
+    """The job's costs as measured so far: decode CPU seconds (from the decode tasks) and
+    detector CPU seconds (from the actors) of the sampled frames whose detections are back."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.decode_s = 0.0
+        self.detect_s = 0.0
+
+    def add(self, frames: int, decode_s: float, detect_s: float) -> None:
+        self.frames += frames
+        self.decode_s += decode_s
+        self.detect_s += detect_s
+
+    def costs(self, *, least_frames: int = 64) -> WorkCosts | None:
+        """Per-frame costs once ``least_frames`` frames are measured (the actors' first batch
+        builds the model's kernels and costs several times a later one); None before."""
+        if self.frames < least_frames or self.decode_s + self.detect_s <= 0:
+            return None
+        return WorkCosts(self.decode_s / self.frames, self.detect_s / self.frames)
+
+
+def size_job(cluster: dict[str, float], config: JobConfig, costs: WorkCosts | None = None) -> Sizing:
     """Resolves the ``null`` (auto) resource settings against the cluster's resources
-    (``ray.cluster_resources()``: ``{"CPU": n, "GPU": n, ...}``).
+    (``ray.cluster_resources()``: ``{"CPU": n, "GPU": n, ...}``) and the job's ``costs``
+    (None: every frame of 1080p). Explicit ``detector_workers`` are kept and the decoders
+    get the CPUs they leave.
 
-    On CPUs a frame costs about 1.5x as much to detect as to decode and resize (1080p
-    H.264), so ~60 % of the CPUs go to detector actors of 2 threads each and the rest to
-    decode tasks of one thread; on 2 CPUs that is one actor with 2 threads beside one
-    decode task, and the OS shares the cores between whichever has work. With GPUs there
-    is one actor per ``detector_gpus`` and every CPU decodes.
+    On CPUs the detector actors get 2 threads each (1 on a 1-CPU cluster) and as many actors
+    as the detector's share of the CPUs fills; the decode tasks get the decoding share, at
+    least one. Both reserve ``detector_cpus`` / ``decode_cpus`` CPUs in Ray unless that
+    would keep the decoders the work needs from running: then each decode task reserves
+    its share of the CPUs the actors leave (a decode-bound job on 2 CPUs: one actor, two
+    decoders of half a CPU each, and the OS shares the cores between whichever has work).
+    With GPUs there is one actor per ``detector_gpus`` and every CPU decodes.
     """
     res, det = config.resources, config.detector
     cpus = max(1.0, cluster.get("CPU", 1.0))
@@ -37,9 +118,181 @@ def size_job(cluster: dict[str, float], config: JobConfig) -> Sizing:
             )
         workers = res.detector_workers or max(1, int(cluster.get("GPU", 0) // res.detector_gpus))
         threads = det.threads
-    else:
-        threads = det.threads or int(min(2, cpus))
-        workers = res.detector_workers or max(1, round(cpus * 0.6 / threads))
-    free = cpus - workers * res.detector_cpus
-    decoders = max(1, int(free // res.decode_cpus)) if res.decode_cpus > 0 else max(1, int(cpus))
-    return Sizing(detector_workers=workers, detector_threads=threads, decoders=decoders)
+        free = cpus - workers * res.detector_cpus
+        decoders = max(1, int(free // res.decode_cpus)) if res.decode_cpus > 0 else max(1, int(cpus))
+        return Sizing(detector_workers=workers, detector_threads=threads, decoders=decoders,
+                      decode_cpus=res.decode_cpus)
+    share = (costs or plan_costs(kept=1, decoded=1, seeks=0, megapixels=2.07)).decode_share
+    threads = det.threads or int(min(2, cpus))
+    if res.detector_workers:  # the user's actors: the decoders get what they leave
+        free = cpus - res.detector_workers * res.detector_cpus
+        decoders = max(1, int(free // res.decode_cpus)) if res.decode_cpus > 0 else max(1, int(cpus))
+        return Sizing(res.detector_workers, threads, decoders, res.decode_cpus)
+    workers = max(1, round(cpus * (1 - share) / threads))
+    return Sizing(detector_workers=workers, detector_threads=threads,
+                  **_decoders(cpus, workers * res.detector_cpus, share, res.decode_cpus, res.decode_threads))
+
+
+def _decoders(cpus: float, held: float, share: float, decode_cpus: float, decode_threads: int) -> dict[str, float]:
+    """``decoders`` (the decode share of ``cpus`` in tasks of ``decode_threads`` threads,
+    rounded up: with fewer, decoding alone would take longer than the whole job's CPU time
+    spread over every core; at least one) and ``decode_cpus`` (what each reserves:
+    ``decode_cpus``, or less so that they all fit beside the ``held`` CPUs of the actors)."""
+    want = max(1, math.ceil(cpus * share / max(1, decode_threads) - 1e-9))
+    free = cpus - held
+    if decode_cpus <= 0:
+        return {"decoders": want, "decode_cpus": 0.0}
+    if free >= want * decode_cpus:
+        return {"decoders": want, "decode_cpus": decode_cpus}
+    if free <= 0:
+        return {"decoders": 1, "decode_cpus": min(decode_cpus, cpus)}
+    # Ray reserves in steps of 1e-4 CPU: round down so that ``want`` of them fit in ``free``
+    each = math.floor(free / want * 1e4) / 1e4
+    return {"decoders": want, "decode_cpus": each}
+
+
+def resize_decoders(sizing: Sizing, cluster: dict[str, float], config: JobConfig, costs: WorkCosts) -> Sizing:
+    """``sizing`` with its decoders re-sized for the ``cluster``'s CPUs now and the measured
+    ``costs``; the actors stay as they are. With GPU actors or explicit ``detector_workers``
+    the decoders take every CPU the actors leave (more as the cluster grows)."""
+    res = config.resources
+    cpus = max(1.0, cluster.get("CPU", 1.0))
+    if res.detector_gpus > 0 or res.detector_workers:
+        free = cpus - sizing.detector_workers * res.detector_cpus
+        decoders = max(1, int(free // res.decode_cpus)) if res.decode_cpus > 0 else max(1, int(cpus))
+        return Sizing(sizing.detector_workers, sizing.detector_threads, decoders, sizing.decode_cpus)
+    held = sizing.detector_workers * res.detector_cpus
+    return Sizing(sizing.detector_workers, sizing.detector_threads,
+                  **_decoders(cpus, held, costs.decode_share, res.decode_cpus, res.decode_threads))
+
+
+# --- the CPUs this process may use -------------------------------------------------------
+
+
+def local_cpus(*, cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup", proc_cgroup: str | os.PathLike[str] = "/proc/self/cgroup") -> int:
+    """The CPUs this process may use: its affinity (``os.sched_getaffinity``, e.g. ``taskset``)
+    capped by its cgroup's CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``, on its own cgroup and every parent), rounded down, at least 1.
+    ``cgroup_root`` and ``proc_cgroup`` are parameters for tests."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root=cgroup_root, proc_cgroup=proc_cgroup)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.floor(quota + 1e-9)))
+    return max(1, cpus)
+
+
+def cgroup_cpu_quota(
+    *, cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup", proc_cgroup: str | os.PathLike[str] = "/proc/self/cgroup"
+) -> float | None:
+    """The CPUs this process's cgroup may use (quota / period, the smallest along its path to
+    the root), or None when no quota applies or none can be read."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    root = Path(cgroup_root)
+    found: list[float] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        if controllers == "":  # cgroup v2: "0::/path"
+            for folder in _up_to(root, rel):
+                found += _v2_quota(folder / "cpu.max")
+        elif "cpu" in controllers.split(","):  # cgroup v1: "N:cpu,cpuacct:/path"
+            base = next((root / name for name in (controllers, "cpu,cpuacct", "cpu") if (root / name).is_dir()), None)
+            if base is not None:
+                for folder in _up_to(base, rel):
+                    found += _v1_quota(folder)
+    return min(found) if found else None
+
+
+def _up_to(base: Path, rel: str) -> list[Path]:
+    """``base/rel`` and each parent up to ``base`` (a container sees its own cgroup as "/")."""
+    parts = [p for p in rel.strip("/").split("/") if p and p != ".."]
+    return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def _v2_quota(path: Path) -> list[float]:
+    try:
+        fields = path.read_text().split()
+    except OSError:
+        return []
+    if len(fields) < 1 or fields[0] == "max":
+        return []
+    try:
+        quota = float(fields[0])
+        period = float(fields[1]) if len(fields) > 1 else 100_000.0
+    except ValueError:
+        return []
+    return [quota / period] if quota > 0 and period > 0 else []
+
+
+def _v1_quota(folder: Path) -> list[float]:
+    try:
+        quota = float((folder / "cpu.cfs_quota_us").read_text().strip())
+        period = float((folder / "cpu.cfs_period_us").read_text().strip())
+    except (OSError, ValueError):
+        return []
+    return [quota / period] if quota > 0 and period > 0 else []
+
+
+# --- sizing while the job runs ----------------------------------------------------------
+
+
+def prior_costs(config: JobConfig, *, source_fps: float = 30.0, megapixels: float = 2.07) -> WorkCosts:
+    """:class:`WorkCosts` guessed from the sampling settings alone (before any video is
+    probed): ``stride`` decodes that many frames per sample, ``fps`` ``source_fps / fps``,
+    keyframes one seek and one frame."""
+    s = config.sampling
+    if s.keyframes:
+        return plan_costs(kept=1, decoded=1, seeks=1, megapixels=megapixels)
+    per = s.stride if s.fps is None else max(1.0, source_fps / s.fps)
+    return plan_costs(kept=1000, decoded=round(per * 1000), seeks=0, megapixels=megapixels)
+
+
+class DecoderTuner:
+    """Re-sizes a running job's decoders: every ``every_s`` seconds, from the costs measured
+    so far (:class:`MeasuredCosts`, fed by :meth:`observe`; the plan's estimate until enough
+    frames are back) and the CPUs the cluster lists then. Pure logic: the driver reads the
+    cluster and applies what :meth:`update` returns."""
+
+    def __init__(self, sizing: Sizing, config: JobConfig, planned: WorkCosts, *, every_s: float = 2.0) -> None:
+        self.sizing = sizing
+        self.config = config
+        self.planned = planned
+        self.every_s = every_s
+        self.measured = MeasuredCosts()
+        self.changes: list[dict[str, float]] = []  # job.json: when and to what the decoders changed
+        self._next = 0.0
+
+    def observe(self, frames: int, decode_s: float, detect_s: float) -> None:
+        """Detections of ``frames`` sampled frames came back, with their measured CPU costs."""
+        self.measured.add(frames, decode_s, detect_s)
+
+    def due(self, now: float) -> bool:
+        """Whether :meth:`update` should run now (every ``every_s``)."""
+        if now < self._next:
+            return False
+        self._next = now + self.every_s
+        return True
+
+    def costs(self) -> WorkCosts:
+        return self.measured.costs() or self.planned
+
+    def update(self, cluster: dict[str, float], *, at_s: float = 0.0) -> Sizing | None:
+        """The new sizing when the decoders should change for ``cluster`` (its resources now)
+        and the costs so far; None when they stay."""
+        new = resize_decoders(self.sizing, cluster, self.config, self.costs())
+        if (new.decoders, new.decode_cpus) == (self.sizing.decoders, self.sizing.decode_cpus):
+            return None
+        logger.info("decoders %d -> %d (%.2f CPUs each; decode share %.2f, %g CPUs)", self.sizing.decoders,
+                    new.decoders, new.decode_cpus, self.costs().decode_share, cluster.get("CPU", 0))
+        self.changes.append({"at_s": round(at_s, 2), "decoders": new.decoders, "decode_cpus": new.decode_cpus,
+                             "cpus": cluster.get("CPU", 0.0), "decode_share": round(self.costs().decode_share, 3)})
+        self.sizing = new
+        return new

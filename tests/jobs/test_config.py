@@ -155,7 +155,7 @@ def test_the_result_fingerprint_covers_what_decides_the_rows_only() -> None:
 def test_to_dict_has_every_section_and_key() -> None:
     data = JobConfig().to_dict()
     assert set(data) == {f.name for f in dataclasses.fields(JobConfig)}
-    assert data["planning"]["shard_frames"] == 1024 and data["sampling"] == {"stride": 1, "fps": None}
+    assert data["planning"]["shard_frames"] == 1024 and data["sampling"] == {"stride": 1, "fps": None, "keyframes": False}
 
 
 @pytest.mark.parametrize(("value", "expected"), [("3x3", "3x3"), ("auto", "auto"), (None, "off")])
@@ -180,3 +180,23 @@ def test_tiles_join_the_fingerprint_only_when_on(tmp_path: Path) -> None:
     assert tiled.result_fingerprint("abc") != fp
     auto = dataclasses.replace(base, detector=dataclasses.replace(base.detector, tiles="auto"))
     assert auto.result_fingerprint("abc") not in (fp, tiled.result_fingerprint("abc"))
+
+
+def test_keyframes_sampling_from_the_file_or_a_flag_and_alone(tmp_path: Path) -> None:
+    assert resolve_config(None, {"sampling.keyframes": True}).sampling == SamplingConfig(keyframes=True)
+    assert resolve_config(_file(tmp_path, "sampling:\n  keyframes: true\n")).sampling.keyframes
+    assert "keyframes takes no stride or fps" in _error(tmp_path, None, {"sampling.keyframes": True, "sampling.stride": 15})
+    assert "keyframes takes no stride or fps" in _error(tmp_path, "sampling:\n  keyframes: true\n  fps: 2\n")
+
+
+def test_keyframes_joins_the_fingerprint_only_when_on() -> None:
+    """Outputs written before ``sampling.keyframes`` existed keep their fingerprint (it is
+    left out when off), and a keyframes output is not mistaken for an every-frame one."""
+    import hashlib
+    import json
+
+    base = JobConfig()
+    old_key = {"sampling": {"stride": 1, "fps": None}, "score_threshold": 0.5, "iou_threshold": 0.4, "weights_sha256": "abc"}
+    assert base.result_fingerprint("abc") == hashlib.sha256(json.dumps(old_key, sort_keys=True).encode()).hexdigest()[:16]
+    keys = dataclasses.replace(base, sampling=SamplingConfig(keyframes=True))
+    assert keys.result_fingerprint("abc") != base.result_fingerprint("abc")

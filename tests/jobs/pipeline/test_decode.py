@@ -68,6 +68,56 @@ def test_decode_shard_runs_opencv_on_one_thread_and_restores_it(video_set) -> No
     assert cv2.getNumThreads() == 2  # a caller in the same process gets its setting back
 
 
+class _Recording:
+    """A real decord reader whose seeks, skips and reads are recorded."""
+
+    def __init__(self, reader) -> None:
+        self.reader, self.calls = reader, []
+
+    def seek_accurate(self, i: int) -> None:
+        self.calls.append(("seek", i))
+        self.reader.seek_accurate(i)
+
+    def skip_frames(self, n: int) -> None:
+        self.calls.append(("skip", n))
+        self.reader.skip_frames(n)
+
+    def next(self):
+        self.calls.append(("next",))
+        return self.reader.next()
+
+
+def test_keyframes_decode_one_frame_each_and_nothing_else(video_set) -> None:
+    """Reading only keyframes seeks to each and decodes it: no frame is skipped through
+    (decoded and dropped), and each equals random access."""
+    path = str(video_set.root / "long.mp4")
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    keys = np.asarray(reader.get_key_indices(), dtype=np.int64)
+    assert len(keys) == 10
+    spy = _Recording(reader)
+    got = [frame.copy() for frame in read_frames(spy, keys, keys)]
+    assert not any(c[0] == "skip" for c in spy.calls)
+    assert spy.calls == [("next",)] + [c for k in keys[1:].tolist() for c in (("seek", k), ("next",))]
+    ref = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    for k, frame in zip(keys.tolist(), got):
+        assert np.array_equal(frame, ref.get_batch([k]).asnumpy()[0])
+
+
+def test_sampled_frames_between_are_skipped_not_converted(video_set) -> None:
+    """Every 7th frame inside a GOP: the frames between are passed with ``skip_frames``
+    (decoded, never converted to RGB), and each batch says what its decoding cost."""
+    path = str(video_set.root / "long.mp4")
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    spy = _Recording(reader)
+    idx = np.arange(0, 35, 7)
+    list(read_frames(spy, idx, np.asarray(reader.get_key_indices(), dtype=np.int64)))
+    assert spy.calls == [("next",)] + [("skip", 6), ("next",)] * 4
+    shard = Shard("s", (Segment("long.mp4", path, tuple(range(0, 400, 7))),))
+    batches = [b for b in decode_shard(shard, input_size=260, batch_size=16) if not isinstance(b, Started)]
+    cpu = np.concatenate([b["decode_cpu_s"] for b in batches])
+    assert len(cpu) == len(range(0, 400, 7)) and (cpu > 0).all() and cpu.dtype == np.float32
+
+
 def test_decode_shard_cuts_tiles(video_set) -> None:
     """With ``tiles``, every frame yields its whole picture and its tiles, as ``cut_tiles`` cuts them."""
     from detector.tiling import TileGrid, cut_tiles, tile_boxes

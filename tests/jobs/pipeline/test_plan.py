@@ -263,3 +263,62 @@ def test_split_pack_of_a_single_video_shard_is_that_shard() -> None:
     assert split_pack(shard) == [shard]
     seg = Segment("x", "/x.mp4", (3, 4, 5))
     assert split_pack(Shard("whatever", (seg,)))[0].segments == (seg,)
+
+
+# --- keyframe sampling, and shards cut by the frames they decode --------------------------------
+
+
+def test_keyframes_sampling_is_the_listed_keyframes() -> None:
+    info = _info(1000, keyframes=(0, 250, 500, 750, 1200))  # one past the end is left out
+    assert sample_frames(info, SamplingConfig(keyframes=True)).tolist() == [0, 250, 500, 750]
+    assert sample_frames(_info(10), SamplingConfig(keyframes=True)).tolist() == [0]  # none listed: the first frame
+
+
+def test_span_frames_cuts_a_sampled_long_video_into_several_shards() -> None:
+    """At every 15th frame a 20,000-frame video has 1,334 samples: without a span limit one
+    shard (one decoder) decodes all 20,000 frames; with ``span_frames`` each shard decodes
+    about that many, starting at a keyframe, and every sample is planned exactly once."""
+    videos = _videos(a=_info(20000, gop=300))
+    sampling = SamplingConfig(stride=15)
+    one = plan_shards(videos, sampling, shard_frames=1024, pack_frames=512)
+    assert len(one) == 1
+    cut = plan_shards(videos, sampling, shard_frames=1024, pack_frames=512, span_frames=2048)
+    _assert_well_formed(cut)
+    assert len(cut) >= 8
+    assert _planned(cut) == Counter(_sampled(videos, sampling))
+    for shard in cut:
+        seg = shard.segments[0]
+        assert seg.frames[-1] - seg.frames[0] + 1 <= 2048 * 1.5 + 300
+    starts = sorted(s.segments[0].frames[0] for s in cut)
+    assert all(f % 300 < 15 for f in starts[1:])  # the first sample at or after a keyframe
+
+
+def test_span_frames_keeps_a_long_sampled_run_out_of_packs() -> None:
+    videos = _videos(a=_info(9000, gop=300), b=_info(9000, gop=300))
+    cut = plan_shards(videos, SamplingConfig(stride=30), shard_frames=1024, pack_frames=512, span_frames=2048)
+    assert all(len(s.segments) == 1 for s in cut) and len(cut) >= 6
+    assert _planned(cut) == Counter(_sampled(videos, SamplingConfig(stride=30)))
+
+
+def test_decoded_frames_counts_skips_and_seeks() -> None:
+    from jobs.pipeline.plan import decoded_frames
+
+    shard = Shard("s", (Segment("a", "/videos/a.mp4", (0, 15, 30, 600, 615)),))
+    decoded, seeks = decoded_frames(shard, {"a": (0, 300, 600)}, seek_each=False)
+    # 0 (1) + 15 + 15, then a seek to 600 (1 frame), then 15
+    assert (decoded, seeks) == (1 + 15 + 15 + 1 + 15, 1)
+    assert decoded_frames(shard, {"a": (0, 300, 600)}, seek_each=True) == (5, 5)
+
+
+def test_keyframe_sampling_gets_small_shards_so_several_decoders_share_the_work() -> None:
+    from jobs.pipeline.plan import shard_sizes
+
+    videos = _videos(a=_info(6750, gop=300), b=_info(6750, gop=300))  # 23 keyframes each
+    sampling = SamplingConfig(keyframes=True)
+    sizes = shard_sizes(sampling, shard_frames=1024, pack_frames=512)
+    assert sizes == {"shard_frames": 128, "pack_frames": 32, "span_frames": None}
+    shards = plan_shards(videos, sampling, **sizes)
+    assert len(shards) == 2 and _planned(shards) == Counter(_sampled(videos, sampling))
+    assert plan_shards(videos, sampling, shard_frames=1024, pack_frames=512).__len__() == 1  # one pack: one decoder
+    every = shard_sizes(SamplingConfig(stride=15), shard_frames=1024, pack_frames=512)
+    assert every == {"shard_frames": 1024, "pack_frames": 512, "span_frames": 2048}

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from jobs.config import DetectorConfig, JobConfig, ResourcesConfig
+from jobs.config import DetectorConfig, JobConfig, ResourcesConfig, SamplingConfig
 from jobs.errors import ConfigError
-from jobs.pipeline.sizing import Sizing, size_job
+from jobs.pipeline.sizing import (
+    DecoderTuner, MeasuredCosts, Sizing, WorkCosts, cgroup_cpu_quota, local_cpus, plan_costs, prior_costs, size_job,
+)
 
 
 def _config(*, resources: dict | None = None, detector: dict | None = None) -> JobConfig:
@@ -17,9 +26,11 @@ def test_two_cpus_one_actor_of_two_threads_beside_one_decoder() -> None:
     assert size_job({"CPU": 2.0}, _config()) == Sizing(detector_workers=1, detector_threads=2, decoders=1)
 
 
-def test_sixteen_cpus_sixty_percent_to_detectors() -> None:
+def test_sixteen_cpus_every_frame_most_to_detectors() -> None:
+    """Every frame of 1080p: ~3.3 ms of decoding to 9 ms of detecting, so ~27 % of 16 CPUs
+    decode (4.3, so 5 tasks) and 6 actors of 2 threads take the rest."""
     sizing = size_job({"CPU": 16.0}, _config())
-    assert sizing == Sizing(detector_workers=5, detector_threads=2, decoders=11)
+    assert sizing == Sizing(detector_workers=6, detector_threads=2, decoders=5, decode_cpus=1.0)
 
 
 def test_one_cpu_and_no_cpus_listed() -> None:
@@ -52,3 +63,151 @@ def test_explicit_settings_win() -> None:
 def test_at_least_one_decoder_when_actors_take_every_cpu() -> None:
     sizing = size_job({"CPU": 4.0}, _config(resources={"detector_workers": 8}))
     assert sizing.detector_workers == 8 and sizing.decoders == 1
+
+
+# --- sizing from the work: sampling makes the job decode-bound --------------------------------
+
+
+def _sampled(**sampling: object) -> JobConfig:
+    return JobConfig(sampling=SamplingConfig(**sampling))
+
+
+def test_decode_share_follows_the_sampling() -> None:
+    every = prior_costs(_sampled()).decode_share
+    stride = prior_costs(_sampled(stride=15)).decode_share
+    keys = prior_costs(_sampled(keyframes=True)).decode_share
+    fps2 = prior_costs(_sampled(fps=2.0)).decode_share
+    assert every < 0.4 < 0.7 < stride  # detector-bound at every frame, decode-bound at 2 fps
+    assert fps2 == pytest.approx(stride)  # 2 fps of 30 fps footage is stride 15
+    assert keys < 0.5  # one seek and one frame per sample
+
+
+def test_two_cpus_decode_share_over_half_gets_two_decoders() -> None:
+    """Measured at 2 fps of mixed 720p/1080p on a busy 2-core machine: 26 ms decoding to
+    15.5 ms detecting per frame. One decoder would take 26 ms a frame where both cores
+    together need (26 + 15.5) / 2 = 20.8: two decoders."""
+    sizing = size_job({"CPU": 2.0}, _sampled(stride=15), WorkCosts(0.026, 0.0155))
+    assert sizing.decoders == 2 and sizing.decode_cpus == 0.5
+
+
+def test_two_cpus_sampled_two_decoders_of_half_a_cpu_beside_the_actor() -> None:
+    """On 2 CPUs at every 15th frame, one decoder would leave a core idle: two decode tasks
+    reserve half a CPU each beside the actor's one, so both run."""
+    sizing = size_job({"CPU": 2.0}, _sampled(stride=15), prior_costs(_sampled(stride=15)))
+    assert sizing == Sizing(detector_workers=1, detector_threads=2, decoders=2, decode_cpus=0.5)
+    assert sizing.detector_workers * 1 + sizing.decoders * sizing.decode_cpus <= 2.0
+
+
+def test_sixteen_cpus_sampled_most_to_decoders() -> None:
+    sizing = size_job({"CPU": 16.0}, _sampled(stride=15), prior_costs(_sampled(stride=15)))
+    assert sizing.detector_workers == 2 and sizing.decoders >= 11
+    assert sizing.detector_workers * 1 + sizing.decoders * sizing.decode_cpus <= 16.0
+
+
+def test_plan_costs_count_skipped_frames_and_seeks() -> None:
+    dense = plan_costs(kept=100, decoded=1500, seeks=0, megapixels=2.0)
+    keys = plan_costs(kept=100, decoded=100, seeks=100, megapixels=2.0)
+    every = plan_costs(kept=100, decoded=100, seeks=0, megapixels=2.0)
+    assert dense.decode_s > keys.decode_s > every.decode_s
+    assert plan_costs(kept=1, decoded=1, seeks=0, megapixels=0.92).decode_s < every.decode_s  # 720p decodes cheaper
+
+
+def test_tuner_follows_measured_costs_and_a_growing_cluster() -> None:
+    """The decoders follow what the job measures (not the plan's guess) and the CPUs the
+    cluster lists when the tuner looks again: an autoscaler's new nodes get decoders."""
+    config = _sampled(stride=15)
+    start = size_job({"CPU": 2.0}, config, prior_costs(config))
+    tuner = DecoderTuner(start, config, prior_costs(config), every_s=2.0)
+    assert tuner.due(0.0) and not tuner.due(1.0) and tuner.due(2.5)
+    assert tuner.update({"CPU": 2.0}) is None  # nothing new: nothing changes
+    # the job measures detector-bound costs (e.g. the footage is mostly keyframes): one decoder
+    tuner.observe(64, decode_s=64 * 0.002, detect_s=64 * 0.009)
+    assert tuner.update({"CPU": 2.0}) == Sizing(1, 2, 1, 1.0)
+    # the cluster grows to 10 CPUs, the job decode-bound again: decoders for the new CPUs
+    tuner.observe(6400, decode_s=6400 * 0.05, detect_s=0.0)
+    grown = tuner.update({"CPU": 10.0}, at_s=12.0)
+    assert grown is not None and grown.detector_workers == 1 and grown.decoders >= 8
+    assert grown.decoders * grown.decode_cpus <= 10.0 - 1
+    assert [c["decoders"] for c in tuner.changes] == [1, grown.decoders] and tuner.changes[-1]["at_s"] == 12.0
+
+
+def test_measured_costs_wait_for_enough_frames() -> None:
+    m = MeasuredCosts()
+    m.add(16, 0.16, 0.16)
+    assert m.costs() is None
+    m.add(64, 0.64, 0.64)
+    assert m.costs() == WorkCosts(0.01, 0.01)
+
+
+# --- the CPUs this process may use: affinity and the container's quota -------------------------
+
+
+def _cgroup(tmp_path: Path, proc: str, files: dict[str, str]) -> dict[str, Path]:
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    root.mkdir(exist_ok=True)
+    (tmp_path / "proc_cgroup").write_text(proc)
+    return {"cgroup_root": root, "proc_cgroup": tmp_path / "proc_cgroup"}
+
+
+def test_cgroup_v2_quota_of_two_cpus(tmp_path: Path) -> None:
+    paths = _cgroup(tmp_path, "0::/docker/abc\n", {"docker/abc/cpu.max": "200000 100000\n", "cpu.max": "max 100000\n"})
+    assert cgroup_cpu_quota(**paths) == 2.0
+    assert local_cpus(**paths) == min(2, len(os.sched_getaffinity(0)))
+
+
+def test_cgroup_v2_parent_quota_applies_and_fractions_round_down(tmp_path: Path) -> None:
+    paths = _cgroup(tmp_path, "0::/kubepods/pod1/ctr\n", {
+        "kubepods/pod1/ctr/cpu.max": "max 100000\n", "kubepods/pod1/cpu.max": "150000 100000\n",
+    })
+    assert cgroup_cpu_quota(**paths) == 1.5
+    assert local_cpus(**paths) == 1
+
+
+def test_cgroup_v2_in_a_container_namespace_reads_its_root(tmp_path: Path) -> None:
+    paths = _cgroup(tmp_path, "0::/\n", {"cpu.max": "50000 100000\n"})
+    assert cgroup_cpu_quota(**paths) == 0.5
+    assert local_cpus(**paths) == 1  # at least one
+
+
+def test_cgroup_v1_cfs_quota(tmp_path: Path) -> None:
+    proc = "12:memory:/docker/x\n4:cpu,cpuacct:/docker/x\n"
+    paths = _cgroup(tmp_path, proc, {
+        "cpu,cpuacct/docker/x/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000\n",
+    })
+    assert cgroup_cpu_quota(**paths) == 3.0
+    unlimited = _cgroup(tmp_path / "u", proc, {
+        "cpu,cpuacct/docker/x/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000\n",
+    })
+    assert cgroup_cpu_quota(**unlimited) is None
+
+
+def test_no_quota_or_unreadable_files(tmp_path: Path) -> None:
+    assert cgroup_cpu_quota(cgroup_root=tmp_path / "none", proc_cgroup=tmp_path / "missing") is None
+    paths = _cgroup(tmp_path, "0::/a\n", {"a/cpu.max": "garbage\n"})
+    assert cgroup_cpu_quota(**paths) is None
+    assert local_cpus(**paths) == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.slow
+def test_taskset_one_core_gives_one_cpu_and_an_embedded_ray_of_one() -> None:
+    """A process pinned to one core (``taskset -c 0``) sizes for one CPU, and the embedded
+    Ray it starts lists one CPU, whatever ``os.cpu_count()`` says."""
+    if shutil.which("taskset") is None:
+        pytest.skip("taskset is not installed")
+    code = (
+        "import os, json\n"
+        "from jobs.config import RayConfig\n"
+        "from jobs.pipeline.session import ray_session\n"
+        "from jobs.pipeline.sizing import local_cpus\n"
+        "with ray_session(RayConfig(object_store_mb=80)) as ray:\n"
+        "    cpus = ray.cluster_resources().get('CPU')\n"
+        "print(json.dumps({'local': local_cpus(), 'count': os.cpu_count(), 'ray': cpus}))\n"
+    )
+    proc = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["local"] == 1 and out["ray"] == 1.0
+    assert out["count"] == os.cpu_count()  # the host's count is not what sized it
