@@ -89,6 +89,34 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class MetadataConfig:
+    """Where each video's wall-clock start and camera come from (:mod:`jobs.metadata`)."""
+
+    start_times: str | None = None  # CSV or YAML file: video -> start, timezone[, camera]
+    time_pattern: str | None = None  # regex on the file name with a group named ``start``
+    time_format: str = "%Y%m%d_%H%M%S"  # strptime format of that group
+    timezone: str | None = "UTC"  # zone of times given without one
+    creation_time: bool = True  # else: the container's creation_time tag is not read
+    camera_pattern: str | None = None  # regex on the video id with a group named ``camera``
+    cameras: dict[str, str] | None = None  # video id, file name or folder -> camera
+
+
+PRIVACY_MODES = ("blur", "pixelate", "raw", "aggregate")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """What of the faces the output keeps (:mod:`jobs.results.privacy`)."""
+
+    mode: str = "blur"  # blur | pixelate | raw | aggregate
+
+
+@dataclass(frozen=True)
+class ZonesConfig:
+    file: str | None = None  # zones YAML applied at the end of the run (``run --zones``)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -97,6 +125,9 @@ class JobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    zones: ZonesConfig = field(default_factory=ZonesConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,6 +162,9 @@ _CLASSES = {
     "tracking": TrackingConfig,
     "annotate": AnnotateConfig,
     "ray": RayConfig,
+    "metadata": MetadataConfig,
+    "privacy": PrivacyConfig,
+    "zones": ZonesConfig,
 }
 
 
@@ -176,6 +210,10 @@ def _coerce(section: str, key: str, value: Any, kind: type) -> Any:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
+        if kind is dict:
+            if isinstance(value, dict):
+                return {str(k): str(v) for k, v in value.items()}
+            raise ValueError
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -185,7 +223,7 @@ def _coerce(section: str, key: str, value: Any, kind: type) -> Any:
         raise ConfigError(f"config {section}.{key}: {value!r} is not a valid {kind.__name__}") from None
 
 
-_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "dict[str, str]": dict}
 
 
 def _build(data: dict[str, Any]) -> JobConfig:
@@ -233,6 +271,10 @@ def _validate(cfg: JobConfig) -> None:
     need(t.max_age >= 0 and t.min_hits >= 1, "tracking.max_age must be >= 0 and tracking.min_hits >= 1")
     need(0 <= cfg.annotate.crf <= 51, f"annotate.crf must be in [0, 51], got {cfg.annotate.crf}")
     need(cfg.ray.object_store_mb >= 80, "ray.object_store_mb must be >= 80")
+    need(cfg.privacy.mode in PRIVACY_MODES, f"privacy.mode must be one of {', '.join(PRIVACY_MODES)}, "
+         f"got {cfg.privacy.mode!r}")
+    need(not (cfg.privacy.mode == "aggregate" and cfg.annotate.enabled),
+         "privacy.mode aggregate keeps no pictures: it cannot be used with --annotate")
 
 
 def _tiled(text: str) -> bool:

@@ -7,6 +7,7 @@ understand: ``file:///...``, ``s3://bucket/prefix``, ``gs://...``, ``hdfs://...`
     OUT/videos.parquet                one row per input video, written at the end
     OUT/job.json                      resolved config, weights' SHA-256, versions, times
     OUT/tracks.parquet                one row per tracked person, written at the end
+    OUT/zones/                        per-zone and per-line results (``maskjobs zones``, ``run --zones``)
     OUT/annotated/                    annotated MP4s (``maskjobs run --annotate``; local paths only)
     OUT/report.html                   ``maskjobs report``'s page (derived: cleared with the output)
     OUT/quarantine/                   committed files found unreadable, set aside (their frames are redone)
@@ -88,6 +89,11 @@ class OutputLayout:
     @property
     def quarantine_dir(self) -> str:
         return posixpath.join(self.root, "quarantine")
+
+    @property
+    def zones_dir(self) -> str:
+        """``zones/``: what ``maskjobs zones`` (or ``run --zones``) computed from the rows."""
+        return posixpath.join(self.root, "zones")
 
     @property
     def annotated_root(self) -> str:

@@ -68,7 +68,7 @@ def _written_by_maskjobs(layout: OutputLayout) -> bool:
 def _clear(layout: OutputLayout) -> None:
     """Deletes everything maskjobs writes under ``layout``, the report derived from it included."""
     fs = layout.fs
-    for folder in (layout.frames_dir, layout.annotated_root, layout.quarantine_dir):
+    for folder in (layout.frames_dir, layout.annotated_root, layout.quarantine_dir, layout.zones_dir):
         if layout.file_type(folder) == pafs.FileType.Directory:
             fs.delete_dir(folder)
     for path in (layout.videos_file, layout.job_file, layout.tracks_file, layout.report_file):

@@ -8,6 +8,8 @@ import pyarrow.compute as pc
 
 from detector.spec import is_masked
 
+TIMESTAMP = pa.timestamp("us", tz="UTC")  # an instant; videos.parquet's ``timezone`` says the local zone
+
 DETECTION_TYPE = pa.struct(
     [
         ("label", pa.string()),
@@ -30,6 +32,8 @@ FRAMES_SCHEMA = pa.schema(
         ("unmasked", pa.int32()),
         ("compliance", pa.float32()),
         ("detections", pa.list_(DETECTION_TYPE)),
+        ("camera", pa.string()),  # the video's camera (set by the finishing pass)
+        ("timestamp", TIMESTAMP),  # wall-clock time of the frame (null: the video's start is unknown)
     ]
 )
 
@@ -63,6 +67,11 @@ VIDEOS_SCHEMA = pa.schema(
         ("compliance_reliable", pa.float32()),
         ("faces_near_min", pa.int64()),  # faces narrower than 1.25 x min_face_px
         ("sampling_rate", pa.float64()),  # frames analysed per second of video (effective sampling rate)
+        ("camera", pa.string()),
+        ("start", TIMESTAMP),  # wall-clock time of the first frame (null: unknown)
+        ("end", TIMESTAMP),  # start + duration
+        ("start_source", pa.string()),  # mapping | file_name | creation_time (null: unknown)
+        ("timezone", pa.string()),  # the zone the start was given in (IANA name or +HH:MM)
     ]
 )
 
@@ -83,6 +92,10 @@ TRACKS_SCHEMA = pa.schema(
         ("x2", pa.float32()),
         ("y2", pa.float32()),
         ("thumbnail", pa.binary()),  # JPEG of the face in the best frame (null: not decoded)
+        ("camera", pa.string()),
+        ("first_time", TIMESTAMP),  # first_s and last_s as wall-clock times (null: unknown start)
+        ("last_time", TIMESTAMP),
+        ("thumbnail_privacy", pa.string()),  # how the thumbnail shows the face: blur | pixelate | raw
     ]
 )
 
@@ -134,6 +147,8 @@ def frames_table(
             pa.array(unmasked.astype(np.int32)),
             pa.array(compliance, mask=np.isnan(compliance)),
             detections,
+            pa.nulls(len(counts), pa.string()),
+            pa.nulls(len(counts), TIMESTAMP),
         ],
         schema=FRAMES_SCHEMA,
     )
@@ -158,3 +173,24 @@ def with_tracks(table: pa.Table, tracks: np.ndarray) -> pa.Table:
         offsets = pc.subtract(offsets, offsets[0])
     detections = pa.ListArray.from_arrays(offsets, structs, type=pa.list_(DETECTION_TYPE), mask=column.is_null())
     return table.set_column(table.schema.get_field_index("detections"), "detections", detections)
+
+
+def with_video_meta(table: pa.Table, cameras: dict[str, str], starts_us: dict[str, int | None]) -> pa.Table:
+    """``table`` (FRAMES_SCHEMA, or an older one without the columns) with ``camera`` and
+    ``timestamp`` set per row: the video's camera, its start (µs since the epoch, UTC) plus
+    ``time_s``; null where the video's start is unknown."""
+    videos = table.column("video").to_numpy(zero_copy_only=False)
+    uniq, inverse = np.unique(videos, return_inverse=True) if len(videos) else (np.array([], object), np.array([], int))
+    camera = np.array([cameras.get(v) for v in uniq], dtype=object)[inverse] if len(videos) else []
+    start = np.array([starts_us.get(v) for v in uniq], dtype=object)[inverse] if len(videos) else np.array([], object)
+    known = np.array([s is not None for s in start], bool)
+    offset = np.round(table.column("time_s").to_numpy(zero_copy_only=False) * 1e6).astype(np.int64)
+    stamp = np.where(known, np.where(known, start, 0).astype(np.int64) + offset, 0)
+    columns = {
+        "camera": pa.array(camera, pa.string()),
+        "timestamp": pa.array(stamp, pa.int64(), mask=~known).cast(TIMESTAMP),
+    }
+    for name, column in columns.items():
+        i = table.schema.get_field_index(name)
+        table = table.append_column(name, column) if i < 0 else table.set_column(i, name, column)
+    return table

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from jobs.cli import cluster, detect, models, report, run
+from jobs.cli import cluster, detect, models, report, run, zones
 
 app = typer.Typer(
     name="maskjobs",
@@ -33,6 +33,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log deb
     )
 
 
-for _module in (detect, run, report, cluster):
+for _module in (detect, run, report, cluster, zones):
     app.add_typer(_module.commands)
 app.add_typer(models.commands, name="models")

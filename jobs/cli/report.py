@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from jobs.cli.options import errors_to_exit_codes
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from jobs.results.report import JobOutput
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +66,7 @@ def summary(directory: DirArg) -> None:
         ("people", f"{t['people']:,}"),
         ("unmasked people", f"{t['people_unmasked']:,}"),
         ("people compliance", percent(t["people_compliance"])),
+        ("privacy mode", str(out.job.get("privacy", "not recorded"))),
     ):
         head.add_row(name, value)
     per = Table(title="videos")
@@ -80,3 +86,39 @@ def summary(directory: DirArg) -> None:
     console = Console(width=120)
     console.print(head)
     console.print(per)
+    console.print(_by_hour_table(out))
+    bad = out.videos[out.videos.status != "done"].sort_values("video")
+    if len(bad):
+        problems = Table(title="failed and partial videos")
+        for col in ("video", "status", "reason"):
+            problems.add_column(col)
+        for r in bad.to_dict("records"):
+            problems.add_row(r["video"], r["status"], str(r.get("error") or ""))
+        console.print(problems)
+
+
+def _by_hour_table(out: JobOutput) -> Table:
+    """Compliance by camera (and zone, when zones were computed) and local hour, as the report has it."""
+    from rich.table import Table
+
+    from jobs.results.heatmap import UNKNOWN, hourly
+    from jobs.results.report import camera_rows
+
+    tables = [hourly(camera_rows(out), out.videos, ["camera"], "when")]
+    if "intervals" in out.zones and len(out.zones["intervals"]):
+        z = out.zones["intervals"].rename(columns={"start": "when"})
+        tables.append(hourly(z.assign(camera=z.camera + "/" + z.zone), out.videos, ["camera"], "when"))
+    hours = sorted({int(h) for t in tables for h in t.hour})
+    table = Table(title="compliance by camera and local hour",
+                  caption="faces outside every zone of a camera with zones are left out" if "cameras" in out.zones
+                  else None)
+    table.add_column("camera")
+    for h in hours:
+        table.add_column("time unknown" if h == UNKNOWN else f"{h:02d}h", justify="right")
+    for t in tables:
+        for camera, group in t.groupby("camera", sort=True):
+            cells = group.set_index("hour")
+            table.add_row(str(camera), *(
+                f"{cells.loc[h, 'masked'] / cells.loc[h, 'faces']:.0%}" if h in cells.index and cells.loc[h, "faces"]
+                else "–" for h in hours))
+    return table

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -47,6 +48,17 @@ def run(
     int8: Int8Opt = False,
     keyframes: KeyframesOpt = False,
     tiles: TilesOpt = None,
+    zones: Annotated[
+        Path | None, typer.Option("--zones", help="Zones YAML: compute OUT/zones/ at the end (see `maskjobs zones`).")
+    ] = None,
+    privacy: Annotated[
+        str | None,
+        typer.Option(help="blur (default) or pixelate: pictures hide faces; raw: pictures show faces; "
+                          "aggregate: no boxes, no pictures, only counts. job.json records it."),
+    ] = None,
+    start_times: Annotated[
+        Path | None, typer.Option("--start-times", help="CSV/YAML: video -> start time, timezone[, camera].")
+    ] = None,
 ) -> None:
     """Run the batch job: every video's sampled frames through the detector, into Parquet.
 
@@ -60,7 +72,9 @@ def run(
         stride=stride, fps=fps, batch_size=batch_size, weights=weights, annotate=annotate, int8=int8, tiles=tiles,
         keyframes=keyframes,
     )
-    cfg = resolve_config(config, {**overrides, "ray.address": address})
+    extra = {"zones.file": str(zones.absolute()) if zones else None, "privacy.mode": privacy,
+             "metadata.start_times": str(start_times.absolute()) if start_times else None}
+    cfg = resolve_config(config, {**overrides, "ray.address": address, **extra})
     try:
         code = run_command(inputs, out, cfg, overwrite=overwrite)
     except MaskjobsError:

@@ -125,6 +125,23 @@ def _weights_for_cluster(flag: str | None, *, ship: bool) -> Path:
     return path
 
 
+def _ship_side_files(config: JobConfig, stage: Path) -> dict[str, Any]:
+    """Copies the zones file and the start-times mapping the config names into ``stage`` (the
+    job's working_dir); returns the config sections that name the copies. A missing file is an
+    :class:`InputError` here, before anything is submitted."""
+    sections: dict[str, Any] = {}
+    for section, key, name in (("zones", "file", "maskjobs-zones"), ("metadata", "start_times", "maskjobs-start-times")):
+        given = getattr(getattr(config, section), key)
+        if not given:
+            continue
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise InputError(f"{given}: no such file ({section}.{key})")
+        shutil.copy2(path, stage / f"{name}{path.suffix}")
+        sections[section] = dataclasses.replace(getattr(config, section), **{key: f"{name}{path.suffix}"})
+    return sections
+
+
 @contextmanager
 def staged_submission(
     inputs: list[str],
@@ -161,6 +178,7 @@ def staged_submission(
             config,
             detector=dataclasses.replace(config.detector, weights=shipped),
             ray=dataclasses.replace(config.ray, address="auto"),
+            **_ship_side_files(config, stage),
         )
         (stage / CONFIG_NAME).write_text(
             "# Resolved by `maskjobs submit`: the complete config of this job.\n"

@@ -30,10 +30,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from jobs.config import DetectorConfig, JobConfig
-from jobs.errors import ConfigError, one_line
+from jobs.errors import ConfigError, InputError, one_line
 from jobs.identity import identify_all
 from jobs.inputs import VideoInput, escape_name
 from jobs.pipeline.actor import DetectorActor, WeightsPayload
@@ -52,7 +53,10 @@ from jobs.pipeline.tiles import job_tiles, pictures_per_frame
 from jobs.pipeline.sizing import DecoderTuner, Sizing, WorkCosts, plan_costs, prior_costs, size_job
 from jobs.remote import is_remote
 from jobs.results.coverage import add_coverage, video_coverage
+from jobs.metadata import MetadataResolver, resolve_all, video_meta_columns
+from jobs.results.privacy import AGGREGATE, strip_boxes
 from jobs.results.tracks import finish_tracks
+from jobs.results.zones import compute_zones, load_zones
 from jobs.stage import clear_stage
 from jobs.video import ProbedVideo, VideoInfo
 from sinks.location import display_location
@@ -308,9 +312,13 @@ def run_job(
     if drop_changed_videos(sink, identities):  # a replaced or re-encoded file: from scratch
         committed = sink.committed_ranges()
 
+    resolver = MetadataResolver.from_config(config.metadata)  # a bad mapping file fails before any work
+    if config.zones.file:
+        load_zones(Path(config.zones.file))  # so does a bad zones file
     factory, pool = _start_detectors(ray, config, weights, sizing)  # they load the model while the videos are probed
     t0 = time.monotonic()
     infos, failures = probe_all(ray, videos, config.planning.probe_timeout_s)
+    meta = resolve_all(ray, videos, resolver)
     timings["probe_s"] = time.monotonic() - t0
     probed = [ProbedVideo(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]
     if config.detector.int8:
@@ -366,7 +374,7 @@ def run_job(
 
         t0 = time.monotonic()
         # the idle actors render too: their processes and CPUs are already there
-        people = finish_tracks(ray, sink, probed, failures, config, helpers=pool.actors)
+        people = finish_tracks(ray, sink, probed, failures, config, helpers=pool.actors, meta=meta)
         timings["tracks_s"] = time.monotonic() - t0
     finally:
         pool.close()
@@ -377,6 +385,19 @@ def run_job(
                        identities=identities)
     sizes = [(p.video, p.info.width, p.info.height) for p in probed]
     rows = add_coverage(rows, video_coverage(sink, sizes, config.detector, input_size=weights.spec.input_size))
+    rows = [{**r, **video_meta_columns(meta[r["video"]], r["duration_s"])} for r in rows]
+    if config.zones.file:
+        t0 = time.monotonic()
+        try:
+            job["zones"] = compute_zones(sink, Path(config.zones.file), videos=rows)
+        except InputError as exc:  # an earlier aggregate run removed the boxes: its zones stay
+            if config.privacy.mode != AGGREGATE:
+                raise
+            logger.warning("zones not recomputed: %s", exc)
+            job["zones"] = {"file": config.zones.file, "kept": "computed by the run that removed the boxes"}
+        timings["zones_s"] = time.monotonic() - t0
+    if config.privacy.mode == AGGREGATE:
+        strip_boxes(sink)
     statuses = {r["status"] for r in rows}
     job.update(
         status="failed" if "failed" in statuses else "partial" if "partial" in statuses else "done",
@@ -597,6 +618,7 @@ def _job_record(config: JobConfig, weights: WeightsPayload, videos: list[VideoIn
             "torch": torch_version, "pyarrow": pyarrow.__version__,
         },
         "started": started,
+        "privacy": config.privacy.mode,
         "host": os.uname().nodename,
     }
 

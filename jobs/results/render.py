@@ -19,6 +19,7 @@ import numpy as np
 from detector.spec import MASK, NO_MASK
 from jobs.errors import one_line
 from jobs import faults
+from jobs.results.privacy import BLUR, hide_faces
 from jobs.video import VideoReadError, open_video, utf8_alias
 from sinks.atomic import atomic_output
 
@@ -99,14 +100,16 @@ def _stream(path: str, frames: np.ndarray, *, threads: int = 1) -> Iterator[np.n
         cap.release()
 
 
-def crop_thumbnail(image: np.ndarray, box: np.ndarray, *, margin: float = 0.35) -> bytes:
-    """JPEG of ``box`` (x1, y1, x2, y2) in ``image`` (H, W, 3 RGB) with a margin, 128 px high."""
+def crop_thumbnail(image: np.ndarray, box: np.ndarray, *, margin: float = 0.35, privacy: str = BLUR) -> bytes:
+    """JPEG of ``box`` (x1, y1, x2, y2) in ``image`` (H, W, 3 RGB) with a margin, 128 px high,
+    the face hidden as ``privacy`` says (:func:`jobs.results.privacy.hide_faces`)."""
     h, w = image.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in box)
     mx, my = (x2 - x1) * margin, (y2 - y1) * margin
     xa, ya = int(max(0, np.floor(x1 - mx))), int(max(0, np.floor(y1 - my)))
     xb, yb = int(min(w, np.ceil(x2 + mx))), int(min(h, np.ceil(y2 + my)))
     crop = image[ya:max(yb, ya + 1), xa:max(xb, xa + 1)]
+    crop = hide_faces(crop.copy(), np.array([[x1 - xa, y1 - ya, x2 - xa, y2 - ya]]), privacy)
     scale = _THUMB_HEIGHT / crop.shape[0]
     crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), _THUMB_HEIGHT), interpolation=cv2.INTER_AREA)
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
@@ -115,13 +118,13 @@ def crop_thumbnail(image: np.ndarray, box: np.ndarray, *, margin: float = 0.35) 
     return data.tobytes()
 
 
-def thumbnails(path: str, wanted: dict[int, tuple[int, np.ndarray]]) -> dict[int, bytes]:
+def thumbnails(path: str, wanted: dict[int, tuple[int, np.ndarray]], *, privacy: str = BLUR) -> dict[int, bytes]:
     """``{track: JPEG}`` for ``wanted`` ``{track: (frame, box)}``, decoding only those frames.
 
     One reader reads the frames forward and each is cropped as soon as it is decoded, so
     decord never reads ahead while this waits (see :func:`_stream`) and no frame is kept.
     """
-    return _last(_thumbnail_steps(path, wanted))
+    return _last(_thumbnail_steps(path, wanted, privacy=privacy))
 
 
 def _last(steps: Iterator[Any]) -> Any:
@@ -131,7 +134,9 @@ def _last(steps: Iterator[Any]) -> Any:
     return value
 
 
-def _thumbnail_steps(path: str, wanted: dict[int, tuple[int, np.ndarray]]) -> Iterator[int | dict[int, bytes]]:
+def _thumbnail_steps(
+    path: str, wanted: dict[int, tuple[int, np.ndarray]], *, privacy: str = BLUR
+) -> Iterator[int | dict[int, bytes]]:
     """:func:`thumbnails`, yielding a count after each frame decoded, then the result."""
     by_frame: dict[int, list[int]] = {}
     for track, (frame, _) in wanted.items():
@@ -141,17 +146,18 @@ def _thumbnail_steps(path: str, wanted: dict[int, tuple[int, np.ndarray]]) -> It
     if len(frames):
         for n, (frame, image) in enumerate(zip(frames.tolist(), _read(path, frames))):
             for track in by_frame[frame]:
-                out[track] = crop_thumbnail(image, wanted[track][1])
+                out[track] = crop_thumbnail(image, wanted[track][1], privacy=privacy)
             yield n
     yield out
 
 
-def draw_frame(image: np.ndarray, dets: VideoDetections, i: int, time_s: float) -> np.ndarray:
+def draw_frame(image: np.ndarray, dets: VideoDetections, i: int, time_s: float, *, privacy: str = BLUR) -> np.ndarray:
     """``image`` (H, W, 3 RGB) with a compliance banner on top and frame ``i``'s boxes, labels,
-    scores and track ids (green: Mask, red: NoMask)."""
+    scores and track ids (green: Mask, red: NoMask), its faces hidden as ``privacy`` says."""
     out = np.ascontiguousarray(image)
     h, w = out.shape[:2]
     a, b = int(dets.offsets[i]), int(dets.offsets[i + 1])
+    hide_faces(out, dets.boxes[a:b], privacy)
     faces, masked_n = b - a, int(dets.masked[a:b].sum())
     bar_h = _banner(out, time_s, faces, masked_n)
     thick = max(2, round(min(h, w) / 240))
@@ -189,19 +195,21 @@ def _banner(out: np.ndarray, time_s: float, faces: int, masked: int) -> int:
 
 def annotate_video(
     path: str, dets: VideoDetections, out: str, *, rate: float, width: int, height: int, crf: int = 23,
-    preset: str = "veryfast",
+    preset: str = "veryfast", privacy: str = BLUR,
 ) -> int:
     """Writes ``out``: the sampled frames with :func:`draw_frame`, H.264 yuv420p MP4 at ``rate``
     frames per second, even dimensions (padded), moov atom first (faststart). Returns frames
     written. One decoding pass over ``path`` (:func:`_stream`); memory: a frame or two."""
-    return _last(_annotate_steps(path, dets, out, rate=rate, width=width, height=height, crf=crf, preset=preset))
+    return _last(_annotate_steps(path, dets, out, rate=rate, width=width, height=height, crf=crf, preset=preset,
+                                 privacy=privacy))
 
 
 PROGRESS_EVERY = 16  # frames between the progress counts a render step yields
 
 
 def _annotate_steps(
-    path: str, dets: VideoDetections, out: str, *, rate: float, width: int, height: int, crf: int, preset: str
+    path: str, dets: VideoDetections, out: str, *, rate: float, width: int, height: int, crf: int, preset: str,
+    privacy: str = BLUR,
 ) -> Iterator[int]:
     """:func:`annotate_video`, yielding the frames written so far every ``PROGRESS_EVERY``
     frames and once at the end."""
@@ -222,7 +230,7 @@ def _annotate_steps(
                 if image.shape[:2] != (height, width):
                     size = f"{image.shape[1]}x{image.shape[0]}"
                     raise RenderError(f"{path}: frame {idx} is {size}, not {width}x{height}")
-                proc.stdin.write(draw_frame(image, dets, written, float(dets.time_s[written])).tobytes())
+                proc.stdin.write(draw_frame(image, dets, written, float(dets.time_s[written]), privacy=privacy).tobytes())
                 written += 1
                 if written % PROGRESS_EVERY == 0:
                     yield written
@@ -251,6 +259,7 @@ def render_video(
     height: int,
     crf: int,
     preset: str,
+    privacy: str = BLUR,
 ) -> Iterator[str | int | dict[int, bytes]]:
     """The Ray task (a streaming generator): ``STARTED``, then a count as work is done (so the
     driver can tell a slow piece from a stuck one), then ``{track: JPEG}``: thumbnails for
@@ -259,11 +268,12 @@ def render_video(
     faults.at_path("render", path)  # test-only: a stuck piece, when $MASKJOBS_TEST_FAULT asks
     thumbs: dict[int, bytes] = {}
     if wanted:
-        for step in _thumbnail_steps(path, wanted):
+        for step in _thumbnail_steps(path, wanted, privacy=privacy):
             if isinstance(step, dict):
                 thumbs = step
             else:
                 yield step
     if annotate_to is not None:
-        yield from _annotate_steps(path, dets, annotate_to, rate=rate, width=width, height=height, crf=crf, preset=preset)
+        yield from _annotate_steps(path, dets, annotate_to, rate=rate, width=width, height=height, crf=crf,
+                                   preset=preset, privacy=privacy)
     yield thumbs

@@ -11,16 +11,18 @@ import html
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from detector.spec import MASK
 from jobs.errors import InputError
+from jobs.results.heatmap import heatmap_html, hourly
 from jobs.results.manifest import read_manifest
 from sinks.atomic import atomic_output
 from sinks.layout import REPORT_NAME
@@ -41,6 +43,7 @@ class JobOutput:
     frames: pd.DataFrame  # video, time_s, faces, masked
     job: dict[str, Any]
     annotated: dict[str, str]  # video -> file under DIR/annotated
+    zones: dict[str, pd.DataFrame] = field(default_factory=dict)  # DIR/zones/<name>.parquet
 
 
 def load_output(root: Path) -> JobOutput:
@@ -55,14 +58,16 @@ def load_output(root: Path) -> JobOutput:
     )
     frames_dir = root / "frames"
     has_parts = frames_dir.is_dir() and any(frames_dir.glob("part-*.parquet"))
-    frames = (
-        pd.read_parquet(frames_dir, columns=["video", "time_s", "faces", "masked"])
-        if has_parts else pd.DataFrame(columns=["video", "time_s", "faces", "masked"])
-    )
+    columns = ["video", "time_s", "faces", "masked"]
+    if has_parts:
+        names = set(pq.read_schema(next(frames_dir.glob("part-*.parquet"))).names)
+        columns += [c for c in ("camera", "timestamp") if c in names]  # absent in older outputs
+    frames = pd.read_parquet(frames_dir, columns=columns) if has_parts else pd.DataFrame(columns=columns)
     job_file = root / "job.json"
     job = json.loads(job_file.read_text()) if job_file.is_file() else {}
     annotated = {v: e["file"] for v, e in read_manifest(root / "annotated", set_aside=False).items()}
-    return JobOutput(root, videos, tracks, frames, job, annotated)
+    zones = {p.stem: pd.read_parquet(p) for p in sorted((root / "zones").glob("*.parquet"))}
+    return JobOutput(root, videos, tracks, frames, job, annotated, zones)
 
 
 def totals(out: JobOutput) -> dict[str, Any]:
@@ -189,6 +194,9 @@ svg.chart .compliance{fill:none;stroke:#2e7d32;stroke-width:2}svg.chart .point{f
 .thumbs{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:6px;width:150px}
 figure img{height:128px;max-width:138px;object-fit:contain;display:block;margin:auto;background:#eee}
 figcaption{font-size:12px;margin-top:4px;overflow-wrap:anywhere}
+table.heatmap{width:auto}table.heatmap td,table.heatmap th{text-align:center;min-width:38px}table.heatmap td.empty{color:#aab}
+h3{font-size:15px;margin:16px 0 8px}
+#problems td:nth-child(3),#problems th:nth-child(3){text-align:left}
 """
 
 _JS = """
@@ -237,7 +245,7 @@ def _cards(t: dict[str, Any]) -> str:
 
 
 _COLUMNS = [
-    ("video", "video"), ("status", "status"), ("duration", "duration_s"), ("frames", "frames_processed"),
+    ("video", "video"), ("status", "status"), ("camera", "camera"), ("duration", "duration_s"), ("frames", "frames_processed"),
     ("faces", "faces"), ("masked", "masked"), ("unmasked", "unmasked"), ("compliance", "compliance"),
     ("people", "people"), ("unmasked people", "people_unmasked"),
 ]
@@ -275,8 +283,9 @@ def _video_sections(out: JobOutput, report_dir: Path) -> str:
         if r["video"] in out.annotated:
             target = os.path.relpath(out.root / "annotated" / out.annotated[r["video"]], report_dir)
             link = f' · <a href="{_e(Path(target).as_posix())}">annotated video</a>'
+        reason = f": {r['error']}" if isinstance(r.get("error"), str) else ""
         chart = chart_svg(compliance_series(frames, float(r.get("duration_s") or 0))) if len(frames) else (
-            '<p class="muted">no frames processed</p>')
+            f'<p class="muted">no frames processed{_e(reason)}</p>')
         sections.append(
             f'<div class="video" data-video="{_e(r["video"])}"><b>{_e(r["video"])}</b> '
             f'<span class="muted">{_e(r["status"])} · compliance {percent(r.get("compliance"))} · '
@@ -297,6 +306,12 @@ def _coverage(r: dict[str, Any]) -> str:
     )
 
 
+def _when(track: dict[str, Any]) -> str:
+    """The wall-clock time a person was first seen (UTC), with a separator; "" when unknown."""
+    first = track.get("first_time")
+    return f"{pd.Timestamp(first).strftime('%Y-%m-%d %H:%M:%S')} UTC · " if first is not None and pd.notna(first) else ""
+
+
 def _thumbnails(tracks: pd.DataFrame) -> str:
     unmasked = tracks[tracks.label != MASK].sort_values(["video", "first_s", "track"])
     shown = unmasked.head(MAX_THUMBNAILS)
@@ -307,7 +322,7 @@ def _thumbnails(tracks: pd.DataFrame) -> str:
                if isinstance(thumb, (bytes, bytearray)) and thumb else '<div class="muted">no picture</div>')
         figures.append(
             f'<figure class="person" data-video="{_e(r["video"])}" data-track="{int(r["track"])}">{img}<figcaption>'
-            f'{_e(r["video"])} #{int(r["track"])}<br>{clock(r["first_s"])}–{clock(r["last_s"])} · '
+            f'{_e(r["video"])} #{int(r["track"])}<br>{_e(_when(r))}{clock(r["first_s"])}–{clock(r["last_s"])} · '
             f'{1 - float(r["masked_share"]):.0%} unmasked</figcaption></figure>'
         )
     more = f'<p class="muted">and {len(unmasked) - len(shown):,} more (tracks.parquet has them all)</p>' if len(
@@ -315,6 +330,58 @@ def _thumbnails(tracks: pd.DataFrame) -> str:
     if not figures:
         return '<p class="muted">No unmasked person.</p>'
     return f'<div class="thumbs">{"".join(figures)}</div>{more}'
+
+
+PRIVACY_TEXT = {
+    "blur": "faces in pictures are blurred",
+    "pixelate": "faces in pictures are pixelated",
+    "raw": "faces in pictures are NOT hidden (run with --privacy raw)",
+    "aggregate": "no face boxes or pictures were kept, only counts",
+}
+
+
+def _privacy(job: dict[str, Any]) -> str:
+    mode = job.get("privacy")
+    text = PRIVACY_TEXT.get(mode, "not recorded (made before privacy modes: pictures show faces)")
+    return f'<p id="privacy" data-mode="{_e(mode or "unknown")}">Privacy mode: <b>{_e(mode or "unknown")}</b> · {_e(text)}</p>'
+
+
+def camera_rows(out: JobOutput) -> pd.DataFrame:
+    """Per-row faces and masked with camera and UTC time: zones/cameras.parquet when zones were
+    computed (faces outside every zone of a camera with zones are left out), else the frames."""
+    if "cameras" in out.zones:
+        return out.zones["cameras"].rename(columns={"start": "when"})
+    frames = out.frames
+    cams = dict(zip(out.videos.video, out.videos["camera"])) if "camera" in out.videos else {}
+    camera = frames["camera"] if "camera" in frames else frames.video.map(cams)
+    when = frames["timestamp"] if "timestamp" in frames else pd.Series(pd.NaT, index=frames.index)
+    return frames.assign(camera=camera.fillna("–"), when=when)
+
+
+def _by_hour(out: JobOutput) -> str:
+    """The camera x hour table, and the camera/zone x hour table when zones exist."""
+    rows = camera_rows(out)
+    parts = [heatmap_html(hourly(rows, out.videos, ["camera"], "when"), ["camera"], table_id="camera-hours")]
+    note = ("Faces outside every zone of a camera that has zones are not counted."
+            if "cameras" in out.zones else "")
+    if "intervals" in out.zones and len(out.zones["intervals"]):
+        z = out.zones["intervals"].rename(columns={"start": "when"})
+        parts.append('<h3>By zone</h3>' + heatmap_html(
+            hourly(z, out.videos, ["camera", "zone"], "when"), ["camera", "zone"], table_id="zone-hours"))
+    return (f'<p class="muted">Share of faces masked, by local hour of day (each video\'s time zone). '
+            f'{_e(note)}</p>' + "".join(parts))
+
+
+def _problems(videos: pd.DataFrame) -> str:
+    bad = videos[videos.status != "done"].sort_values("video")
+    if bad.empty:
+        return '<p class="muted">Every video was processed completely.</p>'
+    rows = "".join(
+        f'<tr data-video="{_e(r["video"])}"><td>{_e(r["video"])}</td><td>{_e(r["status"])}</td>'
+        f'<td>{_e(r.get("error") or "")}</td></tr>'
+        for r in bad.to_dict("records")
+    )
+    return f'<table id="problems"><thead><tr><th>video</th><th>status</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>'
 
 
 def render_html(out: JobOutput, report_path: Path) -> str:
@@ -327,8 +394,11 @@ def render_html(out: JobOutput, report_path: Path) -> str:
         f"<title>maskjobs report: {_e(out.root.name)}</title><style>{_CSS}</style></head><body>"
         f'<h1>Face-mask compliance</h1><p class="muted">{_e(out.root)} · job finished {_e(when)} · '
         f'status {_e(out.job.get("status", "unknown"))}</p>'
+        f"{_privacy(out.job)}"
         f'<div class="cards" id="totals">{_cards(t)}</div>'
+        f"<h2>Compliance by camera and hour</h2>{_by_hour(out)}"
         f"<h2>Videos</h2>{_table(out.videos)}"
+        f"<h2>Failed and partial videos</h2>{_problems(out.videos)}"
         f'<h2>Compliance over time</h2><p class="muted">Share of detected faces wearing a mask (green line; '
         f'gaps: no faces) and faces per analysed frame (grey bars), over each video.</p>'
         f"{_video_sections(out, report_path.parent)}"

@@ -32,11 +32,13 @@ from detector.spec import MASK, NO_MASK
 from jobs.config import JobConfig, SamplingConfig
 from jobs.errors import one_line
 from jobs.video import VideoInfo, keyframe_before
+from jobs.metadata import VideoMeta, default_camera
 from jobs.results.manifest import MANIFEST, read_manifest
+from jobs.results.privacy import AGGREGATE
 from jobs.results.render import VideoDetections, render_video
 from sinks.atomic import atomic_output, sweep
 from sinks.store import OutputStore
-from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, with_tracks
+from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, with_tracks, with_video_meta
 from jobs.results.bytetrack import track_sequence
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,8 @@ def sampled_rate(info: VideoInfo, sampling: SamplingConfig) -> float:
 
 
 def _read_video(sink: OutputStore, parts: list[str], video: str) -> VideoDetections:
-    """One video's committed rows, in frame order, flattened (``tracks`` all -1)."""
+    """One video's committed rows, in frame order, flattened (``tracks``: the ids written last,
+    -1 where none; boxes NaN where an aggregate-privacy run removed them)."""
     columns = ["video", "frame", "time_s", "detections"]
     table = pa.concat_tables(
         [sink.read_part(p).select(columns).filter(pc.field("video") == video) for p in parts]
@@ -67,7 +70,7 @@ def _read_video(sink: OutputStore, parts: list[str], video: str) -> VideoDetecti
         .astype(np.float64).reshape(-1, 4),
         masked=pc.equal(flat.field("label"), MASK).to_numpy(zero_copy_only=False).astype(bool),
         scores=flat.field("score").to_numpy(zero_copy_only=False).astype(np.float64),
-        tracks=np.full(len(flat), -1, np.int64),
+        tracks=flat.field("track").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64),
     )
 
 
@@ -79,6 +82,7 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 BEST_SCORE_SLACK = 0.01
+SUMMARY_COLUMNS = [f.name for f in TRACKS_SCHEMA][: TRACKS_SCHEMA.get_field_index("thumbnail")]
 
 
 def summarise_tracks(
@@ -102,7 +106,7 @@ def summarise_tracks(
     )
     df = df[df.track >= 0]
     if df.empty:
-        return pd.DataFrame(columns=[f.name for f in TRACKS_SCHEMA if f.name != "thumbnail"])
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
     g = df.groupby("track", sort=True)
     out = g.agg(first_s=("time_s", "min"), last_s=("time_s", "max"), frames=("frame", "nunique"),
                 masked_share=("masked", "mean"))
@@ -120,7 +124,7 @@ def summarise_tracks(
     best = best.set_index("track")[["frame", "time_s", "score", "x1", "y1", "x2", "y2"]]
     out = out.join(best.rename(columns={"frame": "best_frame", "time_s": "best_time_s"})).reset_index()
     out.insert(0, "video", video)
-    return out[[f.name for f in TRACKS_SCHEMA if f.name != "thumbnail"]]
+    return out[SUMMARY_COLUMNS]
 
 
 def _digest(dets: VideoDetections, *extra: Any) -> str:
@@ -133,19 +137,21 @@ def _digest(dets: VideoDetections, *extra: Any) -> str:
 
 def _old_thumbnails(sink: OutputStore) -> dict[tuple[Any, ...], bytes]:
     """Thumbnails of the previous run, keyed by what they show."""
-    cols = ["video", "track", "best_frame", "x1", "y1", "x2", "y2", "thumbnail"]
-    table = sink.read_tracks(cols)
+    table = sink.read_tracks()
     if table is None:
         return {}
+    if "thumbnail_privacy" not in table.column_names:  # written before privacy modes: raw faces
+        table = table.append_column("thumbnail_privacy", pa.array(["raw"] * len(table), pa.string()))
     return {
-        (r["video"], r["best_frame"], r["x1"], r["y1"], r["x2"], r["y2"]): r["thumbnail"]
+        (r["video"], r["best_frame"], r["x1"], r["y1"], r["x2"], r["y2"], r["thumbnail_privacy"]): r["thumbnail"]
         for r in table.to_pylist()
         if r["thumbnail"] is not None
     }
 
 
-def _thumb_key(video: str, row: Any) -> tuple[Any, ...]:
-    return (video, int(row.best_frame), *(float(np.float32(getattr(row, k))) for k in ("x1", "y1", "x2", "y2")))
+def _thumb_key(video: str, row: Any, privacy: str | None) -> tuple[Any, ...]:
+    box = (float(np.float32(getattr(row, k))) for k in ("x1", "y1", "x2", "y2"))
+    return (video, int(row.best_frame), *box, privacy)
 
 
 class _Manifest:
@@ -164,9 +170,13 @@ class _Manifest:
             tmp.write_text(json.dumps(self.entries, indent=2, sort_keys=True))
 
 
-def _write_track_ids(sink: OutputStore, parts: list[str], tracked: dict[str, VideoDetections]) -> int:
-    """Writes each detection's track id into the committed shard files where it changed;
-    returns how many files were rewritten."""
+def _write_track_ids(
+    sink: OutputStore, parts: list[str], tracked: dict[str, VideoDetections], meta: dict[str, VideoMeta]
+) -> int:
+    """Writes each detection's track id, and each row's camera and timestamp (``meta``), into
+    the committed shard files where they changed; returns how many files were rewritten."""
+    cameras = {v: m.camera for v, m in meta.items()}
+    starts = {v: m.start_us for v, m in meta.items()}
     rewritten = 0
     for path in parts:
         table = sink.read_part(path)
@@ -181,12 +191,10 @@ def _write_track_ids(sink: OutputStore, parts: list[str], tracked: dict[str, Vid
             pos = np.searchsorted(dets.frames, frames[rows])
             src = _ranges(dets.offsets[pos], dets.counts[pos])
             ids[_ranges(row_start[rows], counts[rows])] = dets.tracks[src]
-        if table.schema == FRAMES_SCHEMA:  # else: written before detections had a track
-            old = pc.list_flatten(table.column("detections")).combine_chunks()
-            old_ids = old.field("track").fill_null(-1).to_numpy(zero_copy_only=False) if len(old) else ids[:0]
-            if np.array_equal(old_ids, ids):
-                continue
-        sink.replace_part(path, with_tracks(table, ids))
+        new = with_video_meta(with_tracks(table, ids), cameras, starts)
+        if table.schema == FRAMES_SCHEMA and new.equals(table):  # else: written by an older version
+            continue
+        sink.replace_part(path, new)
         rewritten += 1
     return rewritten
 
@@ -203,6 +211,9 @@ def _track_videos(
     tracked = {}
     for video, parts in parts_of.items():
         dets = _read_video(sink, parts, video)
+        if np.isnan(dets.boxes).any():  # an aggregate-privacy run removed its boxes: keep the ids it wrote
+            tracked[video] = dets
+            continue
         tracked[video] = dataclasses.replace(
             dets, tracks=track_sequence(dets.counts, dets.boxes, dets.scores, **params)
         )
@@ -256,6 +267,7 @@ def _render(
     died is run again as a task.
     """
     old_thumbs = _old_thumbnails(sink)
+    privacy = config.privacy.mode
     a = config.annotate
     manifest = _Manifest(sink.annotated_dir) if sink.annotated_dir is not None else None
     if a.enabled and sink.annotated_dir.is_dir():  # type: ignore[union-attr]  (run_job checked it)
@@ -271,21 +283,25 @@ def _render(
         for row in summaries[video].itertuples():
             if row.label == MASK:  # the report shows the unmasked; a thumbnail costs a seek
                 continue
-            key = _thumb_key(video, row)
+            if privacy == AGGREGATE or not np.isfinite([row.x1, row.y1, row.x2, row.y2]).all():
+                continue  # no pictures at all, or the boxes are gone (an earlier aggregate run)
+            key = _thumb_key(video, row, privacy)
             if key in old_thumbs:
                 thumbs[video][int(row.track)] = old_thumbs[key]
             else:
                 wanted[int(row.track)] = (int(row.best_frame), np.array([row.x1, row.y1, row.x2, row.y2]))
         rate = sampled_rate(info, config.sampling)
-        digest = _digest(dets, rate, a.crf, a.preset)
+        digest = _digest(dets, rate, a.crf, a.preset, privacy)
         annotate_to = None
-        if a.enabled and not manifest.current(video, digest, sink.annotated_dir):  # type: ignore[union-attr]
+        if a.enabled and np.isnan(dets.boxes).any():
+            logger.warning("%s: not annotated: an earlier privacy-aggregate run removed its boxes", video)
+        elif a.enabled and not manifest.current(video, digest, sink.annotated_dir):  # type: ignore[union-attr]
             annotate_to = str(sink.annotated_dir / f"{video}.mp4")
         for i, part in enumerate(split_by_frame(wanted, spread if annotate_to is None else 1, info.keyframes)):
             if part or (i == 0 and annotate_to):
                 annotate = annotate_to if i == 0 else None
                 task = functools.partial(remote.remote, path, dets, part, annotate, rate=rate, width=info.width,
-                                         height=info.height, crf=a.crf, preset=a.preset)
+                                         height=info.height, crf=a.crf, preset=a.preset, privacy=privacy)
                 piece = _Piece(video, annotate, digest, task)
                 if idle:  # the task stays as the fallback should the actor die
                     piece.actor = idle.pop(0)
@@ -367,6 +383,25 @@ def _wait_pieces(ray: Any, pieces: list[_Piece], *, timeout_s: float, poll_s: fl
     return pieces
 
 
+def _track_rows(summary: pd.DataFrame, thumbs: dict[int, bytes], meta: VideoMeta, privacy: str) -> pd.DataFrame:
+    """``summary`` (one video's :func:`summarise_tracks`) with its thumbnails, camera and
+    wall-clock times; with ``privacy`` aggregate, without boxes or pictures."""
+    def when(seconds: pd.Series) -> pd.Series:
+        """``start + seconds`` in whole microseconds, as the frames' timestamps are."""
+        if meta.start_us is None:
+            return pd.Series(pd.NaT, index=seconds.index, dtype="datetime64[us, UTC]")
+        return pd.to_datetime(meta.start_us + np.round(seconds.to_numpy(np.float64) * 1e6), unit="us", utc=True)
+
+    out = summary.assign(
+        thumbnail=[thumbs.get(int(t)) for t in summary.track], camera=meta.camera, first_time=when(summary.first_s),
+        last_time=when(summary.last_s),
+    )
+    out["thumbnail_privacy"] = np.where(out.thumbnail.notna(), privacy, None)
+    if privacy == AGGREGATE:
+        out[["x1", "y1", "x2", "y2"]] = np.nan
+    return out
+
+
 def finish_tracks(
     ray: Any,
     sink: OutputStore,
@@ -374,10 +409,12 @@ def finish_tracks(
     failed: Collection[str],
     config: JobConfig,
     helpers: Sequence[Any] = (),
+    meta: dict[str, VideoMeta] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Tracks every video with committed rows, writes the ids and ``tracks.parquet``, renders
     thumbnails (and annotated videos for ``config.annotate.enabled``) of videos not in ``failed``
-    (``helpers``: idle actors that render too, see :func:`_render`).
+    (``helpers``: idle actors that render too, see :func:`_render`). ``meta`` gives each
+    video's camera and start (default: its folder, unknown start).
 
     Returns ``{video: {"people": n, "people_unmasked": m}}``.
     """
@@ -386,12 +423,14 @@ def finish_tracks(
     tracked = _track_videos(sink, segments, config)
     keyframes = {video: info.keyframes for video, _, info in probed}
     summaries = {video: summarise_tracks(video, dets, keyframes.get(video, ())) for video, dets in tracked.items()}
-    rewritten = _write_track_ids(sink, [p for p, _ in segments], tracked)
+    paths = {video: path for video, path, _ in probed}
+    meta = {v: (meta or {}).get(v) or VideoMeta(default_camera(v, paths.get(v))) for v in tracked}
+    rewritten = _write_track_ids(sink, [p for p, _ in segments], tracked, meta)
     logger.info("tracked %d videos, %d shard files updated", len(tracked), rewritten)
 
     todo = [(v, path, info) for v, path, info in probed if v not in failed and v in tracked]
     thumbs = _render(ray, sink, todo, tracked, summaries, config, helpers)
-    frames = [s.assign(thumbnail=s.track.map(thumbs.get(v, {}))) for v, s in summaries.items() if len(s)]
+    frames = [_track_rows(s, thumbs.get(v, {}), meta[v], config.privacy.mode) for v, s in summaries.items() if len(s)]
     table = (
         pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=TRACKS_SCHEMA, preserve_index=False)
         if frames else TRACKS_SCHEMA.empty_table()
