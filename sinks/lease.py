@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from detector.errors import InputError
+from sinks.atomic import make_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +119,10 @@ class _LocalBackend(_Backend):
     def create(self, data: bytes) -> str | None:
         # written whole aside, then hard-linked into place: link() fails if the name exists, so
         # this is put-if-absent and a reader never sees a lease half written (O_EXCL then write would be)
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        make_dirs(os.path.dirname(self.path))  # owner-only, like every folder maskjobs creates
         tmp = f"{self.path}.{secrets.token_hex(6)}.part"
         try:
-            with open(tmp, "wb") as f:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -137,7 +138,7 @@ class _LocalBackend(_Backend):
 
     def _create_exclusive(self, data: bytes) -> str | None:
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
             return None
         with os.fdopen(fd, "wb") as f:
@@ -169,7 +170,7 @@ class _LocalBackend(_Backend):
             os.unlink(stale)
             return self.create(data)
         tmp = f"{self.path}.{secrets.token_hex(6)}.part"
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
             f.write(data)
         os.replace(tmp, self.path)  # a renewal by the holder itself
         return self._tag()

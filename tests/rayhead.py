@@ -55,6 +55,22 @@ def _worker_port_range() -> tuple[int, int]:
     return base, base + 199
 
 
+
+def _end_block_process(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM a ``ray start --block`` process (it then stops what it started), SIGKILL it after
+    ``grace_s``, then SIGKILL whatever is left in its process group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
 def _processes() -> list[tuple[int, int, str]]:
     """``(pid, ppid, args)`` of every process."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
@@ -179,18 +195,8 @@ class RayHead:
         """Stops this head, its other nodes and every process they started; leaves other Rays alone."""
         for node in self.nodes:
             node.stop(grace_s)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _end_block_process(self.proc, grace_s)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and self.pids():
             for pid in self.pids():
@@ -283,14 +289,4 @@ class RayWorkerNode:
     def stop(self, grace_s: float = 20) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _end_block_process(self.proc, grace_s)

@@ -385,7 +385,9 @@ def run_job(
                        identities=identities)
     sizes = [(p.video, p.info.width, p.info.height) for p in probed]
     rows = add_coverage(rows, video_coverage(sink, sizes, config.detector, input_size=weights.spec.input_size))
-    rows = [{**r, **video_meta_columns(meta[r["video"]], r["duration_s"])} for r in rows]
+    # an ``absent`` video (rows from an earlier run, not an input now) has no metadata this run
+    rows = [{**r, **video_meta_columns(meta[r["video"]], r.get("duration_s"))} if r["video"] in meta else r
+            for r in rows]
     if config.zones.file:
         t0 = time.monotonic()
         try:

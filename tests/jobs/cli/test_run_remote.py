@@ -34,7 +34,7 @@ def test_an_s3_prefix_gives_the_rows_of_the_same_files_read_locally(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTESTING")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("MASKJOBS_STAGE_DIR", str(tmp_path / "stage"))
-    local = tmp_path / "local"
+    local = tmp_path / "footage"  # the folder named as the prefix: the default camera is the folder
     for name in FILES:
         (local / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(video_set.root / name, local / name)
