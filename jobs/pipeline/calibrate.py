@@ -9,7 +9,6 @@ on their own, without the frames before them.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from detector.preprocess import resize_rgb
 from jobs.errors import one_line
+from jobs.pipeline.timed import STARTED, run_timed
 from jobs import faults
 from jobs.video import ProbedVideo, VideoReadError, keyframe_before, open_video
 
@@ -79,7 +79,6 @@ def read_calibration(path: str, frames: list[int], *, input_size: int) -> np.nda
     return np.zeros((0, input_size, input_size, 3), np.uint8)
 
 
-STARTED = "started"  # a read task's first item: its time limit runs from here
 
 
 def _read_task(path: str, frames: list[int], *, input_size: int) -> Iterator[str | np.ndarray]:
@@ -105,39 +104,23 @@ def collect_calibration(
     """
     total_s = 2 * timeout_s if total_s is None else total_s
     remote = ray.remote(num_cpus=0.5, max_retries=0, num_returns="streaming")(_read_task)
-    pending = {remote.remote(path, frames, input_size=input_size): video for video, path, frames in picks}
+    tasks = {remote.remote(path, frames, input_size=input_size): video for video, path, frames in picks}
     order = {video: i for i, (video, _, _) in enumerate(picks)}
     got: dict[str, Any] = {}
     skipped: dict[str, str] = {}
-    started: dict[Any, float] = {}
-    deadline = time.monotonic() + total_s
-    while pending:
-        gens = list(pending)
-        ray.wait(gens, num_returns=1, timeout=poll_s, fetch_local=False)
-        ready = set(ray.wait(gens, num_returns=len(gens), timeout=0, fetch_local=False)[0])
-        now = time.monotonic()
-        for gen, video in list(pending.items()):
-            if gen in ready:
-                try:
-                    ref = next(gen)
-                    value = ray.get(ref)
-                except StopIteration:
-                    ref, value = None, "no frames"
-                except Exception as exc:  # a Ray error: the read crashed or raised
-                    ref, value = None, f"read failed ({one_line(exc, limit=200)})"
-                if isinstance(value, str) and value == STARTED:
-                    started[gen] = now
-                    continue
-                del pending[gen]
-                if isinstance(value, np.ndarray) and len(value):
-                    got[video] = ref
-                else:
-                    skipped[video] = value if isinstance(value, str) else "no frame could be read"
-            elif (gen in started and now - started[gen] > timeout_s) or now > deadline:
-                ray.cancel(gen, force=True)
-                del pending[gen]
-                limit = f"{timeout_s:g} s" if gen in started else f"{total_s:g} s for all calibration reads"
-                skipped[video] = f"timed out after {limit}"
+    for end in run_timed(ray, tasks, timeout_s=timeout_s, total_s=total_s, poll_s=poll_s):
+        value = end.value
+        if end.timed_out:
+            limit = f"{timeout_s:g} s" if end.timed_out == "task" else f"{total_s:g} s for all calibration reads"
+            skipped[end.key] = f"timed out after {limit}"
+        elif isinstance(value, np.ndarray) and len(value):
+            got[end.key] = end.ref
+        elif isinstance(value, Exception):  # a Ray error: the read crashed or raised
+            skipped[end.key] = f"read failed ({one_line(value, limit=200)})"
+        elif value is None:
+            skipped[end.key] = "no frames"
+        else:
+            skipped[end.key] = value if isinstance(value, str) else "no frame could be read"
     for video, why in skipped.items():
         logger.warning("%s: not used for int8 calibration (%s)", video, why)
     return [got[v] for v in sorted(got, key=order.__getitem__)], skipped

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from jobs.errors import one_line
+from jobs.pipeline.timed import STARTED, run_timed
 from jobs.inputs import VideoInput
 from jobs.video import VideoInfo, VideoReadError, open_video, utf8_alias
 
@@ -66,7 +66,6 @@ def probe_video(path: str) -> VideoInfo:
     )
 
 
-STARTED = "started"  # a probe task's first item: its time limit runs from here, not from when it queued
 
 
 def _probe_task(path: str) -> Iterator[str | VideoInfo]:
@@ -89,35 +88,19 @@ def probe_all(
     fails its own video only.
     """
     remote = ray.remote(num_cpus=0.5, max_retries=0, num_returns="streaming")(_probe_task)
-    pending = {remote.remote(v.path): v for v in videos}
-    started: dict[Any, float] = {}
     infos: dict[str, VideoInfo] = {}
     errors: dict[str, str] = {}
-    while pending:
-        gens = list(pending)
-        ray.wait(gens, num_returns=1, timeout=poll_s, fetch_local=False)
-        ready = set(ray.wait(gens, num_returns=len(gens), timeout=0, fetch_local=False)[0])
-        now = time.monotonic()
-        for gen, video in list(pending.items()):
-            if gen in ready:
-                try:
-                    value = ray.get(next(gen))
-                except StopIteration:
-                    value = None
-                except ProbeError as exc:  # Ray re-raises it wrapped; ``cause`` is the original
-                    value = ProbeError(str(getattr(exc, "cause", None) or exc))
-                except Exception as exc:  # a Ray error: the probe worker crashed or raised
-                    value = ProbeError(f"probe failed ({one_line(exc, limit=300)})")
-                if isinstance(value, str):  # STARTED: the clock starts
-                    started[gen] = now
-                    continue
-                del pending[gen]
-                if isinstance(value, VideoInfo):
-                    infos[video.video] = value
-                else:
-                    errors[video.video] = str(value or "probe failed (no result)")
-            elif gen in started and now - started[gen] > timeout_s:
-                ray.cancel(gen, force=True)
-                del pending[gen]
-                errors[video.video] = f"probe timed out after {timeout_s:g} s (the decoder hangs on this file)"
+    tasks = {remote.remote(v.path): v.video for v in videos}
+    for end in run_timed(ray, tasks, timeout_s=timeout_s, poll_s=poll_s):
+        value = end.value
+        if end.timed_out:
+            errors[end.key] = f"probe timed out after {timeout_s:g} s (the decoder hangs on this file)"
+        elif isinstance(value, VideoInfo):
+            infos[end.key] = value
+        elif isinstance(value, ProbeError):  # Ray re-raises it wrapped; ``cause`` is the original
+            errors[end.key] = str(getattr(value, "cause", None) or value)
+        elif isinstance(value, Exception):  # a Ray error: the probe worker crashed or raised
+            errors[end.key] = f"probe failed ({one_line(value, limit=300)})"
+        else:
+            errors[end.key] = str(value or "probe failed (no result)")
     return infos, errors
