@@ -1,8 +1,9 @@
 """Test-only fault injection for the parts a decode-level fault cannot reach.
 
-``$MASKJOBS_TEST_FAULT`` (unset in normal use; :mod:`jobs.pipeline.decode` reads its
-``crash:``/``hang:`` entries) may also hold, comma-separated:
+``$MASKJOBS_TEST_FAULT`` (unset in normal use) holds, comma-separated:
 
+- ``crash:<text>`` / ``hang:<text>``: decoding a segment of a file whose path contains ``<text>``
+  kills its worker / never returns (failure isolation with real process crashes and hangs);
 - ``calib-crash:<text>`` / ``calib-hang:<text>``: reading int8 calibration frames of a file
   whose path contains ``<text>`` kills its worker / never returns;
 - ``render-hang:<text>``: rendering (thumbnails, ``--annotate``) a file whose path contains
@@ -37,11 +38,18 @@ def _hang() -> None:
 
 
 def at_path(where: str, path: str) -> None:
-    """``where`` is ``calib`` or ``render``: crashes or hangs here if asked for ``path``."""
-    if any(text in path for text in _entries(f"{where}-crash")):
+    """``where`` is ``calib``, ``render`` or ``""`` (decoding): crashes or hangs here if asked
+    for ``path``."""
+    prefix = f"{where}-" if where else ""
+    if any(text in path for text in _entries(f"{prefix}crash")):
         os._exit(134)
-    if any(text in path for text in _entries(f"{where}-hang")):
+    if any(text in path for text in _entries(f"{prefix}hang")):
         _hang()
+
+
+def in_decode(path: str) -> None:
+    """Crashes or hangs a decode task on ``path`` if asked (see the module docstring)."""
+    at_path("", path)
 
 
 def in_detector() -> None:

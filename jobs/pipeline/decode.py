@@ -14,29 +14,12 @@ import numpy as np
 
 from detector.preprocess import resize_rgb
 from detector.tiling import cut_tiles, resolve_grid, tile_boxes
+from jobs import faults
 from jobs.pipeline.plan import Segment, Shard
 from jobs.pipeline.records import DecodedBatch
 from jobs.video import OpenVideo, VideoReadError, open_video
 
 logger = logging.getLogger(__name__)
-
-# Test-only fault injection, for proving failure isolation with real process crashes and
-# hangs: comma-separated "crash:<text>" or "hang:<text>" act on segments whose path
-# contains <text>. Unset in normal use.
-FAULT_ENV = "MASKJOBS_TEST_FAULT"
-
-
-def _inject_fault(path: str) -> None:
-    for spec in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
-        kind, _, needle = spec.partition(":")
-        if not needle or needle not in path:
-            continue
-        if kind == "crash":
-            os._exit(134)
-        if kind == "hang":
-            while True:
-                time.sleep(3600)
-
 
 @dataclass(frozen=True)
 class Started:
@@ -116,7 +99,7 @@ def _decode_segments(
     (:data:`~jobs.pipeline.records.DecodedBatch`), and the shard goes on with its next segment.
     """
     for seg in shard.segments:
-        _inject_fault(seg.path)
+        faults.in_decode(seg.path)  # test-only: a crash or hang, when $MASKJOBS_TEST_FAULT asks
         try:
             video = open_video(seg.path, threads=threads)
         except VideoReadError as exc:  # named by the video's id: the driver records it against the video
