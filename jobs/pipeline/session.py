@@ -14,7 +14,7 @@ from jobs.config import RayConfig
 from jobs.errors import InputError, one_line
 from jobs.pipeline import ray_private
 from jobs.pipeline.sizing import local_cpus
-from jobs.pipeline.watchdog import descendants, start_watchdog, stat
+from jobs.pipeline.watchdog import MARK, descendants, start_watchdog, stat
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +33,15 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
     import ray
 
     watchdog = None
+    saved_mark = os.environ.get(MARK)
     try:
         try:
             if cfg.address:
                 ray.init(address=cfg.address, logging_level=logging.WARNING, log_to_driver=False)
             else:
-                watchdog = start_watchdog()
+                token = f"{os.getpid()}-{(stat(os.getpid()) or (0, 0))[1]}-{time.monotonic_ns()}"
+                watchdog = start_watchdog(token)
+                os.environ[MARK] = token  # inherited by the raylet, its agents and workers
                 _start_embedded(
                     ray,
                     address="local",
@@ -59,6 +62,10 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
         if watchdog is not None:
             watchdog.terminate()
             watchdog.wait()
+        if saved_mark is None:
+            os.environ.pop(MARK, None)
+        else:
+            os.environ[MARK] = saved_mark
 
 
 LOOPBACK = "127.0.0.1"

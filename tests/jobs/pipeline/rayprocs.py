@@ -61,9 +61,11 @@ def listening_sockets() -> list[tuple[str, str, int]]:
     for pid in descendants(os.getpid()):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                command = f.read().replace(b"\0", b" ").decode(errors="replace")[:80]
+                command = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
+        # whole: a cut at a fixed length fails on a checkout with a longer path ("gcs_ser")
+        command = " ".join(command.split())  # Ray's renamed processes pad their titles with spaces
         if "ray" in command:
             owners.update(dict.fromkeys(_socket_inodes(pid), command))
     out = []
