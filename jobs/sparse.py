@@ -106,7 +106,7 @@ def read_sampled(video: OpenVideo, frames: np.ndarray, *, tally: Tally | None = 
             tally.yielded += 1
     except _Unsure as exc:
         why = str(exc)
-    except (_av_errors(), VideoReadError, OSError, ValueError) as exc:
+    except (*_av_errors(), VideoReadError, OSError, ValueError) as exc:
         if done:
             raise _failed(video, int(frames[done]), exc) from None
         why = f"PyAV: {type(exc).__name__}: {exc}"
@@ -126,10 +126,13 @@ def _failed(video: OpenVideo, frame: int, exc: BaseException) -> VideoReadError:
     return VideoReadError(video.path, f"decoding failed at frame {frame} ({line})")
 
 
-def _av_errors() -> type[BaseException]:
-    import av
-
-    return av.FFmpegError
+def _av_errors() -> tuple[type[BaseException], ...]:
+    """What PyAV raises (FFmpeg's errors), and ImportError: a node without PyAV reads with decord."""
+    try:
+        import av
+    except ImportError:
+        return (ImportError,)
+    return (av.FFmpegError, ImportError)
 
 
 @dataclass(frozen=True)
