@@ -168,3 +168,38 @@ def test_a_file_pyav_cannot_open_is_decords_error(tmp_path: Path, clips: Path) -
         got = list(read_sampled(video, frames, tally=tally))
     assert tally.fallbacks == 1 and tally.yielded == 0
     assert all(np.array_equal(a, ref[i]) for i, a in zip(frames.tolist(), got))
+
+
+def test_a_video_in_object_storage_is_read_from_its_staged_copy(
+    clips: Path, s3_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MASKJOBS_STAGE_DIR", str(tmp_path / "stage"))
+    s3_server.put("sparse/h264-b.mp4", (clips / "h264-b.mp4").read_bytes())
+    ref = _every_frame(clips / "h264-b.mp4")
+    frames = np.arange(3, FRAMES, 11)
+    tally = Tally()
+    with open_video(s3_server.uri("sparse/h264-b.mp4")) as video:
+        assert video.source != video.path  # the staged copy
+        got = list(read_sampled(video, frames, tally=tally))
+    assert tally.fallbacks == 0 and tally.yielded == len(frames), tally
+    assert all(np.array_equal(a, ref[i]) for i, a in zip(frames.tolist(), got))
+
+
+def test_damage_after_frames_were_handed_over_is_an_error_naming_the_frame(clips: Path, tmp_path: Path) -> None:
+    """A stretch of zeros mid-file: PyAV hands over the frames before it, then the error names
+    the wanted frame it failed at, as ``OpenVideo.read`` does (the decode task reopens there)."""
+    data = bytearray((clips / "h264-b.mp4").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 3000] = bytes(3000)
+    path = tmp_path / "zeros.mp4"
+    path.write_bytes(bytes(data))
+    ref = _every_frame(clips / "h264-b.mp4")
+    frames = np.arange(1, FRAMES, 3)
+    tally, got = Tally(), []
+    with open_video(path) as video, pytest.raises(VideoReadError) as info:
+        for image in read_sampled(video, frames, tally=tally):
+            got.append(image)
+    assert tally.fallbacks == 0 and tally.yielded == len(got) > 5, tally
+    assert all(np.array_equal(a, ref[i]) for i, a in zip(frames.tolist(), got))
+    assert info.value.path == str(path)
+    assert info.value.cause.startswith(f"decoding failed at frame {frames[len(got)]} ("), info.value.cause
