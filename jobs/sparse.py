@@ -88,10 +88,11 @@ def is_sparse(frames: np.ndarray, keyframes: np.ndarray) -> bool:
 
 
 def read_sampled(video: OpenVideo, frames: np.ndarray, *, tally: Tally | None = None) -> Iterator[np.ndarray]:
-    """Yields the (H, W, 3) uint8 RGB frames at ascending indices ``frames`` (decord's), the
-    same frames and bytes as ``video.read(frames)``; non-reference frames between them are not
-    decoded where PyAV can vouch for every frame's identity (module docstring), else decord
-    reads them. Each array is the caller's (a fresh one per frame).
+    """Yields the (H, W, 3) uint8 RGB frames at ascending indices ``frames`` (decord's): the
+    frames and bytes decord puts out at those indices reading from the start, which are
+    ``video.read(frames)``'s except where decord's own seek misses (module docstring).
+    Non-reference frames between them are not decoded where PyAV can vouch for every frame's
+    identity, else decord reads them. Each array is the caller's (a fresh one per frame).
 
     Raises :class:`~jobs.video.VideoReadError` as ``video.read`` does: a frame that fails to
     decode after others were handed over is ``decoding failed at frame N (...)``.
@@ -118,7 +119,7 @@ def read_sampled(video: OpenVideo, frames: np.ndarray, *, tally: Tally | None = 
     except (*_av_errors(), VideoReadError, OSError, ValueError) as exc:
         if done:
             raise _failed(video, int(frames[done]), exc) from None
-        why = f"PyAV: {type(exc).__name__}: {exc}"
+        why = f"PyAV: {type(exc).__name__}: {one_line(str(exc).replace(video.source, video.path))}"
     if done == len(frames):
         return
     why = why or "past the end"
