@@ -185,6 +185,7 @@ class _Plan:
 
 
 _RESEEKS = 4  # seeks further back for one frame (a frame displayed before the keyframe a seek found)
+_LEADING = 32  # frames put out before a keyframe after a seek, at most (an open GOP's leading frames)
 
 
 def _decode(path: str, plan: _Plan, tally: Tally) -> Iterator[np.ndarray]:
@@ -221,7 +222,7 @@ def _decode(path: str, plan: _Plan, tally: Tally) -> Iterator[np.ndarray]:
         while j < n:
             if target is not None:
                 container.seek(target, backward=True, any_frame=False, stream=stream)
-            trusted, key_at, target = False, None, None
+            trusted, key_at, target, leading = False, None, None, 0
             for packet in container.demux(stream):
                 if key_at is None and packet.is_keyframe:
                     key_at = packet.dts if packet.dts is not None else packet.pts
@@ -236,6 +237,9 @@ def _decode(path: str, plan: _Plan, tally: Tally) -> Iterator[np.ndarray]:
                     t = (frame.pts - start) * base
                     if not trusted:
                         if not frame.key_frame:
+                            leading += 1
+                            if leading > _LEADING:  # a stream whose decoder flags no keyframe
+                                raise _Unsure("no keyframe put out after a seek")
                             continue  # shown before the keyframe decoding started at
                         trusted = True
                         if t >= plan.times[j] + plan.margins[j]:  # frame j is shown before that keyframe
