@@ -50,7 +50,7 @@ from jobs.pipeline.records import DetectedBatch
 from jobs.pipeline.resume import drop_changed_videos
 from jobs.pipeline.scheduler import Scheduler, ShardRun
 from jobs.pipeline.tiles import job_tiles, pictures_per_frame
-from jobs.pipeline.sizing import DecoderTuner, Sizing, WorkCosts, plan_costs, prior_costs, size_job
+from jobs.pipeline.sizing import JobTuner, Sizing, WorkCosts, plan_costs, prior_costs, size_job
 from jobs.remote import is_remote
 from jobs.results.coverage import add_coverage, video_coverage
 from jobs.metadata import MetadataResolver, resolve_all, video_meta_columns
@@ -329,7 +329,7 @@ def run_job(
         **shard_sizes(config.sampling, shard_frames=max(1, config.planning.shard_frames // per_frame),
                       pack_frames=config.planning.pack_frames // per_frame),
     )
-    tuner = DecoderTuner(sizing, config, _planned_costs(shards, probed, config))
+    tuner = JobTuner(sizing, config, _planned_costs(shards, probed, config))
     if (resized := tuner.update(ray.cluster_resources())) is not None:
         sizing = resized
     on_plan(sum(s.num_frames for s in shards))
@@ -362,7 +362,7 @@ def run_job(
         commit=functools.partial(commit_shard, sink, class_names=weights.spec.class_names, inputs=identities),
         on_frames=on_frames, on_damage=on_damage,
         on_batch=functools.partial(_observe, tuner),
-        on_tick=functools.partial(_retune, ray, tuner, scheduler, decoders, t0),
+        on_tick=functools.partial(_retune, ray, tuner, scheduler, decoders, pool, t0),
     )
     try:
         loop.run()
@@ -446,14 +446,15 @@ class _Decoders:
         return start(shard)
 
 
-def _observe(tuner: DecoderTuner, out: DetectedBatch) -> None:
+def _observe(tuner: JobTuner, out: DetectedBatch) -> None:
     """Feeds a batch's measured costs (when its actor and decoder measured them) to the tuner."""
     if "decode_cpu_s" in out and "detect_cpu_s" in out:
         tuner.observe(len(out["frame"]), float(out["decode_cpu_s"].sum()), float(out["detect_cpu_s"].sum()))
 
 
-def _retune(ray: Any, tuner: DecoderTuner, scheduler: Scheduler, decoders: _Decoders, t0: float) -> None:
-    """Applies the tuner's new decoder count and reservation, when it has one (every few seconds)."""
+def _retune(ray: Any, tuner: JobTuner, scheduler: Scheduler, decoders: _Decoders, pool: ActorPool, t0: float) -> None:
+    """Applies the tuner's new sizing, when it has one (every few seconds): the decoder count
+    and reservation, and detector actors added to the pool."""
     now = time.monotonic()
     if not tuner.due(now):
         return
@@ -461,9 +462,10 @@ def _retune(ray: Any, tuner: DecoderTuner, scheduler: Scheduler, decoders: _Deco
     if new is not None:
         scheduler.max_decoders = new.decoders
         decoders.num_cpus = new.decode_cpus
+        pool.grow(new.detector_workers)
 
 
-def _costs_ms(tuner: DecoderTuner) -> dict[str, float]:
+def _costs_ms(tuner: JobTuner) -> dict[str, float]:
     """job.json: the per-frame costs the job was sized by at its end, in CPU milliseconds."""
     costs = tuner.costs()
     return {"decode": round(costs.decode_s * 1e3, 3), "detect": round(costs.detect_s * 1e3, 3),

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +61,34 @@ class ActorPool:
         actor = self.make_actor()
         self.actors[i], self.pings[i], self.quiet_since[i] = actor, actor.ping.remote(), time.monotonic()
 
+    def grow(self, size: int) -> None:
+        """Starts actors until the pool has ``size`` (a pool is never shrunk mid-job). A new
+        actor gets batches once it is ready (:meth:`submit`), so one that waits for a
+        node to have room holds none up."""
+        while len(self.actors) < size:
+            self._start(len(self.actors))
+            self.load.append(0)
+        logger.info("detector actors: %d", len(self.actors))
+
     def restart_clocks(self) -> None:
         """Work was queued on every actor ahead of the batches (int8 calibration): hang clocks
         start again once each has done it."""
         self.pings = [actor.ping.remote() for actor in self.actors]
 
     def capacity(self) -> int:
-        """How many more batches may be dispatched now."""
-        return len(self.actors) * self.inflight_per_actor - sum(self.load)
+        """How many more batches may be dispatched now (to the actors :meth:`submit` uses)."""
+        return sum(self.inflight_per_actor - self.load[i] for i in self._candidates())
+
+    def _candidates(self) -> list[int]:
+        """The actors batches go to: the ready ones, or every one while none is ready yet."""
+        self._poll_pings()
+        ready = [i for i, p in enumerate(self.pings) if p is None]
+        return ready or list(range(len(self.actors)))
 
     def submit(self, batch_ref: Any) -> Any:
-        """Sends a decoded batch to the least-loaded actor; returns the call's result ref."""
-        i = int(np.argmin(self.load))
+        """Sends a decoded batch to the least-loaded ready actor (to the least-loaded one
+        while none is ready yet: the job's first actors); returns the call's result ref."""
+        i = min(self._candidates(), key=lambda j: self.load[j])
         result = self.actors[i].__call__.remote(batch_ref)
         if self.load[i] == 0:
             self.quiet_since[i] = time.monotonic()
@@ -109,18 +124,24 @@ class ActorPool:
         if self.hang_timeout_s is None:
             return {}
         now = time.monotonic() if now is None else now
-        waiting = [p for p in self.pings if p is not None]
-        if waiting:
-            answered = self.ray.wait(waiting, num_returns=len(waiting), timeout=0, fetch_local=False)[0]
-            for i, ping in enumerate(self.pings):
-                if ping is not None and ping in answered:
-                    self.pings[i] = None
-                    self.quiet_since[i] = max(self.quiet_since[i], now)
+        self._poll_pings(now)
         moved: dict[Any, Any] = {}
         for i in range(len(self.actors)):
             if self.pings[i] is None and self.load[i] > 0 and now - self.quiet_since[i] > self.hang_timeout_s:
                 moved.update(self._replace_hung(i))
         return moved
+
+    def _poll_pings(self, now: float | None = None) -> None:
+        """Marks ready each actor whose ping has answered (its model loaded)."""
+        waiting = [p for p in self.pings if p is not None]
+        if not waiting:
+            return
+        now = time.monotonic() if now is None else now
+        answered = self.ray.wait(waiting, num_returns=len(waiting), timeout=0, fetch_local=False)[0]
+        for i, ping in enumerate(self.pings):
+            if ping is not None and ping in answered:
+                self.pings[i] = None
+                self.quiet_since[i] = max(self.quiet_since[i], now)
 
     def _replace_hung(self, i: int) -> dict[Any, Any]:
         refs = [ref for ref, j in self.actor_of.items() if j == i]  # in call order: the first one ran

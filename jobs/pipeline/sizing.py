@@ -151,18 +151,28 @@ def _decoders(cpus: float, held: float, share: float, decode_cpus: float, decode
     return {"decoders": want, "decode_cpus": each}
 
 
-def resize_decoders(sizing: Sizing, cluster: dict[str, float], config: JobConfig, costs: WorkCosts) -> Sizing:
-    """``sizing`` with its decoders re-sized for the ``cluster``'s CPUs now and the measured
-    ``costs``; the actors stay as they are. With GPU actors or explicit ``detector_workers``
-    the decoders take every CPU the actors leave (more as the cluster grows)."""
+def resize_job(sizing: Sizing, cluster: dict[str, float], config: JobConfig, costs: WorkCosts) -> Sizing:
+    """``sizing`` re-sized for the ``cluster``'s resources now and the measured ``costs``.
+
+    Detector actors are only ever added (one that runs is never stopped mid-job): as many as
+    :func:`size_job` would start now, when that is more, so nodes an autoscaler adds
+    get actors as well as decoders; with GPUs, one per ``detector_gpus`` of the GPUs listed.
+    Explicit ``detector_workers`` stay. The decoders get the decode share of the CPUs beside
+    the actors (with GPU actors or explicit ``detector_workers``: every CPU the actors leave).
+    """
     res = config.resources
     cpus = max(1.0, cluster.get("CPU", 1.0))
+    workers = sizing.detector_workers
+    if res.detector_gpus > 0 and not res.detector_workers:
+        workers = max(workers, int(cluster.get("GPU", 0) // res.detector_gpus))
+    elif not res.detector_workers and sizing.detector_threads:
+        workers = max(workers, round(cpus * (1 - costs.decode_share) / sizing.detector_threads))
     if res.detector_gpus > 0 or res.detector_workers:
-        free = cpus - sizing.detector_workers * res.detector_cpus
+        free = cpus - workers * res.detector_cpus
         decoders = max(1, int(free // res.decode_cpus)) if res.decode_cpus > 0 else max(1, int(cpus))
-        return Sizing(sizing.detector_workers, sizing.detector_threads, decoders, sizing.decode_cpus)
-    held = sizing.detector_workers * res.detector_cpus
-    return Sizing(sizing.detector_workers, sizing.detector_threads,
+        return Sizing(workers, sizing.detector_threads, decoders, sizing.decode_cpus)
+    held = workers * res.detector_cpus
+    return Sizing(workers, sizing.detector_threads,
                   **_decoders(cpus, held, costs.decode_share, res.decode_cpus, res.decode_threads))
 
 
@@ -255,11 +265,12 @@ def prior_costs(config: JobConfig, *, source_fps: float = 30.0, megapixels: floa
     return plan_costs(kept=1000, decoded=round(per * 1000), seeks=0, megapixels=megapixels)
 
 
-class DecoderTuner:
-    """Re-sizes a running job's decoders: every ``every_s`` seconds, from the costs measured
-    so far (:class:`MeasuredCosts`, fed by :meth:`observe`; the plan's estimate until enough
-    frames are back) and the CPUs the cluster lists then. Pure logic: the driver reads the
-    cluster and applies what :meth:`update` returns."""
+class JobTuner:
+    """Re-sizes a running job (:func:`resize_job`: more decoders or fewer, more detector
+    actors): every ``every_s`` seconds, from the costs measured so far
+    (:class:`MeasuredCosts`, fed by :meth:`observe`; the plan's estimate until enough
+    frames are back) and the resources the cluster lists then. Pure logic: the driver reads
+    the cluster and applies what :meth:`update` returns."""
 
     def __init__(self, sizing: Sizing, config: JobConfig, planned: WorkCosts, *, every_s: float = 2.0) -> None:
         self.sizing = sizing
@@ -267,7 +278,7 @@ class DecoderTuner:
         self.planned = planned
         self.every_s = every_s
         self.measured = MeasuredCosts()
-        self.changes: list[dict[str, float]] = []  # job.json: when and to what the decoders changed
+        self.changes: list[dict[str, float]] = []  # job.json: when and to what the job was re-sized
         self._next = 0.0
 
     def observe(self, frames: int, decode_s: float, detect_s: float) -> None:
@@ -285,14 +296,16 @@ class DecoderTuner:
         return self.measured.costs() or self.planned
 
     def update(self, cluster: dict[str, float], *, at_s: float = 0.0) -> Sizing | None:
-        """The new sizing when the decoders should change for ``cluster`` (its resources now)
-        and the costs so far; None when they stay."""
-        new = resize_decoders(self.sizing, cluster, self.config, self.costs())
-        if (new.decoders, new.decode_cpus) == (self.sizing.decoders, self.sizing.decode_cpus):
+        """The new sizing when the job should change for ``cluster`` (its resources now)
+        and the costs so far; None when it stays."""
+        new = resize_job(self.sizing, cluster, self.config, self.costs())
+        if new == self.sizing:
             return None
-        logger.info("decoders %d -> %d (%.2f CPUs each; decode share %.2f, %g CPUs)", self.sizing.decoders,
-                    new.decoders, new.decode_cpus, self.costs().decode_share, cluster.get("CPU", 0))
-        self.changes.append({"at_s": round(at_s, 2), "decoders": new.decoders, "decode_cpus": new.decode_cpus,
+        logger.info("detector actors %d -> %d, decoders %d -> %d (%.2f CPUs each; decode share %.2f, %g CPUs)",
+                    self.sizing.detector_workers, new.detector_workers, self.sizing.decoders, new.decoders,
+                    new.decode_cpus, self.costs().decode_share, cluster.get("CPU", 0))
+        self.changes.append({"at_s": round(at_s, 2), "detector_workers": new.detector_workers,
+                             "decoders": new.decoders, "decode_cpus": new.decode_cpus,
                              "cpus": cluster.get("CPU", 0.0), "decode_share": round(self.costs().decode_share, 3)})
         self.sizing = new
         return new

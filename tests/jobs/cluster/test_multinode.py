@@ -2,7 +2,8 @@
 CPUs, object store and stage cache), both running a Python without maskjobs; inputs on a local S3
 server (moto), so no node reads the driver's files. A submitted job spreads over both nodes and
 gives the rows of the same files read locally; killing the second node's raylet mid-job (while it
-decodes shards or runs the detector) still ends with every frame exactly once."""
+decodes shards or runs the detector) still ends with every frame exactly once; a node that joins
+mid-job gets detector actors as well as decode tasks."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from benchmarks.videogen import Scene, write_video
 from jobs.cli.main import app
 from tests.conftest import S3Server
 from tests.jobs.conftest import VideoSet
@@ -164,3 +166,58 @@ def test_killing_the_second_nodes_raylet_mid_job_loses_and_doubles_no_frame(
     videos = pd.read_parquet(out / "videos.parquet")
     assert videos.loc[0, "status"] == "done" and videos.loc[0, "frames_processed"] == 400
     assert len(json.loads((out / "job.json").read_text())["placement"]) >= 1
+
+
+def test_a_node_joining_mid_job_gets_detector_actors(
+    deps_python: Path, tmp_path: Path, scene: Scene, ffmpeg: str, caffe_weights: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A detector-bound job (every frame) starts on a 2-CPU head with one actor; a 4-CPU node
+    joins while it runs (as an autoscaler adds one): the job adds the actors the 6 CPUs hold
+    (job.json's ``sizing.resized``), some of them on the new node, and every frame is there once."""
+    clips = {f"c{i}.mp4": 600 for i in range(6)}
+    root = tmp_path / "in"
+    root.mkdir()
+    for i, (name, n) in enumerate(clips.items()):
+        write_video(root / name, scene, n, ffmpeg=ffmpeg, first=7 * i, gop=50)
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("planning:\n  shard_frames: 100\n  pack_frames: 0\n")  # resources: auto
+    head = RayHead(
+        num_cpus=2, python=deps_python,
+        env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "MASKJOBS_STAGE_DIR": str(tmp_path / "stage-head")},
+    ).start()
+    try:
+        monkeypatch.setenv("RAY_AUTH_TOKEN", head.token)
+        for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+            monkeypatch.delenv(var, raising=False)
+
+        def cli(*args: str) -> Result:
+            return CliRunner().invoke(app, [*args, "--address", head.dashboard_url], catch_exceptions=False)
+
+        out = tmp_path / "out"
+        result = cli("submit", str(root), "--out", str(out), "--weights", str(caffe_weights), "--config", str(cfg))
+        assert result.exit_code == 0, result.output
+        job_id = result.stdout.splitlines()[0]
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not list((out / "frames").glob("part-*.parquet")):
+            time.sleep(0.2)
+        assert list((out / "frames").glob("part-*.parquet")), "the job never committed a shard"
+        node = head.add_node(num_cpus=4, env={"MASKJOBS_STAGE_DIR": str(tmp_path / "stage-node")})
+        committed = len(list((out / "frames").glob("part-*.parquet")))
+        assert committed < 36, "the job ended before the node joined"
+
+        logs = cli("logs", job_id, "--follow")
+        assert logs.exit_code == 0
+        status = cli("status", job_id)
+        assert "SUCCEEDED" in status.stdout, status.stdout + logs.stdout[-3000:]
+    finally:
+        head.stop()
+    assert not head.pids() and not node.pids(), "processes of the test's Ray cluster outlived it"
+
+    job = json.loads((out / "job.json").read_text())
+    grown = [c for c in job["sizing"]["resized"] if c["cpus"] == 6.0]
+    assert grown and grown[-1]["detector_workers"] >= 2, job["sizing"]
+    detectors = {node_id: entry["detectors"] for node_id, entry in job["placement"].items()}
+    assert sum(detectors.values()) == grown[-1]["detector_workers"], job["placement"]  # actors are only added
+    assert len([n for n in detectors.values() if n]) == 2, f"no detector on the new node: {job['placement']}"
+    frames = pd.read_parquet(out / "frames")
+    assert not frames.duplicated(["video", "frame"]).any() and len(frames) == sum(clips.values())

@@ -14,7 +14,7 @@ import pytest
 from jobs.config import DetectorConfig, JobConfig, ResourcesConfig, SamplingConfig
 from jobs.errors import ConfigError
 from jobs.pipeline.sizing import (
-    DecoderTuner, MeasuredCosts, Sizing, WorkCosts, cgroup_cpu_quota, local_cpus, plan_costs, prior_costs, size_job,
+    JobTuner, MeasuredCosts, Sizing, WorkCosts, cgroup_cpu_quota, local_cpus, plan_costs, prior_costs, size_job,
 )
 
 
@@ -117,7 +117,7 @@ def test_tuner_follows_measured_costs_and_a_growing_cluster() -> None:
     cluster lists when the tuner looks again: an autoscaler's new nodes get decoders."""
     config = _sampled(stride=15)
     start = size_job({"CPU": 2.0}, config, prior_costs(config))
-    tuner = DecoderTuner(start, config, prior_costs(config), every_s=2.0)
+    tuner = JobTuner(start, config, prior_costs(config), every_s=2.0)
     assert tuner.due(0.0) and not tuner.due(1.0) and tuner.due(2.5)
     assert tuner.update({"CPU": 2.0}) is None  # nothing new: nothing changes
     # the job measures detector-bound costs (e.g. the footage is mostly keyframes): one decoder
@@ -129,6 +129,36 @@ def test_tuner_follows_measured_costs_and_a_growing_cluster() -> None:
     assert grown is not None and grown.detector_workers == 1 and grown.decoders >= 8
     assert grown.decoders * grown.decode_cpus <= 10.0 - 1
     assert [c["decoders"] for c in tuner.changes] == [1, grown.decoders] and tuner.changes[-1]["at_s"] == 12.0
+
+
+def test_a_growing_cluster_gets_detector_actors_too_and_none_is_ever_stopped() -> None:
+    """Every frame (detector-bound): 2 CPUs hold one 2-thread actor; at 10 CPUs the job
+    wants the actors :func:`size_job` would start there, and keeps them when the CPUs drop."""
+    config = _config()
+    every = WorkCosts(decode_s=0.002, detect_s=0.009)
+    start = size_job({"CPU": 2.0}, config, every)
+    assert start.detector_workers == 1
+    tuner = JobTuner(start, config, every)
+    grown = tuner.update({"CPU": 10.0}, at_s=5.0)
+    assert grown is not None and grown.detector_workers == size_job({"CPU": 10.0}, config, every).detector_workers == 4
+    assert grown.decoders >= 1 and grown.decoders * grown.decode_cpus + 4 * config.resources.detector_cpus <= 10.0
+    assert tuner.changes[-1]["detector_workers"] == 4 and tuner.changes[-1]["at_s"] == 5.0
+    shrunk = tuner.update({"CPU": 2.0})  # a node left: its actors died with it; none is stopped here
+    assert shrunk is not None and shrunk.detector_workers == 4
+    # decode-bound costs do not take actors away either
+    tuner.observe(6400, decode_s=6400 * 0.05, detect_s=6400 * 0.001)
+    assert (tuner.update({"CPU": 10.0}) or tuner.sizing).detector_workers == 4
+
+
+def test_growing_gpus_get_actors_and_explicit_workers_stay() -> None:
+    gpu = _config(resources={"detector_gpus": 1})
+    start = size_job({"CPU": 8.0, "GPU": 1.0}, gpu)
+    grown = JobTuner(start, gpu, WorkCosts(0.002, 0.009)).update({"CPU": 16.0, "GPU": 3.0})
+    assert grown is not None and grown.detector_workers == 3 and grown.decoders == int(16 - 3)
+    fixed = _config(resources={"detector_workers": 2})
+    start = size_job({"CPU": 4.0}, fixed)
+    grown = JobTuner(start, fixed, WorkCosts(0.002, 0.009)).update({"CPU": 20.0})
+    assert grown is not None and grown.detector_workers == 2 and grown.decoders == 18
 
 
 def test_measured_costs_wait_for_enough_frames() -> None:
