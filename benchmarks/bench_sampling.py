@@ -25,7 +25,11 @@ embedded Ray, every other default), their ratio, and the **core-time bound**: th
 machine must spend at the least with our decoder and detector, measured alone on one thread
 each (decode-only cost of every frame that must be decoded, without RGB conversion; RGB +
 resize of the kept ones, or a seek and one decode per keyframe; the detector on the kept
-frames), divided by the cores: no job on these components can finish faster. ``bound x`` is
+frames), divided by the cores: no job on these components can finish faster. The sampled case
+reads through :mod:`jobs.sparse` (PyAV skipping non-reference frames, which decord cannot), so
+its decode part is that path's own cost, measured the same way: every ``--stride``-th of the
+first frames read by it alone, on one thread, RGB and resize of the kept ones included, per
+frame spanned (printed as ``sampled``). ``bound x`` is
 the loop's time over that bound (the best ratio reachable), ``of bound`` how much of it the run
 reached. Detections of every kept frame are compared with the loop's: **equal** (same faces and
 labels, boxes within 1 px, scores within 1e-3).
@@ -171,6 +175,7 @@ class Costs:
     keep: float  # decode + RGB + resize to the model's input
     keyframe: float  # seek to a keyframe, decode it, RGB + resize
     detect: float  # the detector (float32, batches of 16)
+    sampled: float  # every stride-th frame read by jobs.sparse (skipping), RGB + resize, per frame spanned
 
 
 def _cpu(fn: Callable[[], object]) -> float:
@@ -179,11 +184,20 @@ def _cpu(fn: Callable[[], object]) -> float:
     return time.process_time() - t0
 
 
-def measure_costs(path: Path, detector: FaceMaskDetector, *, sample: int = 750) -> Costs:
+def measure_costs(path: Path, detector: FaceMaskDetector, *, sample: int = 750, stride: int = 15) -> Costs:
     """:class:`Costs` of ``path`` on its first ``sample`` frames (and first 8 keyframes)."""
     import decord
 
+    from jobs.sparse import read_sampled
+    from jobs.video import open_video
+
     n = min(sample, len(decord.VideoReader(str(path), num_threads=1)))
+    # first, while no other decord reader is open (their read-ahead threads would be timed too)
+    spanned = len(range(0, n, stride)) * stride - stride + 1
+    with open_video(path, threads=1) as video:  # opened (decord indexes the file) outside the timing
+        video.keyframes()
+        sampled_cost = _cpu(lambda: [resize_rgb(image, 260) for image in read_sampled(video, np.arange(0, n, stride))])
+    sampled_cost /= spanned
     reader = decord.VideoReader(str(path), num_threads=1)
     frames: list[np.ndarray] = []
     keep = _cpu(lambda: frames.extend(resize_rgb(reader.next().asnumpy(), 260) for _ in range(n))) / n
@@ -216,7 +230,7 @@ def measure_costs(path: Path, detector: FaceMaskDetector, *, sample: int = 750) 
     batch = np.stack(frames[:64])
     detector.detect_prepared(batch[:16], [(1, 1)] * 16)  # warm
     detect = _cpu(lambda: [detector.detect_prepared(batch[i : i + 16], [(1, 1)] * 16) for i in range(0, 64, 16)]) / 64
-    return Costs(skip, keep, keyframe, detect)
+    return Costs(skip, keep, keyframe, detect, sampled_cost)
 
 
 def bound_s(case: str, totals: dict[str, int], kept: dict[str, int], costs: dict[str, Costs], cores: int) -> float:
@@ -226,6 +240,8 @@ def bound_s(case: str, totals: dict[str, int], kept: dict[str, int], costs: dict
         c, k = costs[name], kept[name]
         if case == "keyframes":
             core_s += k * (c.keyframe + c.detect)
+        elif case == "stride":
+            core_s += total * c.sampled + k * c.detect
         else:
             core_s += (total - k) * c.skip + k * (c.keep + c.detect)
     return core_s / cores
@@ -260,11 +276,13 @@ def main(argv: list[str] | None = None) -> None:
     info = {p.name: facts(p) for p in [*long_paths, clip]}
     torch.set_num_threads(1)
     detector = FaceMaskDetector(weights, num_threads=1)
-    costs = {p.name: measure_costs(p, detector) for p in [*long_paths, clip]}
+    costs = {p.name: measure_costs(p, detector, stride=args.stride) for p in [*long_paths, clip]}
     torch.set_num_threads(cores)
     for name, c in costs.items():
         print(f"costs alone, one thread, {name}: decode-only {c.skip * 1e3:.2f} ms, decode+RGB+resize "
-              f"{c.keep * 1e3:.2f} ms, keyframe seek+decode {c.keyframe * 1e3:.2f} ms, detector {c.detect * 1e3:.2f} ms a frame")
+              f"{c.keep * 1e3:.2f} ms, keyframe seek+decode {c.keyframe * 1e3:.2f} ms, detector {c.detect * 1e3:.2f} ms a frame; "
+              f"sampled every {args.stride}th, skipping (jobs.sparse) {c.sampled * 1e3:.2f} ms a frame spanned "
+              f"(decord: {((args.stride - 1) * c.skip + c.keep) / args.stride * 1e3:.2f} ms)")
 
     rows = []
     extra = args.flags.split()

@@ -17,6 +17,7 @@ from detector.tiling import cut_tiles, resolve_grid, tile_boxes
 from jobs import faults
 from jobs.pipeline.plan import Segment, Shard
 from jobs.pipeline.records import DecodedBatch
+from jobs.sparse import Tally, read_sampled
 from jobs.video import OpenVideo, VideoReadError, open_video
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,10 @@ def decode_shard(
     RGB, decode_cpu_s (B,)}``) for the shard's sampled frames, in order.
 
     Only the sampled frames are converted to RGB and resized: the frames between two of them
-    are decoded without conversion (decord's ``skip_frames``), or not at all where a keyframe
-    lies between them (a seek). Sampling keyframes alone decodes one frame per sample.
+    are not decoded where nothing refers to them (PyAV skipping non-reference frames,
+    :mod:`jobs.sparse`), decoded without conversion where they are (or where decord reads, its
+    ``skip_frames``), and not at all where a keyframe lies between them (a seek). Sampling
+    keyframes alone decodes one frame per sample.
     ``decode_cpu_s`` is this process's CPU time for the batch (decord's threads included),
     spread over its frames: the driver sizes its decoders from it.
 
@@ -127,6 +130,7 @@ class _Frames:
     def __init__(self, seg: Segment, video: OpenVideo, threads: int) -> None:
         self.seg, self.video, self.threads = seg, video, threads
         self.damaged: dict[str, Any] | None = None
+        self.tally = Tally()  # what the sampled reads skipped (:func:`jobs.sparse.read_sampled`)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         frames = np.asarray(self.seg.frames, dtype=np.int64)
@@ -134,7 +138,7 @@ class _Frames:
         while pos < len(frames):
             start = pos
             try:
-                for image in self.video.read(frames[pos:]):
+                for image in read_sampled(self.video, frames[pos:], tally=self.tally):
                     yield image
                     pos += 1
             except VideoReadError as exc:

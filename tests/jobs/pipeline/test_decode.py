@@ -139,3 +139,31 @@ def test_decode_shard_cuts_tiles(video_set) -> None:
             assert np.array_equal(b["frames"][7 * j : 7 * (j + 1)], want)
     plain = [b for b in decode_shard(shard, input_size=64, batch_size=3) if not isinstance(b, Started)]
     assert "tiles" not in plain[0] and plain[0]["frames"].shape == (3, 64, 64, 3)
+
+
+@pytest.mark.parametrize("container", [".mkv", ".mp4"])
+def test_sampled_shards_get_the_frames_decord_puts_out_at_their_index(scene, ffmpeg: str, tmp_path, container: str) -> None:
+    """A sampled shard of HEVC (x265: an open GOP, frames shown before each keyframe) is read by
+    PyAV, skipping non-reference frames (``jobs.sparse``): every sampled frame is the frame
+    decord puts out at that index reading from the start. decord's own seek lands elsewhere
+    there (its keyframe indices count packets in decoding order): frame 17 of this clip came
+    back as frame 0 from Matroska and as frame 20 from MP4, and so on through the GOP."""
+    import subprocess
+
+    from benchmarks.videogen import Scene, write_video
+
+    mkv = write_video(tmp_path / "hevc.mkv", Scene(scene.photos, width=320, height=192), 60, ffmpeg=ffmpeg,
+                      codec="hevc", gop=20)
+    path = mkv.with_suffix(container)
+    if container != ".mkv":
+        subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-i", str(mkv), "-c", "copy", str(path)], check=True)
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    every = reader.get_batch(list(range(len(reader)))).asnumpy()
+    frames = tuple(range(1, len(every), 2))
+    shard = Shard("s", (Segment("hevc", str(path), frames),))
+    batches = [b for b in decode_shard(shard, input_size=96, batch_size=8) if not isinstance(b, Started)]
+    assert np.concatenate([b["frame"] for b in batches]).tolist() == list(frames)
+    got = np.concatenate([b["frames"] for b in batches])
+    for k, i in enumerate(frames):
+        assert np.array_equal(got[k], resize_rgb(every[i], 96)), f"frame {i}"
+    assert (np.concatenate([b["decode_cpu_s"] for b in batches]) > 0).all()

@@ -74,3 +74,22 @@ def test_the_frames_before_the_damage_are_kept_at_any_pace(cut: tuple[Path, Path
     # loaded machine (seen: 64 of 68, in about 1 run of 10 with three busy loops beside it).
     damaged_gop = 12 * ((decodable - 1) // 12)  # gop=12 above: the keyframe before the damage
     assert min(stops) >= damaged_gop and max(stops) <= decodable + 12, (stops, decodable)
+
+
+def test_a_sampled_shard_keeps_the_frames_before_the_damage(cut: tuple[Path, Path, int]) -> None:
+    """Every third frame (read by PyAV, skipping the frames between): the sampled frames before
+    the damage are kept, in order, and the note names the first sampled frame that was lost."""
+    import decord
+
+    path, good, decodable = cut
+    listed = len(decord.VideoReader(str(path), num_threads=1))  # the frames a job plans: what the probe indexed
+    frames = (*range(1, listed - 1, 3), listed - 1)  # up to the last frame listed, which is cut
+    shard = Shard("s", (Segment("cut.mp4", str(path), frames), Segment("good.mp4", str(good), (0, 4, 9))))
+    batches = _decode(shard, 0.0)[1:]
+    notes = [b["damaged"] for b in batches if "damaged" in b]
+    assert len(notes) == 1 and "decoding failed" in notes[0]["error"], notes
+    kept = np.concatenate([b["frame"] for b in batches if len(b["frame"]) and b["video"][0] == "cut.mp4"]).tolist()
+    assert kept == list(frames[: len(kept)]) and notes[0]["frame"] == frames[len(kept)]
+    damaged_gop = 12 * ((decodable - 1) // 12)
+    assert kept[-1] >= damaged_gop - 3 and notes[0]["frame"] <= decodable + 12, (kept[-1], notes, decodable)
+    assert batches[-1]["video"].tolist() == ["good.mp4"] * 3
