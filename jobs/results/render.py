@@ -20,6 +20,7 @@ from detector.spec import MASK, NO_MASK
 from jobs.errors import one_line
 from jobs import faults
 from jobs.results.privacy import BLUR, hide_faces
+from jobs.sparse import read_sampled
 from jobs.video import VideoReadError, open_video, utf8_alias
 from sinks.atomic import atomic_output
 
@@ -60,11 +61,12 @@ class RenderError(RuntimeError):
 
 def _read(path: str, frames: np.ndarray) -> Iterator[np.ndarray]:
     """The (H, W, 3) uint8 RGB frames at ascending ``frames``, read forward by one reader
-    (:meth:`jobs.video.OpenVideo.read`: each GOP decoded once), which is closed when the
-    generator is. Each array is valid until the next one is read. Raises :class:`RenderError`."""
+    (each GOP decoded once, its non-reference frames skipped where the codec allows:
+    :func:`jobs.sparse.read_sampled`), which is closed when the generator is. Each array is
+    valid until the next one is read. Raises :class:`RenderError`."""
     try:
         with open_video(path) as video:
-            yield from video.read(frames)
+            yield from read_sampled(video, frames)
     except VideoReadError as exc:
         raise RenderError(str(exc)) from None
 
