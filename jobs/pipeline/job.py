@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -272,7 +273,7 @@ def _start_detectors(
     # retries the shards it was working on, so no frame is lost or doubled.
     factory = _ActorFactory(
         actor_cls=ray.remote(DetectorActor).options(
-            num_cpus=res.detector_cpus, num_gpus=res.detector_gpus, max_restarts=0, max_task_retries=0,
+            num_cpus=sizing.detector_cpus, num_gpus=res.detector_gpus, max_restarts=0, max_task_retries=0,
         ),
         payload=ray.put(weights), config=config.detector, threads=sizing.detector_threads,
         use_gpu=res.detector_gpus > 0,
@@ -317,8 +318,10 @@ def run_job(
         load_zones(Path(config.zones.file))  # so does a bad zones file
     factory, pool = _start_detectors(ray, config, weights, sizing)  # they load the model while the videos are probed
     t0 = time.monotonic()
-    infos, failures = probe_all(ray, videos, config.planning.probe_timeout_s)
-    meta = resolve_all(ray, videos, resolver)
+    with ThreadPoolExecutor(1, thread_name_prefix="maskjobs-meta") as side:  # container tags beside the probes
+        reading = side.submit(resolve_all, ray, videos, resolver)
+        infos, failures = probe_all(ray, videos, config.planning.probe_timeout_s)
+        meta = reading.result()
     timings["probe_s"] = time.monotonic() - t0
     probed = [ProbedVideo(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]
     if config.detector.int8:
@@ -369,13 +372,14 @@ def run_job(
         if config.detector.int8:
             job["detector_backend"], job["int8_frames"] = _int8_record(ray, pool.actors)
         timings["run_s"] = time.monotonic() - t0
-        job["placement"] = _placement(ray, loop.placed, pool.actors)
+        asked = _ask_placement(pool.actors)  # answered while the tracks are made
         failures.update({k: v for k, v in scheduler.failures.items() if k not in failures})
 
         t0 = time.monotonic()
         # the idle actors render too: their processes and CPUs are already there
         people = finish_tracks(ray, sink, probed, failures, config, helpers=pool.actors, meta=meta)
         timings["tracks_s"] = time.monotonic() - t0
+        job["placement"] = _placement(ray, loop.placed, asked)
     finally:
         pool.close()
         if any(is_remote(v.path) for v in videos):
@@ -406,7 +410,8 @@ def run_job(
         finished=datetime.now(timezone.utc).isoformat(),
         fingerprint=config.result_fingerprint(weights.sha256),
         sizing={"detector_workers": sizing.detector_workers, "detector_threads": sizing.detector_threads,
-                "decoders": sizing.decoders, "decode_cpus": sizing.decode_cpus, "batch_size": batch_size,
+                "detector_cpus": sizing.detector_cpus, "decoders": sizing.decoders,
+                "decode_cpus": sizing.decode_cpus, "batch_size": batch_size,
                 "resized": tuner.changes, "costs_ms": _costs_ms(tuner)},
         timings={k: round(v, 3) for k, v in timings.items()},
     )
@@ -472,11 +477,16 @@ def _costs_ms(tuner: JobTuner) -> dict[str, float]:
             "measured_frames": tuner.measured.frames}
 
 
-def _placement(ray: Any, placed: dict[str, Any], actors: list[Any]) -> dict[str, dict[str, Any]]:
+def _ask_placement(actors: list[Any]) -> list[Any]:
+    """Asks each of the detector ``actors`` where it runs (refs to :class:`Started`), for
+    :func:`_placement`."""
+    return [actor.__ray_call__.remote(_where_actor_runs) for actor in actors]
+
+
+def _placement(ray: Any, placed: dict[str, Any], probes: list[Any]) -> dict[str, dict[str, Any]]:
     """job.json's ``placement``: ``{node id: {"host": name, "shards": [shard ids], "detectors": n}}``:
     where the committed attempt of each shard this run decoded ran, and where the detector
-    actors alive at the end run."""
-    probes = [actor.__ray_call__.remote(_where_actor_runs) for actor in actors]
+    actors alive at the end of the run (``probes``: :func:`_ask_placement`'s) run."""
     out: dict[str, dict[str, Any]] = {}
 
     def entry(at: Started) -> dict[str, Any]:

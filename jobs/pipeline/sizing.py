@@ -44,6 +44,7 @@ class Sizing:
     detector_threads: int | None  # torch threads per CPU actor; None on GPU
     decoders: int  # decode tasks running at once
     decode_cpus: float = 1.0  # CPUs each decode task reserves in Ray
+    detector_cpus: float = 1.0  # CPUs each detector actor reserves in Ray (see :func:`_actor_cpus`)
 
 
 @dataclass(frozen=True)
@@ -117,20 +118,32 @@ def size_job(cluster: dict[str, float], config: JobConfig, costs: WorkCosts | No
                 f"{cluster.get('GPU', 0):g} GPUs (set it to 0 for CPU inference)"
             )
         workers = res.detector_workers or max(1, int(cluster.get("GPU", 0) // res.detector_gpus))
-        threads = det.threads
-        free = cpus - workers * res.detector_cpus
-        decoders = max(1, int(free // res.decode_cpus)) if res.decode_cpus > 0 else max(1, int(cpus))
-        return Sizing(detector_workers=workers, detector_threads=threads, decoders=decoders,
-                      decode_cpus=res.decode_cpus)
+        each = _actor_cpus(cpus, workers, res.detector_cpus)
+        return Sizing(detector_workers=workers, detector_threads=det.threads,
+                      **_leftover(cpus, workers * each, res.decode_cpus), detector_cpus=each)
     share = (costs or plan_costs(kept=1, decoded=1, seeks=0, megapixels=2.07)).decode_share
     threads = det.threads or int(min(2, cpus))
     if res.detector_workers:  # the user's actors: the decoders get what they leave
-        free = cpus - res.detector_workers * res.detector_cpus
-        decoders = max(1, int(free // res.decode_cpus)) if res.decode_cpus > 0 else max(1, int(cpus))
-        return Sizing(res.detector_workers, threads, decoders, res.decode_cpus)
+        each = _actor_cpus(cpus, res.detector_workers, res.detector_cpus)
+        return Sizing(res.detector_workers, threads, **_leftover(cpus, res.detector_workers * each, res.decode_cpus),
+                      detector_cpus=each)
     workers = max(1, round(cpus * (1 - share) / threads))
+    each = _actor_cpus(cpus, workers, res.detector_cpus)
     return Sizing(detector_workers=workers, detector_threads=threads,
-                  **_decoders(cpus, workers * res.detector_cpus, share, res.decode_cpus, res.decode_threads))
+                  **_decoders(cpus, workers * each, share, res.decode_cpus, res.decode_threads), detector_cpus=each)
+
+
+ROOM_CPUS = 0.5  # CPUs the detector actors leave unreserved at the least: a probe or a decoder always runs
+
+
+def _actor_cpus(cpus: float, workers: int, detector_cpus: float) -> float:
+    """What each of ``workers`` actors reserves: ``detector_cpus``, or less so that together
+    they leave :data:`ROOM_CPUS` of the ``cpus``. Actors holding every CPU would keep the
+    probes and decode tasks from ever running (on a 1-CPU machine, one actor does): the job
+    would wait forever. The threads an actor runs do not change; the OS shares the cores."""
+    if detector_cpus <= 0 or workers * detector_cpus <= cpus - ROOM_CPUS:
+        return max(0.0, detector_cpus)
+    return max(0.0, math.floor((cpus - ROOM_CPUS) / workers * 1e4) / 1e4)
 
 
 def _decoders(cpus: float, held: float, share: float, decode_cpus: float, decode_threads: int) -> dict[str, float]:
@@ -144,11 +157,24 @@ def _decoders(cpus: float, held: float, share: float, decode_cpus: float, decode
         return {"decoders": want, "decode_cpus": 0.0}
     if free >= want * decode_cpus:
         return {"decoders": want, "decode_cpus": decode_cpus}
-    if free <= 0:
-        return {"decoders": 1, "decode_cpus": min(decode_cpus, cpus)}
+    if free <= 0:  # the actors hold every CPU: one decoder, unreserved (reserving any would wait forever)
+        return {"decoders": 1, "decode_cpus": 0.0}
     # Ray reserves in steps of 1e-4 CPU: round down so that ``want`` of them fit in ``free``
     each = math.floor(free / want * 1e4) / 1e4
     return {"decoders": want, "decode_cpus": each}
+
+
+def _leftover(cpus: float, held: float, decode_cpus: float) -> dict[str, float]:
+    """Decoders on every CPU the actors leave (``cpus - held``), ``decode_cpus`` each; where
+    less than one task's reservation is left, one decoder reserving what is left, and none at
+    all when nothing is (a task reserving CPUs the actors hold would never run: the job would
+    wait forever). ``decode_cpus`` 0: one decoder per CPU, unreserved."""
+    if decode_cpus <= 0:
+        return {"decoders": max(1, int(cpus)), "decode_cpus": 0.0}
+    free = cpus - held
+    if free >= decode_cpus:
+        return {"decoders": int(free // decode_cpus), "decode_cpus": decode_cpus}
+    return {"decoders": 1, "decode_cpus": max(0.0, math.floor(free * 1e4) / 1e4)}
 
 
 def resize_job(sizing: Sizing, cluster: dict[str, float], config: JobConfig, costs: WorkCosts) -> Sizing:
@@ -162,18 +188,21 @@ def resize_job(sizing: Sizing, cluster: dict[str, float], config: JobConfig, cos
     """
     res = config.resources
     cpus = max(1.0, cluster.get("CPU", 1.0))
-    workers = sizing.detector_workers
+    workers, each = sizing.detector_workers, sizing.detector_cpus
+    wanted = workers
     if res.detector_gpus > 0 and not res.detector_workers:
-        workers = max(workers, int(cluster.get("GPU", 0) // res.detector_gpus))
+        wanted = int(cluster.get("GPU", 0) // res.detector_gpus)
     elif not res.detector_workers and sizing.detector_threads:
-        workers = max(workers, round(cpus * (1 - costs.decode_share) / sizing.detector_threads))
+        wanted = round(cpus * (1 - costs.decode_share) / sizing.detector_threads)
+    if each > 0:  # new actors reserve what the first ones do, and leave ROOM_CPUS too
+        wanted = min(wanted, math.floor((cpus - ROOM_CPUS) / each + 1e-9))
+    workers = max(workers, wanted)
     if res.detector_gpus > 0 or res.detector_workers:
-        free = cpus - workers * res.detector_cpus
-        decoders = max(1, int(free // res.decode_cpus)) if res.decode_cpus > 0 else max(1, int(cpus))
-        return Sizing(workers, sizing.detector_threads, decoders, sizing.decode_cpus)
-    held = workers * res.detector_cpus
+        return Sizing(workers, sizing.detector_threads, **_leftover(cpus, workers * each, res.decode_cpus),
+                      detector_cpus=each)
     return Sizing(workers, sizing.detector_threads,
-                  **_decoders(cpus, held, costs.decode_share, res.decode_cpus, res.decode_threads))
+                  **_decoders(cpus, workers * each, costs.decode_share, res.decode_cpus, res.decode_threads),
+                  detector_cpus=each)
 
 
 # --- the CPUs this process may use -------------------------------------------------------

@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.videogen import Scene, write_video
 from jobs.config import DetectorConfig, JobConfig, ResourcesConfig, SamplingConfig
 from jobs.errors import ConfigError
 from jobs.pipeline.sizing import (
@@ -34,7 +36,8 @@ def test_sixteen_cpus_every_frame_most_to_detectors() -> None:
 
 
 def test_one_cpu_and_no_cpus_listed() -> None:
-    one = Sizing(detector_workers=1, detector_threads=1, decoders=1)
+    # one actor reserving all of it would keep every probe and decoder waiting: it leaves half
+    one = Sizing(detector_workers=1, detector_threads=1, decoders=1, decode_cpus=0.5, detector_cpus=0.5)
     assert size_job({"CPU": 1.0}, _config()) == one
     assert size_job({}, _config()) == one  # a cluster that lists no CPUs counts as one
 
@@ -61,8 +64,23 @@ def test_explicit_settings_win() -> None:
 
 
 def test_at_least_one_decoder_when_actors_take_every_cpu() -> None:
+    """Actors reserving every CPU would keep the probes and decoders from ever running (the
+    job would wait forever): together they leave half a CPU, which a decoder reserves."""
+    def fits(s: Sizing, cpus: float) -> bool:
+        return s.detector_workers * s.detector_cpus + s.decoders * s.decode_cpus <= cpus + 1e-9
+
     sizing = size_job({"CPU": 4.0}, _config(resources={"detector_workers": 8}))
-    assert sizing.detector_workers == 8 and sizing.decoders == 1
+    assert sizing.detector_workers == 8 and sizing.detector_cpus == 0.4375 and fits(sizing, 4.0)
+    assert sizing.decoders == 1 and sizing.decode_cpus == 0.5
+    two = size_job({"CPU": 2.0}, _config(resources={"detector_workers": 2}, detector={"threads": 1}))
+    assert two.detector_cpus == 0.75 and two.decoders == 1 and two.decode_cpus == 0.5
+    part = size_job({"CPU": 2.5}, _config(resources={"detector_workers": 2}))
+    assert part.detector_cpus == 1.0 and part.decoders == 1 and part.decode_cpus == 0.5
+    # auto sizing with one thread per actor at every frame: the actors' share is every CPU
+    auto = size_job({"CPU": 2.0}, _config(detector={"threads": 1}), WorkCosts(decode_s=0.001, detect_s=0.012))
+    assert auto.detector_workers == 2 and auto.decoders >= 1 and fits(auto, 2.0) and auto.decode_cpus > 0
+    gpu = size_job({"CPU": 1.0, "GPU": 1.0}, _config(resources={"detector_gpus": 1, "detector_cpus": 1}))
+    assert gpu.detector_cpus == 0.5 and gpu.decoders == 1 and gpu.decode_cpus == 0.5
 
 
 # --- sizing from the work: sampling makes the job decode-bound --------------------------------
@@ -241,3 +259,24 @@ def test_taskset_one_core_gives_one_cpu_and_an_embedded_ray_of_one() -> None:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["local"] == 1 and out["ray"] == 1.0
     assert out["count"] == os.cpu_count()  # the host's count is not what sized it
+
+
+@pytest.mark.slow  # spawns `maskjobs run` on a real embedded Ray
+def test_a_job_pinned_to_one_core_runs_to_the_end(tmp_path: Path, scene: Scene, ffmpeg: str, caffe_weights: Path) -> None:
+    """On one CPU the detector actor used to reserve the whole CPU: the probes and decode tasks
+    then waited for it forever. The actor now leaves half a CPU, and the job ends."""
+    if shutil.which("taskset") is None:
+        pytest.skip("taskset is not installed")
+    root = tmp_path / "in"
+    root.mkdir()
+    write_video(root / "a.mp4", scene, 24, ffmpeg=ffmpeg, gop=8)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", "from jobs.cli.main import app; app()", "run", str(root),
+         "--out", str(out), "--weights", str(caffe_weights), "--stride", "2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = json.loads((out / "job.json").read_text())
+    assert job["status"] == "done" and job["sizing"]["detector_cpus"] == 0.5 and job["sizing"]["decode_cpus"] == 0.5
+    assert len(pq.read_table(out / "frames")) == 12
