@@ -16,7 +16,9 @@ against ``(pts - start_time) * time_base`` within less than half the gap to the 
 frames), never by a frame-rate formula. Anything this module cannot vouch for is read by decord
 (:meth:`jobs.video.OpenVideo.read`) instead, never a wrong frame:
 
-* frames that are not sparse (no gap of 2 or more) or are all keyframes: nothing to skip;
+* frames that are not sparse (no gap of 2 or more) or are all keyframes: nothing to skip, so
+  decord reads them, except in HEVC and MPEG-4 part 2 (:data:`REORDERED`) where reading them
+  takes a seek, which decord gets wrong there (below): PyAV reads those, decoding every frame;
 * containers other than MP4/MOV and Matroska/WebM (decord has no timestamps in AVI and shifts
   MPEG-TS frames by a GOP), codecs other than H.264, HEVC and MPEG-4 part 2 (the others have
   no non-reference frames to skip, or were not checked), pixel formats other than 8-bit 4:2:0 and
@@ -58,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 CONTAINERS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})  # PyAV's ``container.format.name``
 CODECS = frozenset({"h264", "hevc", "mpeg4"})  # codecs with non-reference frames to skip
+# codecs whose streams commonly show frames before their keyframe (x265's open GOPs, MPEG-4 part 2's
+# B-frames): there decord's seeks miss, so every read that seeks goes through PyAV, skipping or not
+REORDERED = frozenset({"hevc", "mpeg4"})
 PIXEL_FORMATS = frozenset({"yuv420p", "yuvj420p", "yuv444p"})  # RGB bit-identical to decord's
 _MARGIN = 0.45  # a frame matches a timestamp within this share of the gap to its neighbours
 
@@ -75,6 +80,10 @@ class Tally:
 
 class _Unsure(Exception):
     """PyAV's side cannot vouch for the next wanted frame; the message says why."""
+
+
+class _DecordReads(Exception):
+    """Nothing to skip, and decord's seeks are right for this codec: decord reads (no fallback)."""
 
 
 def is_sparse(frames: np.ndarray, keyframes: np.ndarray) -> bool:
@@ -103,17 +112,24 @@ def read_sampled(video: OpenVideo, frames: np.ndarray, *, tally: Tally | None = 
         keyframes = video.keyframes()
     except VideoReadError:
         keyframes = None  # decord raises its own error below
-    if keyframes is None or not len(keyframes) or not is_sparse(frames, keyframes):
+    if keyframes is None or not len(keyframes):
+        yield from video.read(frames)
+        return
+    sparse = is_sparse(frames, keyframes)
+    if not sparse and not _seeks(frames, keyframes):  # read from the first frame on: decord's order is right
         yield from video.read(frames)
         return
     done = 0
     why = ""
     try:
         plan = _Plan.of(video, frames, keyframes)
-        for image in _decode(video.source, plan, tally):
+        for image in _decode(video.source, plan, tally, codecs=CODECS if sparse else REORDERED):
             yield image
             done += 1
             tally.yielded += 1
+    except _DecordReads:
+        yield from video.read(frames[done:])
+        return
     except _Unsure as exc:
         why = str(exc)
     except (*_av_errors(), VideoReadError, OSError, ValueError) as exc:
@@ -128,6 +144,15 @@ def read_sampled(video: OpenVideo, frames: np.ndarray, *, tally: Tally | None = 
     )
     tally.fallbacks += 1
     yield from video.read(frames[done:])
+
+
+def _seeks(frames: np.ndarray, keyframes: np.ndarray) -> bool:
+    """Whether decord would seek to read ascending ``frames`` (a keyframe after the frame
+    before; :func:`jobs.video.read_frames`' rule)."""
+    if len(frames) == 0 or (np.diff(frames) <= 0).any():
+        return False
+    keys = keyframe_before(keyframes, frames)
+    return bool((keys > np.concatenate([[0], frames[:-1] + 1])).any())
 
 
 def _failed(video: OpenVideo, frame: int, exc: BaseException) -> VideoReadError:
@@ -188,9 +213,11 @@ _RESEEKS = 4  # seeks further back for one frame (a frame displayed before the k
 _LEADING = 32  # frames put out before a keyframe after a seek, at most (an open GOP's leading frames)
 
 
-def _decode(path: str, plan: _Plan, tally: Tally) -> Iterator[np.ndarray]:
+def _decode(path: str, plan: _Plan, tally: Tally, *, codecs: frozenset[str] = CODECS) -> Iterator[np.ndarray]:
     """The wanted frames of ``plan`` from ``path`` by PyAV; raises :class:`_Unsure` where it
-    cannot vouch for one, PyAV's errors as they come.
+    cannot vouch for one, :class:`_DecordReads` before anything when the codec is one of
+    :data:`CODECS` but not of ``codecs`` (decord is right and quicker there), PyAV's errors
+    as they come.
 
     After a seek (and at the start), frames are trusted from the first keyframe the decoder
     puts out: frames shown before it (an open GOP's leading frames, MPEG-4's B-frames) may
@@ -209,6 +236,8 @@ def _decode(path: str, plan: _Plan, tally: Tally) -> Iterator[np.ndarray]:
         ctx = stream.codec_context
         if ctx.name not in CODECS:
             raise _Unsure(f"codec {ctx.name}")
+        if ctx.name not in codecs:
+            raise _DecordReads(ctx.name)
         if stream.start_time is None:
             raise _Unsure("no start time")
         ctx.thread_count = 1  # the decode task holds one CPU
