@@ -220,6 +220,23 @@ def _track_videos(
     return tracked
 
 
+def _gops(frames: np.ndarray, keyframes: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ascending wanted ``frames`` grouped by GOP: ``(keyframe, index of its first wanted frame,
+    frames decoded to read its wanted ones)`` per GOP touched (without ``keyframes``, each frame
+    is its own GOP of one)."""
+    keys = np.asarray(keyframes, np.int64)
+    starts = keyframe_before(keys, frames) if len(keys) else frames
+    gop_keys, first = np.unique(starts, return_index=True)
+    last = np.append(first[1:], len(frames)) - 1
+    return gop_keys, first, frames[last] - np.minimum(gop_keys, frames[first]) + 1
+
+
+def decode_cost(wanted: dict[int, tuple[int, np.ndarray]], keyframes: Sequence[int] = ()) -> int:
+    """Frames decoded to read the frames of ``wanted`` (``{track: (frame, box)}``) forward, GOP by GOP."""
+    frames = np.array(sorted({f for f, _ in wanted.values()}), np.int64)
+    return int(_gops(frames, keyframes)[2].sum()) if len(frames) else 0
+
+
 def split_by_frame(
     wanted: dict[int, tuple[int, np.ndarray]], parts: int, keyframes: Sequence[int] = ()
 ) -> list[dict[int, tuple[int, np.ndarray]]]:
@@ -234,11 +251,8 @@ def split_by_frame(
     parts = max(1, min(parts, len(frames) // 4))
     if parts == 1:
         return [dict(wanted)]
-    keys = np.asarray(keyframes, np.int64)
-    starts = keyframe_before(keys, frames) if len(keys) else frames
-    gop_keys, first = np.unique(starts, return_index=True)  # the wanted frames, grouped by GOP
-    last = np.append(first[1:], len(frames)) - 1
-    cost = np.cumsum(frames[last] - np.minimum(gop_keys, frames[first]) + 1)
+    gop_keys, first, gop_cost = _gops(frames, keyframes)
+    cost = np.cumsum(gop_cost)
     targets = cost[-1] * np.arange(1, parts) / parts
     ends = np.searchsorted(cost, targets)  # a piece's last GOP: where the running cost is nearest its share
     earlier = np.maximum(ends - 1, 0)
@@ -263,8 +277,8 @@ def _render(
     annotated videos whose rows changed, in Ray tasks. Returns ``{video: {track: JPEG}}``.
 
     ``helpers``: actors with a ``render`` method (:meth:`jobs.pipeline.actor.DetectorActor.render`)
-    that take the first pieces, one each, before tasks take the rest; a piece whose actor
-    died is run again as a task.
+    that take their turn with the tasks (pieces queue on them); a piece whose actor died is
+    run again as a task, and so is every piece queued behind it.
     """
     old_thumbs = _old_thumbnails(sink)
     privacy = config.privacy.mode
@@ -273,11 +287,9 @@ def _render(
     if a.enabled and sink.annotated_dir.is_dir():  # type: ignore[union-attr]  (run_job checked it)
         sweep(sink.annotated_dir, recursive=True)  # left by a killed run
     remote = ray.remote(num_cpus=1, max_retries=0, num_returns="streaming")(render_video)
-    # thumbnails of one video are split over the CPUs the other videos leave idle
-    spread = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, len(todo)))
-    idle = list(helpers)
     pieces: list[_Piece] = []
     thumbs: dict[str, dict[int, bytes]] = {}
+    steps = []  # per video: what to render
     for video, path, info in todo:
         dets, thumbs[video], wanted = tracked[video], {}, {}
         for row in summaries[video].itertuples():
@@ -297,14 +309,26 @@ def _render(
             logger.warning("%s: not annotated: an earlier privacy-aggregate run removed its boxes", video)
         elif a.enabled and not manifest.current(video, digest, sink.annotated_dir):  # type: ignore[union-attr]
             annotate_to = str(sink.annotated_dir / f"{video}.mp4")
-        for i, part in enumerate(split_by_frame(wanted, spread if annotate_to is None else 1, info.keyframes)):
+        steps.append((video, path, info, dets, wanted, rate, digest, annotate_to))
+    # Thumbnails are split into pieces of about the same decoding (frames x pixels), about two
+    # per CPU over the whole job: a long 1080p video gets more pieces than a short 720p one, so
+    # no CPU waits on one video's single piece while the others are done.
+    # The idle actors take their turn with the tasks (one piece in every ``slots`` per actor, queued
+    # on it), so they share the work with the CPUs they leave rather than each doing one piece.
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    costs = [decode_cost(st[4], st[2].keyframes) * st[2].width * st[2].height for st in steps]
+    share, slots = 2 * cpus / max(1, sum(costs)), max(cpus, len(helpers))
+    for (video, path, info, dets, wanted, rate, digest, annotate_to), cost in zip(steps, costs):
+        parts = 1 if annotate_to is not None else max(1, round(cost * share))
+        for i, part in enumerate(split_by_frame(wanted, parts, info.keyframes)):
             if part or (i == 0 and annotate_to):
                 annotate = annotate_to if i == 0 else None
                 task = functools.partial(remote.remote, path, dets, part, annotate, rate=rate, width=info.width,
                                          height=info.height, crf=a.crf, preset=a.preset, privacy=privacy)
                 piece = _Piece(video, annotate, digest, task)
-                if idle:  # the task stays as the fallback should the actor die
-                    piece.actor = idle.pop(0)
+                turn = len(pieces) % slots
+                if turn < len(helpers):  # the task stays as the fallback should the actor die
+                    piece.actor = helpers[turn]
                     piece.gen = piece.actor.render.options(num_returns="streaming").remote(*task.args, **task.keywords)
                 else:
                     piece.gen = task()

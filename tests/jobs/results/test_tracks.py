@@ -191,6 +191,17 @@ def test_split_by_frame_keeps_stretches_of_the_video_together() -> None:
     assert split_by_frame({}, 4) == [{}]
 
 
+def test_decode_cost_counts_each_gop_from_its_keyframe_to_its_last_wanted_frame() -> None:
+    from jobs.results.tracks import decode_cost
+
+    box = np.zeros(4)
+    wanted = {0: (5, box), 1: (12, box), 2: (35, box), 3: (31, box)}
+    # GOPs at 0, 10, 30: frames 0..5, 10..12, 30..35 are decoded
+    assert decode_cost(wanted, [0, 10, 20, 30]) == 6 + 3 + 6
+    assert decode_cost(wanted) == 4  # no index: each wanted frame alone
+    assert decode_cost({}, [0, 10]) == 0
+
+
 def test_best_frame_is_a_top_score_that_decodes_fastest() -> None:
     from jobs.results.render import VideoDetections
     from jobs.results.tracks import summarise_tracks
