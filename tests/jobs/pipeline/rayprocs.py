@@ -8,18 +8,20 @@ import time
 from jobs.pipeline.watchdog import descendants
 
 
+def _cmdline(pid: int) -> str | None:
+    """``pid``'s whole command line, spaces collapsed (Ray's renamed processes pad their
+    titles); None once it has exited."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())
+    except OSError:
+        return None
+
+
 def ray_processes() -> list[str]:
     """Command lines of this test process's Ray descendants (other fixtures may run servers of their own)."""
-    out = []
-    for pid in descendants(os.getpid()):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                line = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "ray" in line or "jobs.pipeline.watchdog" in line:
-            out.append(line)
-    return out
+    lines = (_cmdline(pid) for pid in descendants(os.getpid()))
+    return [line for line in lines if line and ("ray" in line or "jobs.pipeline.watchdog" in line)]
 
 
 def none_left(timeout: float = 20) -> bool:
@@ -59,14 +61,8 @@ def listening_sockets() -> list[tuple[str, str, int]]:
     process's Ray descendants holds (read from ``/proc``: no ``ss`` or psutil needed)."""
     owners: dict[str, str] = {}
     for pid in descendants(os.getpid()):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                command = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        # whole: a cut at a fixed length fails on a checkout with a longer path ("gcs_ser")
-        command = " ".join(command.split())  # Ray's renamed processes pad their titles with spaces
-        if "ray" in command:
+        command = _cmdline(pid)  # whole: a cut at a fixed length failed on a longer checkout path ("gcs_ser")
+        if command and "ray" in command:
             owners.update(dict.fromkeys(_socket_inodes(pid), command))
     out = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
