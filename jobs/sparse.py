@@ -146,13 +146,17 @@ def read_sampled(video: OpenVideo, frames: np.ndarray, *, tally: Tally | None = 
     yield from video.read(frames[done:])
 
 
+def _seek_mask(frames: np.ndarray, keyframes: np.ndarray) -> np.ndarray:
+    """(n,) bool for ascending ``frames``: a keyframe lies after the frame before (or after the
+    start, for the first), so reading frame j takes a seek (:func:`jobs.video.read_frames`' rule)."""
+    return keyframe_before(keyframes, frames) > np.concatenate([[0], frames[:-1] + 1])
+
+
 def _seeks(frames: np.ndarray, keyframes: np.ndarray) -> bool:
-    """Whether decord would seek to read ascending ``frames`` (a keyframe after the frame
-    before; :func:`jobs.video.read_frames`' rule)."""
+    """Whether decord would seek to read ascending ``frames``."""
     if len(frames) == 0 or (np.diff(frames) <= 0).any():
         return False
-    keys = keyframe_before(keyframes, frames)
-    return bool((keys > np.concatenate([[0], frames[:-1] + 1])).any())
+    return bool(_seek_mask(frames, keyframes).any())
 
 
 def _failed(video: OpenVideo, frame: int, exc: BaseException) -> VideoReadError:
@@ -189,8 +193,7 @@ class _Plan:
         frames = frames[frames <= last]  # the rest is decord's to report
         if not len(frames):
             raise _Unsure("past the end")
-        keys = keyframe_before(keyframes, frames)
-        seeks = keys > np.concatenate([[0], frames[:-1] + 1])  # where decoding stands when frame j is next
+        seeks = _seek_mask(frames, keyframes)
         ask = np.unique(np.concatenate([[0], frames - 1, frames, frames + 1]).clip(0, last))
         stamps = video.timestamps(ask)
         at = dict(zip(ask.tolist(), stamps.tolist()))
