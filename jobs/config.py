@@ -168,14 +168,22 @@ _CLASSES = {
 }
 
 
-def _read_yaml(source: str, text: str) -> dict[str, Any]:
+def read_yaml_mapping(
+    source: str, text: str, *, expected: str, error: type[Exception] = ConfigError
+) -> dict[str, Any]:
+    """``text`` (YAML, ``source`` names it) as a mapping; an empty document is ``{}``. Anything
+    else is ``error``: ``"{source}: not valid YAML (...)"`` or ``"{source}: {expected}"``."""
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({one_line(exc)})") from None
+        raise error(f"{source}: not valid YAML ({one_line(exc)})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+        raise error(f"{source}: {expected}")
     return data
+
+
+def _read_yaml(source: str, text: str) -> dict[str, Any]:
+    return read_yaml_mapping(source, text, expected="expected a mapping of sections at the top level")
 
 
 def _default_dict() -> dict[str, Any]:

@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-
+from jobs.config import read_yaml_mapping
 from jobs.errors import ConfigError, InputError, one_line
 
 logger = logging.getLogger(__name__)
@@ -130,12 +129,7 @@ def read_start_times(path: Path, default_tz: str | None) -> dict[str, _Entry]:
         raise InputError(f"{path}: cannot read the start-times file ({one_line(exc)})") from None
     rows: list[tuple[str, dict[str, Any]]]
     if Path(path).suffix.lower() in (".yaml", ".yml"):
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML ({one_line(exc)})") from None
-        if not isinstance(data, dict):
-            raise InputError(f"{path}: expected a mapping of video -> start time")
+        data = read_yaml_mapping(str(path), text, expected="expected a mapping of video -> start time", error=InputError)
         rows = [(str(k), v if isinstance(v, dict) else {"start": v}) for k, v in data.items()]
     else:
         reader = csv.DictReader(io.StringIO(text))

@@ -52,9 +52,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import yaml
 
 from detector.spec import MASK, NO_MASK
+from jobs.config import read_yaml_mapping
 from jobs.errors import InputError, one_line
 from jobs.metadata import zone
 from sinks.atomic import atomic_write, make_dirs
@@ -102,13 +102,13 @@ def _points(source: str, where: str, value: Any, *, least: int, most: int | None
 def load_zones(path: Path, interval: str | None = None) -> ZonesSpec:
     """Reads and checks a zones file; raises :class:`InputError` naming the file and the cause."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read the zones file ({one_line(exc)})") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({one_line(exc)})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("cameras"), dict) or not data["cameras"]:
-        raise InputError(f"{path}: expected a mapping with a non-empty 'cameras:' section")
+    expected = "expected a mapping with a non-empty 'cameras:' section"
+    data = read_yaml_mapping(str(path), text, expected=expected, error=InputError)
+    if not isinstance(data.get("cameras"), dict) or not data["cameras"]:
+        raise InputError(f"{path}: {expected}")
     unknown = set(data) - {"interval", "cameras"}
     if unknown:
         raise InputError(f"{path}: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: interval, cameras)")
