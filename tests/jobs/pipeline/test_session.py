@@ -47,3 +47,32 @@ def test_embedded_ray_listens_on_loopback_only() -> None:
     exposed = [(c, a, p) for c, a, p in sockets if not _loopback(a)]
     assert not exposed, f"ports open to the network: {exposed}"
     assert node_ip == "127.0.0.1"
+
+
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = (item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
+def test_embedded_raylet_retries_its_sockets_every_50_ms_unless_the_user_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The raylet and workers of an embedded Ray get FAST_CONNECT (the object store's socket is
+    retried every 50 ms, not every second); a value the user set wins, and this process's
+    environment is as it was afterwards."""
+    import os
+
+    from jobs.pipeline.session import FAST_CONNECT
+    from jobs.pipeline.watchdog import descendants
+    from tests.jobs.pipeline.rayprocs import _cmdline
+
+    attempts, delay = "RAY_raylet_client_num_connect_attempts", "RAY_raylet_client_connect_timeout_milliseconds"
+    monkeypatch.delenv(delay, raising=False)
+    monkeypatch.setenv(attempts, "77")  # the user's
+    with ray_session(RayConfig(num_cpus=1, object_store_mb=100)) as ray:
+        assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
+        raylets = [pid for pid in descendants(os.getpid()) if "raylet/raylet" in (_cmdline(pid) or "")]
+        assert raylets
+        env = _environ(raylets[0])
+    assert env[delay] == FAST_CONNECT[delay] == "50"
+    assert env[attempts] == "77"
+    assert delay not in os.environ and os.environ[attempts] == "77"
