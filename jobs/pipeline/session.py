@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -25,8 +26,8 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
 
     Embedded: no dashboard, HTTP API or autoscaler (:func:`_without_http_api_and_autoscaler`
     on a Ray it was tested on), quiet logs, the CPUs this process may use
-    (:func:`~jobs.pipeline.sizing.local_cpus`), a bounded object store, local socket
-    connections retried every 50 ms (:data:`FAST_CONNECT`), and a watchdog
+    (:func:`~jobs.pipeline.sizing.local_cpus`), a bounded object store, Ray settings for a
+    short one-machine job (:func:`embedded_settings`), and a watchdog
     (:mod:`jobs.pipeline.watchdog`) so a killed command leaves no Ray process running.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -34,7 +35,7 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
     import ray
 
     watchdog = None
-    saved = {name: os.environ.get(name) for name in (MARK, *FAST_CONNECT)}
+    saved = {name: os.environ.get(name) for name in (MARK, *embedded_settings(1))}
     try:
         try:
             if cfg.address:
@@ -43,13 +44,14 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
                 token = f"{os.getpid()}-{(stat(os.getpid()) or (0, 0))[1]}-{time.monotonic_ns()}"
                 watchdog = start_watchdog(token)
                 os.environ[MARK] = token  # inherited by the raylet, its agents and workers
-                for name, value in FAST_CONNECT.items():  # read by the raylet and workers Ray starts
+                cpus = cfg.num_cpus or local_cpus()  # affinity and container quota, not os.cpu_count()
+                for name, value in embedded_settings(cpus).items():  # read by the processes Ray starts
                     os.environ.setdefault(name, value)
                 _start_embedded(
                     ray,
                     address="local",
                     _node_ip_address=LOOPBACK,
-                    num_cpus=cfg.num_cpus or local_cpus(),  # affinity and container quota, not os.cpu_count()
+                    num_cpus=cpus,
                     num_gpus=cfg.num_gpus,
                     include_dashboard=False,
                     object_store_memory=cfg.object_store_mb * 1024 * 1024,
@@ -74,18 +76,26 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
 
 LOOPBACK = "127.0.0.1"
 
-# Ray's local socket connections (the raylet to its object store, a worker to its raylet) retry
-# every ``raylet_client_connect_timeout_milliseconds`` (1 s by default) up to
-# ``raylet_client_num_connect_attempts`` times. The raylet starts its object store in a thread
-# and connects to it at once: where the store's socket is not listening yet, which happens in
-# about a third of starts on 2 cores, the raylet sleeps a whole second before registering and
-# ``ray.init`` takes ~2.2 s instead of ~1.25 s. Retrying every 50 ms, 200 times, keeps the same
-# 10 s of patience. These are Ray config values read from ``RAY_<name>`` environment variables, set for
-# the embedded Ray only and only where the user has not set them.
-FAST_CONNECT = {
-    "RAY_raylet_client_connect_timeout_milliseconds": "50",
-    "RAY_raylet_client_num_connect_attempts": "200",
-}
+def embedded_settings(cpus: float) -> dict[str, str]:
+    """Ray config values (read from ``RAY_<name>`` environment variables by the processes Ray
+    starts) for an embedded Ray of ``cpus`` CPUs, set only where the user has not set them:
+
+    - Local socket connections (the raylet to its object store, a worker to its raylet) retry
+      every 50 ms, 200 times, not every second 10 times: the raylet connects to its object
+      store as the store's thread starts, and where its socket is not listening yet (about a
+      third of starts on 2 cores) the raylet slept a whole second before registering
+      (``ray.init`` ~2.2 s instead of ~1.25 s). The same 10 s of patience.
+    - Up to ``cpus`` idle workers are kept (``num_workers_soft_limit``; Ray's default is the
+      CPUs not reserved, which the detector actors hold): otherwise the raylet kills the decode
+      task's worker a second after each shard, and every shard starts a new Python process
+      that imports the decoders again, ~1 s of CPU on 2 busy cores while the detectors wait
+      (every frame of 7.5 min of 720p: 7 shards, run phase 38.9 -> 36.7 s).
+    """
+    return {
+        "RAY_raylet_client_connect_timeout_milliseconds": "50",
+        "RAY_raylet_client_num_connect_attempts": "200",
+        "RAY_num_workers_soft_limit": str(max(1, math.ceil(cpus))),
+    }
 
 START_UP_PATCHES = "the embedded Ray's start-up patches (no HTTP API, no autoscaler, node polled)"
 

@@ -55,24 +55,52 @@ def _environ(pid: int) -> dict[str, str]:
         return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
 
 
-def test_embedded_raylet_retries_its_sockets_every_50_ms_unless_the_user_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The raylet and workers of an embedded Ray get FAST_CONNECT (the object store's socket is
-    retried every 50 ms, not every second); a value the user set wins, and this process's
-    environment is as it was afterwards."""
+def test_embedded_ray_gets_its_settings_unless_the_user_set_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The raylet of an embedded Ray gets :func:`embedded_settings` (the object store's socket
+    retried every 50 ms, not every second; as many idle workers kept as it has CPUs); a value
+    the user set wins, and this process's environment is as it was afterwards."""
     import os
 
-    from jobs.pipeline.session import FAST_CONNECT
+    from jobs.pipeline.session import embedded_settings
     from jobs.pipeline.watchdog import descendants
     from tests.jobs.pipeline.rayprocs import _cmdline
 
     attempts, delay = "RAY_raylet_client_num_connect_attempts", "RAY_raylet_client_connect_timeout_milliseconds"
+    idle = "RAY_num_workers_soft_limit"
     monkeypatch.delenv(delay, raising=False)
+    monkeypatch.delenv(idle, raising=False)
     monkeypatch.setenv(attempts, "77")  # the user's
-    with ray_session(RayConfig(num_cpus=1, object_store_mb=100)) as ray:
+    with ray_session(RayConfig(num_cpus=3, object_store_mb=100)) as ray:
         assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
         raylets = [pid for pid in descendants(os.getpid()) if "raylet/raylet" in (_cmdline(pid) or "")]
         assert raylets
         env = _environ(raylets[0])
-    assert env[delay] == FAST_CONNECT[delay] == "50"
+    assert env[delay] == embedded_settings(3)[delay] == "50"
+    assert env[idle] == embedded_settings(3)[idle] == "3"
     assert env[attempts] == "77"
-    assert delay not in os.environ and os.environ[attempts] == "77"
+    assert delay not in os.environ and idle not in os.environ and os.environ[attempts] == "77"
+
+
+def test_a_decode_worker_outlives_its_shard() -> None:
+    """With CPUs reserved by actors, Ray keeps no idle worker by default: each task after a
+    pause started a new Python process. The embedded Ray keeps them (same pid)."""
+    import time
+
+    with ray_session(RayConfig(num_cpus=2, object_store_mb=100)) as ray:
+        holder = ray.remote(num_cpus=1.5)(_Holder).remote()  # what detector actors hold: 0 whole CPUs left
+        ray.get(holder.ready.remote())
+        task = ray.remote(num_cpus=0.5)(_pid)
+        first = ray.get(task.remote())
+        time.sleep(2.5)  # past Ray's 1 s idle-worker time-out (killing runs every 200 ms)
+        assert ray.get(task.remote()) == first
+
+
+class _Holder:
+    def ready(self) -> bool:
+        return True
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
