@@ -29,9 +29,9 @@ from jobs.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 # Prior per-frame CPU costs (one core, seconds), measured with benchmarks/bench_sampling.py on
-# 1080p H.264 (decord2, 2-core AVX-512 Xeon) and scaled by pixels: the split before the job's
+# 720p and 1080p H.264 (2-core AVX-512 Xeon) and scaled by pixels: the split before the job's
 # own figures come in. Only their ratios matter.
-SKIP_S_PER_MPIX = 1.0e-3  # decode without RGB conversion
+SKIP_S_PER_MPIX = 0.45e-3  # a frame between sampled ones (jobs.sparse: non-reference frames not decoded)
 KEEP_S_PER_MPIX = 1.6e-3  # decode + RGB + resize to the model's input
 DETECT_S = 9.0e-3  # the float32 detector, one frame
 
@@ -101,9 +101,10 @@ def size_job(cluster: dict[str, float], config: JobConfig, costs: WorkCosts | No
     (None: every frame of 1080p). Explicit ``detector_workers`` are kept and the decoders
     get the CPUs they leave.
 
-    On CPUs the detector actors get 2 threads each (1 on a 1-CPU cluster) and as many actors
-    as the detector's share of the CPUs fills; the decode tasks get the decoding share, at
-    least one. Both reserve ``detector_cpus`` / ``decode_cpus`` CPUs in Ray unless that
+    On CPUs the detector actors run 1 thread each when the job is detector-bound, else 2
+    (``detector.threads``, :func:`_cpu_threads`), and there are as many as the detector's
+    share of the CPUs plus half a CPU fills (:func:`_cpu_actors`); the decode tasks get the
+    decoding share, at least one. Both reserve ``detector_cpus`` / ``decode_cpus`` CPUs in Ray unless that
     would keep the decoders the work needs from running: then each decode task reserves
     its share of the CPUs the actors leave (a decode-bound job on 2 CPUs: one actor, two
     decoders of half a CPU each, and the OS shares the cores between whichever has work).
@@ -122,15 +123,43 @@ def size_job(cluster: dict[str, float], config: JobConfig, costs: WorkCosts | No
         return Sizing(detector_workers=workers, detector_threads=det.threads,
                       **_leftover(cpus, workers * each, res.decode_cpus), detector_cpus=each)
     share = (costs or plan_costs(kept=1, decoded=1, seeks=0, megapixels=2.07)).decode_share
-    threads = det.threads or int(min(2, cpus))
+    threads = det.threads or min(_cpu_threads(share), max(1, int(cpus)))
     if res.detector_workers:  # the user's actors: the decoders get what they leave
         each = _actor_cpus(cpus, res.detector_workers, res.detector_cpus)
         return Sizing(res.detector_workers, threads, **_leftover(cpus, res.detector_workers * each, res.decode_cpus),
                       detector_cpus=each)
-    workers = max(1, round(cpus * (1 - share) / threads))
+    workers = _cpu_actors(cpus, share, threads)
     each = _actor_cpus(cpus, workers, res.detector_cpus)
     return Sizing(detector_workers=workers, detector_threads=threads,
                   **_decoders(cpus, workers * each, share, res.decode_cpus, res.decode_threads), detector_cpus=each)
+
+
+DETECTOR_BOUND_SHARE = 1 / 3  # a decode share under this: single-thread actors (:func:`_cpu_threads`)
+
+
+def _cpu_threads(share: float) -> int:
+    """Torch threads per CPU actor when ``detector.threads`` is null: 1 for a detector-bound
+    job (decoding under :data:`DETECTOR_BOUND_SHARE` of its CPU: every frame), else 2.
+
+    An actor's threads meet at a barrier after every layer; beside a decode task that runs
+    all the time (every frame: 3 threads on 2 cores) one of them often waits for a core while
+    the other waits for it: the 2-thread actor's batches took 3x longer while the decoder ran.
+    Measured on 2 cores, every frame of 7.5 min of 720p, run phase: one 2-thread actor
+    41.5-42.9 s, two 1-thread actors 37.8-38.6 s. Sampled jobs measured the other way round
+    (2 fps: 9.8-9.9 s against 10.3-10.4 s; ``--keyframes``, the 30-s clip: the second actor's
+    start-up, ~1 s of CPU, is not won back), so there the actor keeps 2 threads.
+    """
+    return 1 if share < DETECTOR_BOUND_SHARE else 2
+
+
+def _cpu_actors(cpus: float, share: float, threads: int) -> int:
+    """CPU detector actors of ``threads`` threads for a job whose decoding takes ``share`` of
+    its CPU: the detector's share of the ``cpus`` plus half a CPU, rounded up, at most one per
+    ``threads`` CPUs, at least one. The half CPU to spare: the OS shares the cores between
+    processes, and two 1-thread actors beside a decoder on 2 CPUs keep both cores detecting
+    whenever the decoder waits."""
+    most = max(1, int(cpus // max(1, threads)))
+    return max(1, min(most, math.ceil((cpus * (1 - share) + 0.5) / max(1, threads) - 1e-9)))
 
 
 ROOM_CPUS = 0.5  # CPUs the detector actors leave unreserved at the least: a probe or a decoder always runs
@@ -193,7 +222,7 @@ def resize_job(sizing: Sizing, cluster: dict[str, float], config: JobConfig, cos
     if res.detector_gpus > 0 and not res.detector_workers:
         wanted = int(cluster.get("GPU", 0) // res.detector_gpus)
     elif not res.detector_workers and sizing.detector_threads:
-        wanted = round(cpus * (1 - costs.decode_share) / sizing.detector_threads)
+        wanted = _cpu_actors(cpus, costs.decode_share, sizing.detector_threads)
     if each > 0:  # new actors reserve what the first ones do, and leave ROOM_CPUS too
         wanted = min(wanted, math.floor((cpus - ROOM_CPUS) / each + 1e-9))
     workers = max(workers, wanted)

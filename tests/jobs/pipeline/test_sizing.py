@@ -24,15 +24,31 @@ def _config(*, resources: dict | None = None, detector: dict | None = None) -> J
     return JobConfig(resources=ResourcesConfig(**(resources or {})), detector=DetectorConfig(**(detector or {})))
 
 
-def test_two_cpus_one_actor_of_two_threads_beside_one_decoder() -> None:
-    assert size_job({"CPU": 2.0}, _config()) == Sizing(detector_workers=1, detector_threads=2, decoders=1)
+def test_two_cpus_two_single_thread_actors_beside_one_decoder() -> None:
+    """Every frame: two 1-thread actors (not one of 2 threads: its threads wait for each other
+    beside a decoder), which leave half a CPU reserved for the decoder."""
+    assert size_job({"CPU": 2.0}, _config()) == Sizing(
+        detector_workers=2, detector_threads=1, decoders=1, decode_cpus=0.5, detector_cpus=0.75
+    )
+
+
+def test_detector_bound_jobs_get_single_thread_actors_others_two_threads() -> None:
+    from jobs.pipeline.sizing import DETECTOR_BOUND_SHARE
+
+    below = WorkCosts(decode_s=DETECTOR_BOUND_SHARE * 0.99, detect_s=1 - DETECTOR_BOUND_SHARE * 0.99)
+    above = WorkCosts(decode_s=DETECTOR_BOUND_SHARE * 1.01, detect_s=1 - DETECTOR_BOUND_SHARE * 1.01)
+    assert size_job({"CPU": 8.0}, _config(), below).detector_threads == 1
+    assert size_job({"CPU": 8.0}, _config(), above).detector_threads == 2
+    assert size_job({"CPU": 1.0}, _config(), above).detector_threads == 1  # never more threads than CPUs
+    assert size_job({"CPU": 8.0}, _config(detector={"threads": 3}), below).detector_threads == 3  # the user's
 
 
 def test_sixteen_cpus_every_frame_most_to_detectors() -> None:
     """Every frame of 1080p: ~3.3 ms of decoding to 9 ms of detecting, so ~27 % of 16 CPUs
-    decode (4.3, so 5 tasks) and 6 actors of 2 threads take the rest."""
+    decode (4.3, so 5 tasks) and 13 actors take the detector's 11.7 CPUs and half a CPU more;
+    the decoders share the 3 CPUs the actors leave."""
     sizing = size_job({"CPU": 16.0}, _config())
-    assert sizing == Sizing(detector_workers=6, detector_threads=2, decoders=5, decode_cpus=1.0)
+    assert sizing == Sizing(detector_workers=13, detector_threads=1, decoders=5, decode_cpus=0.6)
 
 
 def test_one_cpu_and_no_cpus_listed() -> None:
@@ -95,7 +111,7 @@ def test_decode_share_follows_the_sampling() -> None:
     stride = prior_costs(_sampled(stride=15)).decode_share
     keys = prior_costs(_sampled(keyframes=True)).decode_share
     fps2 = prior_costs(_sampled(fps=2.0)).decode_share
-    assert every < 0.4 < 0.7 < stride  # detector-bound at every frame, decode-bound at 2 fps
+    assert every < 0.4 < 0.6 < stride  # detector-bound at every frame, decode-bound at 2 fps
     assert fps2 == pytest.approx(stride)  # 2 fps of 30 fps footage is stride 15
     assert keys < 0.5  # one seek and one frame per sample
 
@@ -105,12 +121,14 @@ def test_two_cpus_decode_share_over_half_gets_two_decoders() -> None:
     15.5 ms detecting per frame. One decoder would take 26 ms a frame where both cores
     together need (26 + 15.5) / 2 = 20.8: two decoders."""
     sizing = size_job({"CPU": 2.0}, _sampled(stride=15), WorkCosts(0.026, 0.0155))
-    assert sizing.decoders == 2 and sizing.decode_cpus == 0.5
+    assert sizing.decoders == 2 and sizing.decode_cpus == 0.5  # beside one 2-thread actor
+    assert sizing.detector_workers == 1 and sizing.detector_threads == 2
 
 
 def test_two_cpus_sampled_two_decoders_of_half_a_cpu_beside_the_actor() -> None:
     """On 2 CPUs at every 15th frame, one decoder would leave a core idle: two decode tasks
-    reserve half a CPU each beside the actor's one, so both run."""
+    reserve half a CPU each beside the actor's one, so both run. Decode-bound: the actor
+    keeps 2 threads (the cores are the decoders' most of the time)."""
     sizing = size_job({"CPU": 2.0}, _sampled(stride=15), prior_costs(_sampled(stride=15)))
     assert sizing == Sizing(detector_workers=1, detector_threads=2, decoders=2, decode_cpus=0.5)
     assert sizing.detector_workers * 1 + sizing.decoders * sizing.decode_cpus <= 2.0
@@ -118,7 +136,7 @@ def test_two_cpus_sampled_two_decoders_of_half_a_cpu_beside_the_actor() -> None:
 
 def test_sixteen_cpus_sampled_most_to_decoders() -> None:
     sizing = size_job({"CPU": 16.0}, _sampled(stride=15), prior_costs(_sampled(stride=15)))
-    assert sizing.detector_workers == 2 and sizing.decoders >= 11
+    assert sizing.detector_workers == 4 and sizing.detector_threads == 2 and sizing.decoders >= 11
     assert sizing.detector_workers * 1 + sizing.decoders * sizing.decode_cpus <= 16.0
 
 
@@ -139,6 +157,7 @@ def test_tuner_follows_measured_costs_and_a_growing_cluster() -> None:
     assert tuner.due(0.0) and not tuner.due(1.0) and tuner.due(2.5)
     assert tuner.update({"CPU": 2.0}) is None  # nothing new: nothing changes
     # the job measures detector-bound costs (e.g. the footage is mostly keyframes): one decoder
+    # (the 2-thread actor started for a sampled job stays; a second would not fit beside it)
     tuner.observe(64, decode_s=64 * 0.002, detect_s=64 * 0.009)
     assert tuner.update({"CPU": 2.0}) == Sizing(1, 2, 1, 1.0)
     # the cluster grows to 10 CPUs, the job decode-bound again: decoders for the new CPUs
@@ -150,22 +169,24 @@ def test_tuner_follows_measured_costs_and_a_growing_cluster() -> None:
 
 
 def test_a_growing_cluster_gets_detector_actors_too_and_none_is_ever_stopped() -> None:
-    """Every frame (detector-bound): 2 CPUs hold one 2-thread actor; at 10 CPUs the job
-    wants the actors :func:`size_job` would start there, and keeps them when the CPUs drop."""
+    """Every frame (detector-bound): 1 CPU holds one actor; at 10 CPUs the job wants the
+    actors :func:`size_job` would start there, and keeps them when the CPUs drop."""
     config = _config()
     every = WorkCosts(decode_s=0.002, detect_s=0.009)
-    start = size_job({"CPU": 2.0}, config, every)
+    start = size_job({"CPU": 1.0}, config, every)
     assert start.detector_workers == 1
     tuner = JobTuner(start, config, every)
     grown = tuner.update({"CPU": 10.0}, at_s=5.0)
-    assert grown is not None and grown.detector_workers == size_job({"CPU": 10.0}, config, every).detector_workers == 4
-    assert grown.decoders >= 1 and grown.decoders * grown.decode_cpus + 4 * config.resources.detector_cpus <= 10.0
-    assert tuner.changes[-1]["detector_workers"] == 4 and tuner.changes[-1]["at_s"] == 5.0
+    # the first actor reserved half a CPU (on 1 CPU); the new ones reserve as much, and there
+    # are as many as size_job starts on 10 CPUs: 8.2 CPUs of detecting and half a CPU, rounded up
+    assert grown is not None and grown.detector_workers == size_job({"CPU": 10.0}, config, every).detector_workers == 9
+    assert grown.decoders >= 1 and grown.decoders * grown.decode_cpus + 9 * start.detector_cpus <= 10.0
+    assert tuner.changes[-1]["detector_workers"] == 9 and tuner.changes[-1]["at_s"] == 5.0
     shrunk = tuner.update({"CPU": 2.0})  # a node left: its actors died with it; none is stopped here
-    assert shrunk is not None and shrunk.detector_workers == 4
+    assert shrunk is not None and shrunk.detector_workers == 9
     # decode-bound costs do not take actors away either
     tuner.observe(6400, decode_s=6400 * 0.05, detect_s=6400 * 0.001)
-    assert (tuner.update({"CPU": 10.0}) or tuner.sizing).detector_workers == 4
+    assert (tuner.update({"CPU": 10.0}) or tuner.sizing).detector_workers == 9
 
 
 def test_growing_gpus_get_actors_and_explicit_workers_stay() -> None:
