@@ -216,18 +216,15 @@ def measure_costs(path: Path, detector: FaceMaskDetector, *, sample: int = 750, 
 
     kept = len(range(0, n, 30))
     skip = max(0.0, _cpu(every_30th) - kept * keep) / max(1, n - kept)
-    keys = decord.VideoReader(str(path), num_threads=1).get_key_indices()[:8]
-    reader = decord.VideoReader(str(path), num_threads=1)
-
-    def keyframes() -> None:
-        for k in keys:
-            reader.seek_accurate(int(k))
-            resize_rgb(reader.next().asnumpy(), 260)
-
-    keyframe = _cpu(keyframes) / max(1, len(keys))
     # decord's readers decode ahead on their own threads, which this process's CPU time counts:
     # with one still open the detector measured ~2x its cost (25 ms a frame, not 13)
     del reader
+    gc.collect()
+    time.sleep(0.5)
+    # keyframes as --keyframes reads them (jobs.sparse: a seek and the keyframe's packet each)
+    with open_video(path, threads=1) as video:
+        keys = np.asarray(video.keyframes())[:8]
+        keyframe = _cpu(lambda: [resize_rgb(image, 260) for image in read_sampled(video, keys)]) / max(1, len(keys))
     gc.collect()
     time.sleep(0.5)
     batch = np.stack(frames[:64])
