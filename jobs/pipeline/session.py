@@ -35,7 +35,7 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
     import ray
 
     watchdog = None
-    saved = {name: os.environ.get(name) for name in (MARK, *embedded_settings(1))}
+    saved = {name: os.environ.get(name) for name in (MARK, *embedded_settings(1))}  # restored after
     try:
         try:
             if cfg.address:
@@ -76,6 +76,7 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
 
 LOOPBACK = "127.0.0.1"
 
+
 def embedded_settings(cpus: float) -> dict[str, str]:
     """Ray config values (read from ``RAY_<name>`` environment variables by the processes Ray
     starts) for an embedded Ray of ``cpus`` CPUs, set only where the user has not set them:
@@ -96,6 +97,7 @@ def embedded_settings(cpus: float) -> dict[str, str]:
         "RAY_raylet_client_num_connect_attempts": "200",
         "RAY_num_workers_soft_limit": str(max(1, math.ceil(cpus))),
     }
+
 
 START_UP_PATCHES = "the embedded Ray's start-up patches (no HTTP API, no autoscaler, node polled)"
 
