@@ -191,16 +191,34 @@ def _no_monitor(node: Any) -> None:
     """Replaces ``ray._private.node.Node.start_monitor``: no autoscaler monitor."""
 
 
+def _minimal_agent() -> ImportError:
+    """Replaces ``ray._private.utils.get_dashboard_dependency_error``: the answer of a Ray
+    installed without the dashboard's dependencies, so the dashboard agent starts ``--minimal``."""
+    return ImportError("the embedded Ray's dashboard agent runs minimal (maskjobs)")
+
+
+def _no_log_monitor(node: Any) -> None:
+    """Replaces ``ray._private.node.Node.start_log_monitor``: no log monitor (what
+    ``ray start --no-include-log-monitor`` does; ``ray.init`` has no such option)."""
+
+
 @contextmanager
 def _without_http_api_and_autoscaler() -> Iterator[None]:
-    """An embedded Ray started without two processes a one-machine batch job never uses,
-    and without sleeping through its raylet's registration.
+    """An embedded Ray started without three processes a one-machine batch job never uses,
+    with a minimal dashboard agent, and without sleeping through its raylet's registration.
 
     - The HTTP API server (``dashboard.py``): ``include_dashboard=False`` still starts it
       for the Jobs and state APIs, and ``ray.init`` waits ~1 s for it to come up. Without
       it nothing serves HTTP at all.
     - The autoscaler monitor: a fixed local node has nothing to scale, and at shutdown it
       outlives the GCS and holds ``ray.shutdown`` for its 1 s SIGTERM grace period.
+    - The log monitor: it tails the workers' log files to publish their lines to the driver,
+      which ``log_to_driver=False`` makes nobody read; its start costs ~0.45 s of CPU while
+      the GCS, raylet and agents start on the same 2 cores. The files are still written.
+    - The dashboard agent's servers: it starts ``--minimal``, as on a Ray installed without
+      the dashboard's dependencies (no gRPC or HTTP server, no metrics export: nothing reads
+      them without a dashboard), and the driver no longer imports those dependencies (aiohttp,
+      OpenTelemetry: ~0.38 s) to decide so before it starts the raylet.
     - ``ray.init`` then asks the GCS for the new node, a call that waits in whole seconds
       while the raylet registers (~0.5-1.7 s on 2 busy cores): it is asked only once the
       node is listed, polled every 50 ms.
@@ -212,10 +230,13 @@ def _without_http_api_and_autoscaler() -> Iterator[None]:
     """
     import ray._private.node as ray_node
     import ray._private.services as ray_services
+    import ray._private.utils as ray_utils
     from ray._raylet import GcsClient, NodeID
 
-    saved = ray_services.start_api_server, ray_node.Node.start_monitor, ray_services.get_node
-    get_node = saved[2]
+    node = ray_node.Node
+    saved = (ray_services.start_api_server, node.start_monitor, node.start_log_monitor, ray_services.get_node,
+             ray_utils.get_dashboard_dependency_error)
+    get_node = saved[3]
 
     def get_node_once_listed(gcs_address: str, node_id: str) -> Any:
         deadline = time.monotonic() + 30  # ray.init's own limit for the raylet to start
@@ -228,9 +249,12 @@ def _without_http_api_and_autoscaler() -> Iterator[None]:
         return get_node(gcs_address, node_id)
 
     ray_services.start_api_server = _no_api_server
-    ray_node.Node.start_monitor = _no_monitor
+    node.start_monitor = _no_monitor
+    node.start_log_monitor = _no_log_monitor
     ray_services.get_node = get_node_once_listed
+    ray_utils.get_dashboard_dependency_error = _minimal_agent
     try:
         yield
     finally:
-        ray_services.start_api_server, ray_node.Node.start_monitor, ray_services.get_node = saved
+        (ray_services.start_api_server, node.start_monitor, node.start_log_monitor, ray_services.get_node,
+         ray_utils.get_dashboard_dependency_error) = saved

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,17 +15,34 @@ from tests.jobs.pipeline.rayprocs import none_left, ray_processes
 pytestmark = pytest.mark.slow  # starts an embedded Ray
 
 
-def test_embedded_ray_starts_no_http_api_or_autoscaler_and_stops_clean() -> None:
+def test_embedded_ray_starts_no_http_api_autoscaler_or_log_monitor_and_stops_clean() -> None:
+    import ray._private.node as ray_node
     import ray._private.services as ray_services
+    import ray._private.utils as ray_utils
 
-    original = ray_services.start_api_server
+    def patched() -> tuple[object, ...]:
+        return ray_services.start_api_server, ray_node.Node.start_log_monitor, ray_utils.get_dashboard_dependency_error
+
+    original = patched()
     with ray_session(RayConfig(num_cpus=1, object_store_mb=100)) as ray:
         assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
         running = ray_processes()
         assert any("raylet" in c for c in running) and any("gcs_server" in c for c in running)
-        assert not [c for c in running if "dashboard/dashboard.py" in c or "autoscaler/_private/monitor.py" in c]
-        assert ray_services.start_api_server is original  # patched only around ray.init
+        unwanted = ("dashboard/dashboard.py", "autoscaler/_private/monitor.py", "_private/log_monitor.py")
+        assert not [c for c in running if any(name in c for name in unwanted)]
+        assert patched() == original  # patched only around ray.init
+        assert _metrics_agent_port(ray) == "-1"  # the dashboard agent runs minimal: no gRPC server
     assert none_left(), ray_processes()
+
+
+def _metrics_agent_port(ray: Any) -> str:
+    """What the node's dashboard agent wrote as its metrics port (``-1``: none, a minimal agent)."""
+    session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
+    port_file = session_dir / f"metrics_agent_port_{ray.get_runtime_context().get_node_id()}"
+    deadline = time.monotonic() + 20
+    while not port_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return port_file.read_text().strip()
 
 
 def _loopback(address: str) -> bool:
