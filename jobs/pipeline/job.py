@@ -45,7 +45,7 @@ from jobs.pipeline.commit import commit_shard, damage_notes
 from jobs.pipeline.decode import Started, decode_shard, where
 from jobs.pipeline.nodes import on_every_node
 from jobs.pipeline.plan import Shard, decoded_frames, plan_shards, sample_frames, shard_sizes
-from jobs.pipeline.probe import probe_all
+from jobs.pipeline.probe import probe_all, start_probes
 from jobs.pipeline.ray_private import StreamingTask
 from jobs.pipeline.records import DetectedBatch
 from jobs.pipeline.resume import drop_changed_videos
@@ -316,11 +316,14 @@ def run_job(
     resolver = MetadataResolver.from_config(config.metadata)  # a bad mapping file fails before any work
     if config.zones.file:
         load_zones(Path(config.zones.file))  # so does a bad zones file
-    factory, pool = _start_detectors(ray, config, weights, sizing)  # they load the model while the videos are probed
     t0 = time.monotonic()
+    first = max(1, int(ray.cluster_resources().get("CPU", 1)))  # as many as Ray starts workers with the driver
+    probes = start_probes(ray, videos[:first])  # before the actors: they take those workers
+    factory, pool = _start_detectors(ray, config, weights, sizing)  # they load the model while the videos are probed
+    probes.update(start_probes(ray, videos[first:]))
     with ThreadPoolExecutor(1, thread_name_prefix="maskjobs-meta") as side:  # container tags beside the probes
         reading = side.submit(resolve_all, ray, videos, resolver)
-        infos, failures = probe_all(ray, videos, config.planning.probe_timeout_s)
+        infos, failures = probe_all(ray, probes, config.planning.probe_timeout_s)
         meta = reading.result()
     timings["probe_s"] = time.monotonic() - t0
     probed = [ProbedVideo(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]

@@ -13,7 +13,7 @@ from jobs.pipeline.timed import STARTED, run_timed
 from jobs.inputs import VideoInput
 from jobs.video import VideoInfo, VideoReadError, open_video, utf8_alias
 
-__all__ = ["ProbeError", "probe_all", "probe_video"]
+__all__ = ["ProbeError", "probe_all", "probe_video", "start_probes"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,20 +77,31 @@ def _probe_task(path: str) -> Iterator[str | VideoInfo]:
     yield probe_video(path)
 
 
+def start_probes(ray: Any, videos: Sequence[VideoInput]) -> dict[Any, str]:
+    """Submits one probe task per video; returns ``{task: video}`` for :func:`probe_all`.
+
+    The first probes, submitted before the detector actors, take the workers Ray started with
+    the driver, rather than waiting for new worker processes beside the actors' start (the 30-s
+    1080p clip on 2 cores: probe phase 1.43 -> 0.84 s, medians of 3 runs alternating).
+    """
+    remote = ray.remote(num_cpus=0.5, max_retries=0, num_returns="streaming")(_probe_task)
+    return {remote.remote(v.path): v.video for v in videos}
+
+
 def probe_all(
-    ray: Any, videos: Sequence[VideoInput], timeout_s: float, *, poll_s: float = 0.5
+    ray: Any, videos: Sequence[VideoInput] | dict[Any, str], timeout_s: float, *, poll_s: float = 0.5
 ) -> tuple[dict[str, VideoInfo], dict[str, str]]:
     """Probes every video in Ray workers; returns ``({video: info}, {video: error})``.
 
+    ``videos``: the videos, or the probes :func:`start_probes` has already submitted.
     Each probe has ``timeout_s`` from when its own task starts running: probes queued behind
     others (thousands of files, or a few slow ones on slow storage) wait without a clock.
     A probe that crashes, raises or runs past its limit (cancelled: "the decoder hangs")
     fails its own video only.
     """
-    remote = ray.remote(num_cpus=0.5, max_retries=0, num_returns="streaming")(_probe_task)
+    tasks = videos if isinstance(videos, dict) else start_probes(ray, videos)
     infos: dict[str, VideoInfo] = {}
     errors: dict[str, str] = {}
-    tasks = {remote.remote(v.path): v.video for v in videos}
     for end in run_timed(ray, tasks, timeout_s=timeout_s, poll_s=poll_s):
         value = end.value
         if end.timed_out:

@@ -36,3 +36,24 @@ def test_probes_queued_behind_others_do_not_time_out(
     assert failed.empty, failed[["video", "error"]].to_string()
     assert result.exit_code == 0, result.output
     assert len(videos) == 80 and (videos.frames_processed == 4).all()
+
+
+@pytest.mark.slow
+def test_probes_started_ahead_give_what_probing_the_videos_gives(tmp_path: Path, scene: Scene, ffmpeg: str) -> None:
+    """``probe_all`` on the probes ``start_probes`` submitted (as a job does, ahead of its actors)
+    and on the videos themselves: the same facts for a good file, the same error for a broken one."""
+    from jobs.config import RayConfig
+    from jobs.inputs import discover
+    from jobs.pipeline.probe import probe_all, start_probes
+    from jobs.pipeline.session import ray_session
+
+    write_video(tmp_path / "good.mp4", scene, 6, ffmpeg=ffmpeg)
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    videos = discover([str(tmp_path)], exclude=[])
+    with ray_session(RayConfig(num_cpus=2, object_store_mb=100)) as ray:
+        ahead = probe_all(ray, start_probes(ray, videos), 30)
+        direct = probe_all(ray, videos, 30)
+    assert ahead == direct
+    infos, errors = ahead
+    assert [info.frames_total for info in infos.values()] == [6] and len(errors) == 1
+    assert "broken" in next(iter(errors)) and next(iter(errors.values()))
