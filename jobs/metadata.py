@@ -291,11 +291,15 @@ class MetadataResolver:
         return VideoMeta(camera)
 
 
-def resolve_all(ray: Any, videos: list[Any], resolver: MetadataResolver) -> dict[str, VideoMeta]:
-    """``{video id: VideoMeta}`` for ``videos`` (:class:`jobs.inputs.VideoInput`); container tags
-    are read in Ray tasks (the workers see the files), in parallel, only where needed."""
-    need = [v for v in videos if resolver.needs_container(v.video)]
-    created: dict[str, datetime | None] = {}
+def resolve_all(
+    ray: Any, videos: list[Any], resolver: MetadataResolver, *, created: Mapping[str, datetime | None] | None = None
+) -> dict[str, VideoMeta]:
+    """``{video id: VideoMeta}`` for ``videos`` (:class:`jobs.inputs.VideoInput`). Container tags
+    already read (``created``, ``{video id: creation_time or None}``: a job's probes read them)
+    are used as they are; the others are read in Ray tasks (the workers see the files), in
+    parallel, only where needed."""
+    created = dict(created or {})
+    need = [v for v in videos if resolver.needs_container(v.video) and v.video not in created]
     if need:
         remote = ray.remote(num_cpus=0.25, max_retries=0)(creation_time)
         refs = {v.video: remote.remote(v.path) for v in need}

@@ -28,7 +28,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -318,13 +317,12 @@ def run_job(
         load_zones(Path(config.zones.file))  # so does a bad zones file
     t0 = time.monotonic()
     first = max(1, int(ray.cluster_resources().get("CPU", 1)))  # as many as Ray starts workers with the driver
-    probes = start_probes(ray, videos[:first])  # before the actors: they take those workers
+    tags = {v.video for v in videos if resolver.needs_container(v.video)}  # read by the probes
+    probes = start_probes(ray, videos[:first], tags=tags)  # before the actors: they take those workers
     factory, pool = _start_detectors(ray, config, weights, sizing)  # they load the model while the videos are probed
-    probes.update(start_probes(ray, videos[first:]))
-    with ThreadPoolExecutor(1, thread_name_prefix="maskjobs-meta") as side:  # container tags beside the probes
-        reading = side.submit(resolve_all, ray, videos, resolver)
-        infos, failures = probe_all(ray, probes, config.planning.probe_timeout_s)
-        meta = reading.result()
+    probes.update(start_probes(ray, videos[first:], tags=tags))
+    infos, failures, created = probe_all(ray, probes, config.planning.probe_timeout_s)
+    meta = resolve_all(ray, videos, resolver, created=created)  # tasks only for what a failed probe did not read
     timings["probe_s"] = time.monotonic() - t0
     probed = [ProbedVideo(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]
     if config.detector.int8:
