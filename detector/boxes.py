@@ -14,8 +14,8 @@ def box_iou(a: np.ndarray, b: np.ndarray, *, buffer: float = 0.0) -> np.ndarray:
 
     ``buffer`` enlarges each box by that fraction of its width and height on every side first.
     """
-    a = _buffered(np.asarray(a, np.float64).reshape(-1, 4), buffer)
-    b = _buffered(np.asarray(b, np.float64).reshape(-1, 4), buffer)
+    a = enlarge_boxes(np.asarray(a, np.float64).reshape(-1, 4), buffer)
+    b = enlarge_boxes(np.asarray(b, np.float64).reshape(-1, 4), buffer)
     # explicit products, not np.prod: the tracker calls this on a few boxes per frame
     w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
     h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
@@ -26,7 +26,9 @@ def box_iou(a: np.ndarray, b: np.ndarray, *, buffer: float = 0.0) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def _buffered(boxes: np.ndarray, buffer: float) -> np.ndarray:
+def enlarge_boxes(boxes: np.ndarray, buffer: float) -> np.ndarray:
+    """(N, 4) x1, y1, x2, y2 ``boxes`` enlarged by ``buffer`` times their width and height on
+    every side (``buffer`` 0: ``boxes`` themselves)."""
     if buffer == 0:
         return boxes
     pad = (boxes[:, 2:] - boxes[:, :2]) * buffer

@@ -23,11 +23,10 @@ All boxes are ``(x1, y1, x2, y2)`` float arrays in source pixels.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from detector.boxes import box_iou
+from detector.boxes import box_iou, enlarge_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -58,28 +57,39 @@ def _to_xyxy(state: np.ndarray) -> np.ndarray:
     return np.concatenate([state[:, :2] - half, state[:, :2] + half], axis=1)
 
 
-@dataclass
 class _Tracks:
-    """Every track born so far, as parallel arrays (index = internal track number)."""
+    """Every track born so far, as parallel arrays (index = internal track number), grown by
+    doubling; ``alive`` lists, ascending, the tracks not yet ended, so a frame's work follows
+    the tracks alive, not every track born in the video (false detections start many)."""
 
-    state: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # cx, cy, w, h at ``last``
-    velocity: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # per sampled frame
-    last: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # step last matched
-    hits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    dead: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    def __init__(self) -> None:
+        self.state = np.zeros((16, 4))  # cx, cy, w, h at ``last``
+        self.velocity = np.zeros((16, 4))  # per sampled frame
+        self.last = np.zeros(16, np.int64)  # step last matched
+        self.hits = np.zeros(16, np.int64)
+        self.n = 0
+        self.alive = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
-        return len(self.hits)
+        return self.n
 
     def add(self, boxes: np.ndarray, step: int) -> np.ndarray:
-        n = len(boxes)
-        first = len(self)
-        self.state = np.concatenate([self.state, _to_cxcywh(boxes)])
-        self.velocity = np.concatenate([self.velocity, np.zeros((n, 4))])
-        self.last = np.concatenate([self.last, np.full(n, step, np.int64)])
-        self.hits = np.concatenate([self.hits, np.ones(n, np.int64)])
-        self.dead = np.concatenate([self.dead, np.zeros(n, bool)])
-        return np.arange(first, first + n)
+        first, n = self.n, len(boxes)
+        if first + n > len(self.hits):
+            size = max(2 * len(self.hits), first + n)
+            for name in ("state", "velocity", "last", "hits"):
+                old = getattr(self, name)
+                grown = np.zeros((size, *old.shape[1:]), old.dtype)
+                grown[:first] = old[:first]
+                setattr(self, name, grown)
+        idx = np.arange(first, first + n)
+        self.state[idx] = _to_cxcywh(boxes)
+        self.velocity[idx] = 0.0
+        self.last[idx] = step
+        self.hits[idx] = 1
+        self.n = first + n
+        self.alive = np.concatenate([self.alive, idx])
+        return idx
 
 
 class ByteTracker:
@@ -119,19 +129,19 @@ class ByteTracker:
         self.tracks = _Tracks()
         self.step = -1
 
-    def _predict(self, idx: np.ndarray) -> np.ndarray:
-        dt = (self.step - self.tracks.last[idx])[:, None]
-        return _to_xyxy(self.tracks.state[idx] + self.tracks.velocity[idx] * dt)
-
     def _match(
-        self, tracks: np.ndarray, boxes: np.ndarray, dets: np.ndarray, threshold: float
+        self, tracks: np.ndarray, buffered: np.ndarray, dets: np.ndarray, threshold: float
     ) -> list[tuple[int, int]]:
-        """Matched ``(track number, detection index)`` pairs between two candidate sets."""
+        """Matched ``(track number, detection index)`` pairs between two candidate sets
+        (``buffered``: the frame's boxes, already enlarged by ``buffer``)."""
         if len(tracks) == 0 or len(dets) == 0:
             return []
         # the better of the predicted and the last seen box: motion, or a face that stopped or jittered
-        last = _to_xyxy(self.tracks.state[tracks])
-        both = box_iou(np.concatenate([self._predict(tracks), last]), boxes[dets], buffer=self.buffer)
+        t = self.tracks
+        state = t.state[tracks]
+        dt = (self.step - t.last[tracks])[:, None]
+        candidates = _to_xyxy(np.concatenate([state + t.velocity[tracks] * dt, state]))
+        both = box_iou(enlarge_boxes(candidates, self.buffer), buffered[dets])
         iou = np.maximum(both[: len(tracks)], both[len(tracks) :])
         return [(int(tracks[r]), int(dets[c])) for r, c in _greedy_match(iou, threshold)]
 
@@ -139,8 +149,7 @@ class ByteTracker:
         if not pairs:
             return
         t = self.tracks
-        idx = np.array([p[0] for p in pairs])
-        det = np.array([p[1] for p in pairs])
+        idx, det = np.array(pairs, np.int64).T
         measured = _to_cxcywh(boxes[det])
         dt = (self.step - t.last[idx])[:, None]
         new_velocity = (measured - t.state[idx]) / np.maximum(dt, 1)
@@ -164,20 +173,26 @@ class ByteTracker:
         scores = np.asarray(scores, np.float64).reshape(-1)
         out = np.full(len(scores), NO_TRACK, np.int64)
         t = self.tracks
-        t.dead |= (self.step - t.last > self.max_age + 1) | ((t.hits < self.min_hits) & (self.step - t.last > 1))
-        alive = np.flatnonzero(~t.dead)
-        confirmed = alive[t.hits[alive] >= self.min_hits]
-        tentative = alive[t.hits[alive] < self.min_hits]
-        high = np.flatnonzero(scores >= self.high_score)
-        low = np.flatnonzero(scores < self.high_score)
+        if len(t.alive):  # a track ends once unmatched too long; it never comes back
+            age = self.step - t.last[t.alive]
+            hits = t.hits[t.alive]
+            t.alive = t.alive[(age <= self.max_age + 1) & ((hits >= self.min_hits) | (age <= 1))]
+        if len(boxes) == 0:
+            return out
+        alive = t.alive
+        sure = t.hits[alive] >= self.min_hits
+        confirmed, tentative = alive[sure], alive[~sure]
+        high_mask = scores >= self.high_score
+        high, low = np.flatnonzero(high_mask), np.flatnonzero(~high_mask)
+        buffered = enlarge_boxes(boxes, self.buffer)
 
-        first = self._match(confirmed, boxes, high, self.match_iou)
+        first = self._match(confirmed, buffered, high, self.match_iou)
         self._apply(first, boxes, out)
-        matched = {p[0] for p in first}
-        recent = np.array([i for i in confirmed if i not in matched and t.last[i] == self.step - 1], np.int64)
-        self._apply(self._match(recent, boxes, low, self.low_match_iou), boxes, out)
+        if len(low) and len(confirmed):
+            recent = confirmed[t.last[confirmed] == self.step - 1]  # matched a frame ago, not in this one
+            self._apply(self._match(recent, buffered, low, self.low_match_iou), boxes, out)
         high_left = high[out[high] == NO_TRACK]
-        self._apply(self._match(tentative, boxes, high_left, self.match_iou), boxes, out)
+        self._apply(self._match(tentative, buffered, high_left, self.match_iou), boxes, out)
         born = high[out[high] == NO_TRACK]
         if len(born):
             out[born] = t.add(boxes[born], self.step)
@@ -187,7 +202,7 @@ class ByteTracker:
         """Internal track numbers as final ids: confirmed tracks are numbered 1, 2, ... in
         order of birth; detections of tracks never confirmed get :data:`NO_TRACK`."""
         numbers = np.asarray(numbers, np.int64)
-        confirmed = self.tracks.hits >= self.min_hits
+        confirmed = self.tracks.hits[: len(self.tracks)] >= self.min_hits
         ids = np.where(confirmed, np.cumsum(confirmed), NO_TRACK)
         return np.where(numbers >= 0, ids[np.maximum(numbers, 0)] if len(ids) else NO_TRACK, NO_TRACK)
 

@@ -93,3 +93,20 @@ def test_empty_and_inconsistent_input() -> None:
     assert track_sequence(np.zeros(3, np.int64), np.zeros((0, 4)), np.zeros(0)).shape == (0,)
     with pytest.raises(ValueError, match="counts sum to 2"):
         track_sequence(np.array([2]), np.zeros((1, 4)), np.zeros(1))
+
+
+def test_ended_tracks_leave_the_working_set() -> None:
+    """A frame's work follows the tracks alive, not every track born: hours of footage with
+    false detections start thousands of tentative tracks, which end a frame later."""
+    from jobs.results.bytetrack import ByteTracker
+
+    rng = np.random.default_rng(0)
+    tracker = ByteTracker(max_age=5)
+    alive = []
+    for i in range(2000):
+        noise = [_box(*rng.uniform(50, 1850, 2), size=20.0) for _ in range(3)]  # never seen again
+        tracker.update(np.array([_box(100 + i % 50, 100), *noise]), np.array([0.9, 0.8, 0.8, 0.8]))
+        alive.append(len(tracker.tracks.alive))
+    assert len(tracker.tracks) > 5000  # every false detection was born as a tentative track
+    # the person and two frames' false detections (one that happens to overlap the next lives longer)
+    assert max(alive) <= 10
