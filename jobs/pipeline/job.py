@@ -23,6 +23,7 @@ logic), :mod:`~jobs.pipeline.pool` (the detector actor pool), :mod:`~jobs.pipeli
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -55,6 +56,7 @@ from jobs.remote import is_remote
 from jobs.results.coverage import add_coverage, video_coverage
 from jobs.metadata import MetadataResolver, resolve_all, video_meta_columns
 from jobs.results.privacy import AGGREGATE, strip_boxes
+from jobs.results.online import OnlineTracks
 from jobs.results.tracks import finish_tracks
 from jobs.results.zones import compute_zones, load_zones
 from jobs.stage import clear_stage
@@ -358,12 +360,16 @@ def run_job(
             if note["video"] not in damaged or note["frame"] < damaged[note["video"]]["frame"]:
                 damaged[note["video"]] = note
 
+    online = OnlineTracks.for_shards(shards, dataclasses.asdict(config.tracking))  # tracked as shards commit
     decoders = _Decoders(functools.partial(_decode_task, ray, config, batch_size=batch_size,
                                            input_size=weights.spec.input_size), sizing.decode_cpus)
     loop = _ShardLoop(
         ray=ray, scheduler=scheduler, pool=pool,
         start_decode=decoders,
-        commit=functools.partial(commit_shard, sink, class_names=weights.spec.class_names, inputs=identities),
+        commit=functools.partial(
+            _commit_and_track, functools.partial(commit_shard, sink, class_names=weights.spec.class_names,
+                                                 inputs=identities), online,
+        ),
         on_frames=on_frames, on_damage=on_damage,
         on_batch=functools.partial(_observe, tuner),
         on_tick=functools.partial(_retune, ray, tuner, scheduler, decoders, pool, t0),
@@ -378,10 +384,12 @@ def run_job(
 
         t0 = time.monotonic()
         # the idle actors render too: their processes and CPUs are already there
-        people = finish_tracks(ray, sink, probed, failures, config, helpers=pool.actors, meta=meta)
+        people = finish_tracks(ray, sink, probed, failures, config, helpers=pool.actors, meta=meta, online=online)
         timings["tracks_s"] = time.monotonic() - t0
+        job["tracked_during_run"] = len(online.used)  # the other videos were tracked after the run
         job["placement"] = _placement(ray, loop.placed, asked)
     finally:
+        online.close()
         pool.close()
         if any(is_remote(v.path) for v in videos):
             freed = on_every_node(ray, clear_stage)  # the staged copies of remote videos, on every node
@@ -418,6 +426,17 @@ def run_job(
     )
     sink.commit(rows, job)
     return JobResult(rows)
+
+
+def _commit_and_track(
+    commit: Callable[[Shard, list[DetectedBatch]], str | None], online: OnlineTracks, shard: Shard,
+    parts: list[DetectedBatch],
+) -> str | None:
+    """``commit(shard, parts)``; once committed, ``parts`` go to their videos' trackers."""
+    error = commit(shard, parts)
+    if error is None:
+        online.add(parts)
+    return error
 
 
 def _planned_costs(shards: list[Shard], probed: list[ProbedVideo], config: JobConfig) -> WorkCosts:

@@ -2,7 +2,8 @@
 
 Per video, its committed detections are read back from the frames dataset (they are small)
 and tracked in frame order over all its sampled frames, so tracks continue across shard
-boundaries by construction. The track ids are then written into each committed shard file
+boundaries by construction (the run's own tracker, fed as shards commit, gives those ids
+where it saw exactly these rows: :mod:`jobs.results.online`). The track ids are then written into each committed shard file
 (atomically, and only where they changed), ``tracks.parquet`` is rewritten whole, and
 the source frames needed for thumbnails and ``--annotate`` are decoded in Ray tasks.
 
@@ -21,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,9 @@ from sinks.atomic import atomic_output, sweep
 from sinks.store import OutputStore
 from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, with_tracks, with_video_meta
 from jobs.results.bytetrack import track_sequence
+
+if TYPE_CHECKING:
+    from jobs.results.online import OnlineTracks
 
 logger = logging.getLogger(__name__)
 
@@ -200,23 +204,29 @@ def _write_track_ids(
 
 
 def _track_videos(
-    sink: OutputStore, segments: list[tuple[Path, list[tuple[str, int, int]]]], config: JobConfig
+    sink: OutputStore, segments: list[tuple[Path, list[tuple[str, int, int]]]], config: JobConfig,
+    online: OnlineTracks | None = None,
 ) -> dict[str, VideoDetections]:
-    """Every video with committed rows, read back and tracked over all its sampled frames."""
+    """Every video with committed rows, read back and tracked over all its sampled frames
+    (by the run's tracker, ``online``, where it saw exactly these rows)."""
     parts_of: dict[str, list[Path]] = {}
     for path, segs in segments:
         for video in dict.fromkeys(s[0] for s in segs):
             parts_of.setdefault(video, []).append(path)
     params = dataclasses.asdict(config.tracking)
-    tracked = {}
+    tracked, during_run = {}, 0
     for video, parts in parts_of.items():
         dets = _read_video(sink, parts, video)
         if np.isnan(dets.boxes).any():  # an aggregate-privacy run removed its boxes: keep the ids it wrote
             tracked[video] = dets
             continue
-        tracked[video] = dataclasses.replace(
-            dets, tracks=track_sequence(dets.counts, dets.boxes, dets.scores, **params)
-        )
+        ids = online.ids(video, dets) if online is not None else None
+        if ids is None:
+            ids = track_sequence(dets.counts, dets.boxes, dets.scores, **params)
+        else:
+            during_run += 1
+        tracked[video] = dataclasses.replace(dets, tracks=ids)
+    logger.info("tracked %d videos, %d of them during the run", len(tracked), during_run)
     return tracked
 
 
@@ -434,17 +444,19 @@ def finish_tracks(
     config: JobConfig,
     helpers: Sequence[Any] = (),
     meta: dict[str, VideoMeta] | None = None,
+    online: OnlineTracks | None = None,
 ) -> dict[str, dict[str, int]]:
     """Tracks every video with committed rows, writes the ids and ``tracks.parquet``, renders
     thumbnails (and annotated videos for ``config.annotate.enabled``) of videos not in ``failed``
     (``helpers``: idle actors that render too, see :func:`_render`). ``meta`` gives each
-    video's camera and start (default: its folder, unknown start).
+    video's camera and start (default: its folder, unknown start). ``online``: the run's
+    trackers (:mod:`jobs.results.online`), whose ids are taken where they are valid.
 
     Returns ``{video: {"people": n, "people_unmasked": m}}``.
     """
     t0 = time.monotonic()
     segments = sink.part_segments()
-    tracked = _track_videos(sink, segments, config)
+    tracked = _track_videos(sink, segments, config, online)
     keyframes = {video: info.keyframes for video, _, info in probed}
     summaries = {video: summarise_tracks(video, dets, keyframes.get(video, ())) for video, dets in tracked.items()}
     paths = {video: path for video, path, _ in probed}

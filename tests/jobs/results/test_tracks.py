@@ -88,6 +88,7 @@ def test_track_ids_are_stable_across_shard_boundaries(walk_set: WalkSet) -> None
                 parts.append((first, last, df[df.video == video]))
     parts.sort(key=lambda p: p[0])
     assert len(parts) >= 3  # the video was cut into several shards
+    assert json.loads((walk_set.out / "job.json").read_text())["tracked_during_run"] == 2  # as its shards committed
     def person_to_track(dets: pd.DataFrame, frame: int) -> dict[int, int]:
         rows = dets[dets.frame == frame]
         return {_walker_of(walk_set, "b_walk.mp4", frame, (r.x1, r.y1, r.x2, r.y2)): int(r.track) for r in rows.itertuples()}
@@ -133,6 +134,9 @@ def test_rerun_after_a_lost_shard_restores_the_same_tracks(walk_set: WalkSet, ca
     assert "nothing left to process" not in result.stdout
     after_frames = _detections(pd.read_parquet(out / "frames")).sort_values(["video", "frame", "x1"], ignore_index=True)
     pd.testing.assert_frame_equal(after_frames, before_frames)
+    # the same tracks as the first run's tracker gave during that run, here tracked after the
+    # run from the rows read back (this run saw one shard of them)
+    assert json.loads((out / "job.json").read_text())["tracked_during_run"] == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "tracks.parquet"), before_tracks)
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert video.stat().st_mtime_ns == video_mtime
