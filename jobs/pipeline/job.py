@@ -50,13 +50,13 @@ from jobs.pipeline.ray_private import StreamingTask
 from jobs.pipeline.records import DetectedBatch
 from jobs.pipeline.resume import drop_changed_videos
 from jobs.pipeline.scheduler import Scheduler, ShardRun
+from jobs.pipeline.tracking import OnlineTracks
 from jobs.pipeline.tiles import job_tiles, pictures_per_frame
 from jobs.pipeline.sizing import JobTuner, Sizing, WorkCosts, plan_costs, prior_costs, size_job
 from jobs.remote import is_remote
 from jobs.results.coverage import add_coverage, video_coverage
 from jobs.metadata import MetadataResolver, resolve_all, video_meta_columns
 from jobs.results.privacy import AGGREGATE, strip_boxes
-from jobs.results.online import OnlineTracks
 from jobs.results.tracks import finish_tracks
 from jobs.results.zones import compute_zones, load_zones
 from jobs.stage import clear_stage

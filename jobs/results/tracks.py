@@ -3,7 +3,7 @@
 Per video, its committed detections are read back from the frames dataset (they are small)
 and tracked in frame order over all its sampled frames, so tracks continue across shard
 boundaries by construction (the run's own tracker, fed as shards commit, gives those ids
-where it saw exactly these rows: :mod:`jobs.results.online`). The track ids are then written into each committed shard file
+where it saw exactly these rows: :mod:`jobs.pipeline.tracking`). The track ids are then written into each committed shard file
 (atomically, and only where they changed), ``tracks.parquet`` is rewritten whole, and
 the source frames needed for thumbnails and ``--annotate`` are decoded in Ray tasks.
 
@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -42,8 +42,13 @@ from sinks.store import OutputStore
 from sinks.schema import FRAMES_SCHEMA, TRACKS_SCHEMA, with_tracks, with_video_meta
 from jobs.results.bytetrack import track_sequence
 
-if TYPE_CHECKING:
-    from jobs.results.online import OnlineTracks
+
+class RunTracks(Protocol):
+    """The run's own trackers (:class:`jobs.pipeline.tracking.OnlineTracks`)."""
+
+    def ids(self, video: str, dets: VideoDetections) -> np.ndarray | None:
+        """``video``'s track ids for exactly ``dets``' rows, or None."""
+
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +210,7 @@ def _write_track_ids(
 
 def _track_videos(
     sink: OutputStore, segments: list[tuple[Path, list[tuple[str, int, int]]]], config: JobConfig,
-    online: OnlineTracks | None = None,
+    online: RunTracks | None = None,
 ) -> dict[str, VideoDetections]:
     """Every video with committed rows, read back and tracked over all its sampled frames
     (by the run's tracker, ``online``, where it saw exactly these rows)."""
@@ -444,13 +449,13 @@ def finish_tracks(
     config: JobConfig,
     helpers: Sequence[Any] = (),
     meta: dict[str, VideoMeta] | None = None,
-    online: OnlineTracks | None = None,
+    online: RunTracks | None = None,
 ) -> dict[str, dict[str, int]]:
     """Tracks every video with committed rows, writes the ids and ``tracks.parquet``, renders
     thumbnails (and annotated videos for ``config.annotate.enabled``) of videos not in ``failed``
     (``helpers``: idle actors that render too, see :func:`_render`). ``meta`` gives each
     video's camera and start (default: its folder, unknown start). ``online``: the run's
-    trackers (:mod:`jobs.results.online`), whose ids are taken where they are valid.
+    trackers (:mod:`jobs.pipeline.tracking`), whose ids are taken where they are valid.
 
     Returns ``{video: {"people": n, "people_unmasked": m}}``.
     """

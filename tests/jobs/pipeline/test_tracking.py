@@ -10,7 +10,7 @@ import pytest
 
 from jobs.pipeline.records import DetectedBatch
 from jobs.results.bytetrack import track_sequence
-from jobs.results.online import OnlineTracks
+from jobs.pipeline.tracking import OnlineTracks
 from jobs.results.render import VideoDetections
 
 PARAMS = {"max_age": 5, "min_hits": 2}
@@ -132,7 +132,7 @@ def test_an_error_while_tracking_leaves_the_video_to_the_pass_after_the_run(capl
     online = OnlineTracks({"a.mp4": frames}, PARAMS)
     bad = _batch([("a.mp4", dets, slice(0, 50))])
     bad["counts"] = bad["counts"] + 1  # more detections counted than there are boxes
-    with caplog.at_level("WARNING", logger="jobs.results.online"):
+    with caplog.at_level("WARNING", logger="jobs.pipeline.tracking"):
         online.add([bad])
         online.add([_batch([("a.mp4", dets, slice(0, 50))])])  # too late: the video is left to the pass
         assert online.ids("a.mp4", dets) is None
