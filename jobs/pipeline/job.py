@@ -158,6 +158,7 @@ class _ShardLoop:
     on_batch: Callable[[DetectedBatch], None] = lambda out: None  # every batch's detections, as they come back
     on_tick: Callable[[], None] = lambda: None  # once per turn of the loop
     on_damage: Callable[[list[dict[str, Any]]], None] = lambda notes: None  # committed ``damaged`` notes
+    on_committed: Callable[[list[DetectedBatch]], None] = lambda parts: None  # a committed shard's batches
     started: dict[Any, Any] = field(default_factory=dict)  # ShardRun -> ref of its task's Started marker
     placed: dict[str, Any] = field(default_factory=dict)  # committed shard id -> ref of its Started marker
 
@@ -250,6 +251,7 @@ class _ShardLoop:
             if error is None:
                 self.scheduler.finish(run)
                 self.on_damage(damage_notes(parts))
+                self.on_committed(parts)
                 if (marker := self.started.pop(run, None)) is not None:
                     self.placed[run.shard.shard_id] = marker
             else:
@@ -366,11 +368,8 @@ def run_job(
     loop = _ShardLoop(
         ray=ray, scheduler=scheduler, pool=pool,
         start_decode=decoders,
-        commit=functools.partial(
-            _commit_and_track, functools.partial(commit_shard, sink, class_names=weights.spec.class_names,
-                                                 inputs=identities), online,
-        ),
-        on_frames=on_frames, on_damage=on_damage,
+        commit=functools.partial(commit_shard, sink, class_names=weights.spec.class_names, inputs=identities),
+        on_frames=on_frames, on_damage=on_damage, on_committed=online.add,
         on_batch=functools.partial(_observe, tuner),
         on_tick=functools.partial(_retune, ray, tuner, scheduler, decoders, pool, t0),
     )
@@ -426,17 +425,6 @@ def run_job(
     )
     sink.commit(rows, job)
     return JobResult(rows)
-
-
-def _commit_and_track(
-    commit: Callable[[Shard, list[DetectedBatch]], str | None], online: OnlineTracks, shard: Shard,
-    parts: list[DetectedBatch],
-) -> str | None:
-    """``commit(shard, parts)``; once committed, ``parts`` go to their videos' trackers."""
-    error = commit(shard, parts)
-    if error is None:
-        online.add(parts)
-    return error
 
 
 def _planned_costs(shards: list[Shard], probed: list[ProbedVideo], config: JobConfig) -> WorkCosts:

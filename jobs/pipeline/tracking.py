@@ -27,7 +27,7 @@ import numpy as np
 
 from jobs.pipeline.commit import concat_detections
 from jobs.pipeline.records import DetectedBatch
-from jobs.results.bytetrack import NO_TRACK, ByteTracker
+from jobs.results.bytetrack import ByteTracker
 from jobs.results.render import VideoDetections
 
 if TYPE_CHECKING:
@@ -58,10 +58,7 @@ class OnlineTracks:
     """
 
     def __init__(self, planned: dict[str, Sequence[int] | np.ndarray], params: dict[str, Any]) -> None:
-        self._params = dict(params)
-        self._videos = {
-            v: _Video(np.unique(np.asarray(f, np.int64)), ByteTracker(**self._params)) for v, f in planned.items()
-        }
+        self._videos = {v: _Video(np.unique(np.asarray(f, np.int64)), ByteTracker(**params)) for v, f in planned.items()}
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
         self.used: list[str] = []  # videos whose ids :meth:`ids` gave
@@ -94,7 +91,7 @@ class OnlineTracks:
         frames, counts, boxes, scores, numbers = (np.concatenate(c) for c in zip(*state.chunks))
         same = (
             np.array_equal(frames, dets.frames) and np.array_equal(counts, dets.counts)
-            and np.array_equal(boxes.reshape(-1, 4), dets.boxes) and np.array_equal(scores, dets.scores)
+            and np.array_equal(boxes, dets.boxes) and np.array_equal(scores, dets.scores)
         )
         if not same:
             logger.debug("%s: tracked again after the run (its rows are not what the run's tracker saw)", video)
@@ -148,9 +145,5 @@ class OnlineTracks:
             if not np.array_equal(frames, state.planned[state.fed : state.fed + len(frames)]):
                 state.broken = True  # not the planned frames (a shard cut short): the pass tracks this video
                 return
-            numbers = np.full(len(scores), NO_TRACK, np.int64)
-            offsets = np.concatenate([[0], np.cumsum(counts)])
-            for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
-                numbers[a:b] = state.tracker.update(boxes[a:b], scores[a:b])
-            state.chunks.append((frames, counts, boxes, scores, numbers))
+            state.chunks.append((frames, counts, boxes, scores, state.tracker.update_frames(counts, boxes, scores)))
             state.fed += len(frames)

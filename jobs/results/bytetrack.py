@@ -198,6 +198,15 @@ class ByteTracker:
             out[born] = t.add(boxes[born], self.step)
         return out
 
+    def update_frames(self, counts: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """:meth:`update` over consecutive sampled frames: ``counts`` (F,) detections per frame,
+        ``boxes`` (K, 4) and ``scores`` (K,) frame after frame. Returns (K,) internal numbers."""
+        numbers = np.full(len(scores), NO_TRACK, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        for a, b in zip(offsets[:-1], offsets[1:]):
+            numbers[a:b] = self.update(boxes[a:b], scores[a:b])
+        return numbers
+
     def final_ids(self, numbers: np.ndarray) -> np.ndarray:
         """Internal track numbers as final ids: confirmed tracks are numbered 1, 2, ... in
         order of birth; detections of tracks never confirmed get :data:`NO_TRACK`."""
@@ -226,8 +235,4 @@ def track_sequence(counts: np.ndarray, boxes: np.ndarray, scores: np.ndarray, **
     if counts.sum() != len(boxes) or len(boxes) != len(scores):
         raise ValueError(f"counts sum to {counts.sum()} but there are {len(boxes)} boxes and {len(scores)} scores")
     tracker = ByteTracker(**params)
-    numbers = np.full(len(scores), NO_TRACK, np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    for a, b in zip(offsets[:-1], offsets[1:]):
-        numbers[a:b] = tracker.update(boxes[a:b], scores[a:b])
-    return tracker.final_ids(numbers)
+    return tracker.final_ids(tracker.update_frames(counts, boxes, scores))
