@@ -19,8 +19,8 @@ frames), never by a frame-rate formula. Anything this module cannot vouch for is
 * frames that are not sparse (no gap of 2 or more): nothing to skip, so decord reads them,
   except in HEVC and MPEG-4 part 2 (:data:`REORDERED`) where reading them takes a seek, which
   decord gets wrong there (below): PyAV reads those, decoding every frame;
-* containers other than MP4/MOV and Matroska/WebM (decord has no timestamps in AVI and shifts
-  MPEG-TS frames by a GOP), codecs other than H.264, HEVC and MPEG-4 part 2 (the others have
+* containers other than MP4/MOV and Matroska/WebM (decord has no timestamps in AVI; an MPEG-TS
+  file, whose frames decord shifts by a GOP, arrives here as its Matroska copy: :mod:`jobs.remux`), codecs other than H.264, HEVC and MPEG-4 part 2 (the others have
   no non-reference frames to skip, or were not checked), pixel formats other than 8-bit 4:2:0 and
   4:4:4 (10-bit RGB differs), a rotated video (decord turns it), an edit list that drops frames
   (decord's timestamps go negative there, while its pixels do not follow them);

@@ -3,7 +3,8 @@
 decord opens files, and opening one over the network would read the whole object at every
 open (:mod:`jobs.remote`), so a worker that decodes a remote video (a probe, a shard, a
 thumbnail) first stages it here: :func:`staged` yields a local copy, downloading it unless a
-worker on the same node already has. One folder per user and node (``$MASKJOBS_STAGE_DIR``,
+worker on the same node already has. A local MPEG transport stream gets its Matroska copy here
+the same way (:func:`remuxed`; :mod:`jobs.remux` says why). One folder per user and node (``$MASKJOBS_STAGE_DIR``,
 default ``<tmp>/maskjobs-stage-<uid>``) holds at most ``$MASKJOBS_STAGE_MAX_GB`` (default 20)
 GB: the least recently used copies no worker is reading are evicted to make room. The job's
 driver calls :func:`clear_stage` on every node at the end (:mod:`jobs.pipeline.nodes`).
@@ -24,7 +25,7 @@ import posixpath
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,7 +61,6 @@ def staged(uri: str, *, folder: Path | None = None, limit: int | None = None) ->
     """Yields a local copy of the object at ``uri``, kept from eviction until the block ends.
 
     Raises :class:`StageError` when the object cannot be read or does not fit the cache."""
-    folder = folder or stage_dir()
     limit = max_bytes() if limit is None else limit
     shown = display_location(uri)
     try:
@@ -71,15 +71,61 @@ def staged(uri: str, *, folder: Path | None = None, limit: int | None = None) ->
         raise StageError(f"{size:,} bytes do not fit the stage cache ({limit:,} bytes; set {MAX_GB_ENV})")
     key = hashlib.sha256(f"{shown}\0{size}\0{stamp}".encode()).hexdigest()[:32]
     suffix = posixpath.splitext(urllib.parse.urlsplit(uri).path)[1][:16]
-    copy = folder / f"{key}{suffix}"
-    with open(folder / f"{key}{_LOCK}", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node; the others wait here
+    with _cached(folder or stage_dir(), f"{key}{suffix}", size or 0, limit, lambda copy: _download(uri, copy)) as copy:
+        yield copy
+
+
+@contextmanager
+def remuxed(path: str | Path, *, folder: Path | None = None, limit: int | None = None) -> Iterator[Path]:
+    """Yields a Matroska copy of the local MPEG transport stream ``path``
+    (:func:`jobs.remux.remux_to_matroska`), made once per node and kept from eviction until the
+    block ends.
+
+    Raises :class:`StageError` when the file cannot be read or copied."""
+    from jobs.remux import RemuxError, remux_to_matroska
+
+    limit = max_bytes() if limit is None else limit
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise StageError(f"cannot read it ({one_line(exc)})") from None
+    if st.st_size > limit:
+        raise StageError(f"{st.st_size:,} bytes do not fit the stage cache ({limit:,} bytes; set {MAX_GB_ENV})")
+    key = hashlib.sha256(f"remux\0{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:32]
+
+    def make(copy: Path) -> None:
+        part = copy.with_name(f".{copy.name}.{os.getpid()}.part")
+        t0 = time.monotonic()
+        try:
+            n = remux_to_matroska(path, part)
+            os.replace(part, copy)
+        except RemuxError as exc:
+            raise StageError(str(exc)) from None
+        finally:
+            part.unlink(missing_ok=True)
+        logger.info("remuxed %s into Matroska: %d packets in %.2f s", path, n, time.monotonic() - t0)
+
+    with _cached(folder or stage_dir(), f"{key}.mkv", st.st_size, limit, make) as copy:
+        yield copy
+
+
+@contextmanager
+def _cached(folder: Path, name: str, size: int, limit: int, make: Callable[[Path], None]) -> Iterator[Path]:
+    """Yields ``folder / name``, made by ``make(path)`` (which writes it aside and renames it
+    into place) unless a worker on this node already has, and shared-locked until the block ends."""
+    copy = folder / name
+    with open(folder / f"{name.split('.', 1)[0]}{_LOCK}", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # readers share; eviction needs it exclusive
         if not copy.exists():
-            _make_room(folder, size or 0, limit, keep=copy)
-            _download(uri, copy)
+            # one maker per node, the others wait here (the shared lock is let go first, so two
+            # waiting makers never hold each other up, nor does a reader in this very process)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not copy.exists():
+                _make_room(folder, size, limit, keep=copy)
+                make(copy)
+            fcntl.flock(lock, fcntl.LOCK_SH)
         now = time.time_ns()
         os.utime(copy, ns=(now, now))  # most recently used (the clock's ns: file times tick coarsely)
-        fcntl.flock(lock, fcntl.LOCK_SH)  # readers share; eviction needs it exclusive
         yield copy
 
 

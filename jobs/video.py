@@ -208,12 +208,39 @@ def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:
         raise VideoReadError(name, "no such file")
     if os.path.isfile(name) and os.path.getsize(name) == 0:
         raise VideoReadError(name, "the file is empty")
+    from contextlib import ExitStack
+
+    stack = ExitStack()
     try:
-        with utf8_alias(name) as openable:
+        source = _readable_copy(stack, name)
+        with utf8_alias(source) as openable:
             reader = decord.VideoReader(openable, ctx=decord.cpu(0), num_threads=threads)
+    except VideoReadError:
+        stack.close()
+        raise
     except _decord_errors() as exc:
+        stack.close()
         raise VideoReadError(name, f"not a readable video ({one_line(exc)})") from None
-    return OpenVideo(name, reader)
+    if source == name:
+        return OpenVideo(name, reader)
+    return OpenVideo(name, reader, source=source, release=stack.close)
+
+
+def _readable_copy(stack: Any, local: str, shown: str | None = None) -> str:
+    """The file decord should open for the local file ``local``: itself, or for an MPEG
+    transport stream (which decord misreads: :mod:`jobs.remux`) its Matroska copy in the stage
+    cache, held until ``stack`` (an ``ExitStack``) closes. Raises :class:`VideoReadError`
+    naming ``shown`` (default ``local``)."""
+    from jobs.remux import is_mpegts
+    from jobs.stage import StageError, remuxed
+
+    if not is_mpegts(local):
+        return local
+    try:
+        with utf8_alias(local) as openable:  # the alias resolves to the same file: the same copy
+            return str(stack.enter_context(remuxed(openable)))
+    except StageError as exc:
+        raise VideoReadError(shown or local, str(exc)) from None
 
 
 def _open_remote(uri: str, *, threads: int) -> OpenVideo:
@@ -230,11 +257,14 @@ def _open_remote(uri: str, *, threads: int) -> OpenVideo:
     shown = display_location(uri)
     stack = ExitStack()
     try:
-        copy = str(stack.enter_context(staged(uri)))
+        copy = _readable_copy(stack, str(stack.enter_context(staged(uri))), shown)
         reader = decord.VideoReader(copy, ctx=decord.cpu(0), num_threads=threads)
     except StageError as exc:
         stack.close()
         raise VideoReadError(shown, str(exc)) from None
+    except VideoReadError:
+        stack.close()
+        raise
     except _decord_errors() as exc:
         stack.close()
         raise VideoReadError(shown, f"not a readable video ({one_line(str(exc).replace(copy, shown))})") from None

@@ -1,0 +1,121 @@
+"""MPEG transport streams read through their Matroska copy (``jobs.remux``): the frames of the
+stream they carry, where decord alone puts out the picture one GOP later."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import decord
+import numpy as np
+import pytest
+
+from benchmarks.videogen import Scene, write_video
+from jobs.pipeline.probe import probe_video
+from jobs.remux import is_mpegts
+from jobs.sparse import Tally, read_sampled
+from jobs.stage import clear_stage
+from jobs.video import VideoReadError, open_video
+
+FRAMES, GOP = 120, 30
+
+
+def _ffmpeg(ffmpeg: str, *args: str | Path) -> None:
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", *map(str, args)], check=True)
+
+
+@pytest.fixture(scope="module")
+def streams(tmp_path_factory: pytest.TempPathFactory, scene: Scene, ffmpeg: str) -> Path:
+    """One H.264 stream (x264 veryfast: B-frames) in MP4, and the same packets in transport
+    streams: plain, starting at 10 s, in 192-byte M2TS packets, and cut at 60%."""
+    root = tmp_path_factory.mktemp("remux")
+    small = Scene(scene.photos, width=320, height=192)
+    src = write_video(root / "src.mp4", small, FRAMES, ffmpeg=ffmpeg, codec="h264-main", gop=GOP)
+    _ffmpeg(ffmpeg, "-i", src, "-c", "copy", root / "plain.ts")
+    _ffmpeg(ffmpeg, "-i", src, "-c", "copy", "-output_ts_offset", "10", root / "offset.ts")
+    _ffmpeg(ffmpeg, "-i", src, "-c", "copy", "-mpegts_m2ts_mode", "1", "-f", "mpegts", root / "camera.m2ts")
+    data = (root / "plain.ts").read_bytes()
+    (root / "cut.ts").write_bytes(data[: int(len(data) * 0.6)])
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "stage"
+    monkeypatch.setenv("MASKJOBS_STAGE_DIR", str(folder))
+    return folder
+
+
+def _source_frames(streams: Path) -> np.ndarray:
+    """The MP4's frames, read by decord from the first (the stream every .ts here carries)."""
+    reader = decord.VideoReader(str(streams / "src.mp4"), ctx=decord.cpu(0), num_threads=1)
+    return reader.get_batch(list(range(len(reader)))).asnumpy()
+
+
+def test_transport_streams_are_recognised_by_their_bytes(streams: Path, tmp_path: Path) -> None:
+    (tmp_path / "named.ts").write_bytes(b"not a transport stream" * 100)
+    (tmp_path / "short.ts").write_bytes(bytes([0x47]) * 10)
+    os.mkfifo(tmp_path / "live.ts")  # never opened: that would wait for a writer
+    renamed = tmp_path / "recording.mp4"  # a stream's name does not decide
+    renamed.write_bytes((streams / "plain.ts").read_bytes())
+    assert is_mpegts(streams / "plain.ts") and is_mpegts(streams / "camera.m2ts") and is_mpegts(renamed)
+    for path in ("src.mp4", "missing.ts"):
+        assert not is_mpegts(streams / path)
+    for path in ("named.ts", "short.ts", "live.ts"):
+        assert not is_mpegts(tmp_path / path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["plain.ts", "offset.ts", "camera.m2ts"])
+def test_a_transport_stream_gives_the_frames_of_its_stream(streams: Path, name: str, _stage: Path) -> None:
+    ref = _source_frames(streams)
+    info = probe_video(str(streams / name))
+    assert (info.frames_total, info.keyframes) == (FRAMES, tuple(range(0, FRAMES, GOP)))
+    with open_video(streams / name) as video:
+        assert Path(video.source).parent == _stage and video.source.endswith(".mkv")
+        every = [image.copy() for image in video.read(np.arange(FRAMES))]
+        assert video.reader.get_frame_timestamp(0)[0] == 0.0
+    assert all(np.array_equal(a, b) for a, b in zip(every, ref))
+    with open_video(streams / name) as video:  # a seek into the second GOP, as a shard starting there
+        later = [image.copy() for image in video.read(np.arange(GOP + 7, 3 * GOP, 5))]
+    assert all(np.array_equal(a, ref[i]) for a, i in zip(later, range(GOP + 7, 3 * GOP, 5)))
+    sampled = np.arange(3, FRAMES, 7)
+    tally = Tally()
+    with open_video(streams / name) as video:  # PyAV skips non-reference frames in the copy
+        got = [image.copy() for image in read_sampled(video, sampled, tally=tally)]
+    assert tally.fallbacks == 0 and tally.yielded == len(sampled)
+    assert all(np.array_equal(a, ref[i]) for a, i in zip(got, sampled.tolist()))
+
+
+@pytest.mark.slow
+def test_the_copy_is_made_once_and_cleared(streams: Path, _stage: Path) -> None:
+    with open_video(streams / "plain.ts") as first:
+        copy = Path(first.source)
+        made = copy.stat().st_mtime_ns
+        with open_video(streams / "plain.ts") as second:  # another reader on the node shares it
+            assert second.source == first.source
+        assert clear_stage(_stage) == 0 and copy.exists()  # being read: kept
+    with open_video(streams / "plain.ts") as again:
+        assert again.source == str(copy) and copy.stat().st_size > 0
+    assert made <= copy.stat().st_mtime_ns
+    assert clear_stage(_stage) > 0 and not copy.exists()
+
+
+@pytest.mark.slow
+def test_a_stream_cut_mid_write_keeps_the_frames_before_the_cut(streams: Path) -> None:
+    ref = _source_frames(streams)
+    with open_video(streams / "cut.ts") as video:
+        n = len(video)
+        assert 0 < n < FRAMES
+        got = [image.copy() for image in video.read(np.arange(n - 2))]  # the last may be incomplete
+    assert all(np.array_equal(a, b) for a, b in zip(got, ref))
+
+
+@pytest.mark.slow
+def test_a_file_that_only_looks_like_a_transport_stream_fails_naming_it(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.ts"
+    fake.write_bytes((bytes([0x47]) + bytes(187)) * 40)  # sync bytes, no program in them
+    with pytest.raises(VideoReadError) as caught:
+        open_video(fake)
+    assert str(caught.value).startswith(f"{fake}: ") and "\n" not in str(caught.value)
