@@ -1,4 +1,5 @@
-"""MPEG-TS read through a Matroska remux, because decord misreads it.
+"""MPEG transport and program streams, and AVI, read through a Matroska remux, because decord
+misreads them.
 
 decord's reader puts out the wrong pixels for MPEG transport streams: on H.264 in ``.ts`` (what
 NVRs, cameras and HLS recorders write) frame N read from the start is the picture shown at frame
@@ -8,10 +9,26 @@ copied packet for packet into Matroska (no re-encoding: ~30 ms for 30 s of 1080p
 bit for bit the frames FFmpeg (OpenCV, PyAV) decodes from the ``.ts``, with its frame count,
 keyframes, rate and timestamps (from 0).
 
+MPEG program streams (``.mpg``, ``.vob``: DVR and DVD exports, MPEG-2 mostly) are not
+reordered by PyAV's side (:mod:`jobs.sparse` vouches for MP4/MOV and Matroska only), and decord's
+own seeks in them miss MPEG-2's open GOPs (a shard starting at a keyframe came out 2 frames off):
+their Matroska copy is read by PyAV wherever a read seeks.
+
+AVI (old DVRs: H.264 or MPEG-4 part 2 with B-frames) has no timestamps decord can read: every
+frame's ``time_s`` came out as -3.07e17 s and the duration with it, and decord's seeks miss there
+(a shard starting at a keyframe came out shifted, every frame of it; an MPEG-4 AVI read to its
+end failed on its last frames). In the Matroska copy decord's timestamps are the frames' and its
+seeks land. H.264 in AVI carries its timestamps in decoding order, which PyAV's side would
+match frames by, so the copy says where it came from (:data:`SOURCE_TAG`) and :mod:`jobs.sparse`
+leaves such a copy to decord.
+
 So :func:`jobs.video.open_video` hands decord that copy, made once per node in the stage cache
 (:func:`jobs.stage.remuxed`, cleared at the end of the job like a remote video's copy). A
-transport stream is recognised by its bytes (a 0x47 sync byte every 188 bytes, or every 192
-in M2TS's timestamped packets), not by its name.
+stream is recognised by its bytes, not by its name: a transport stream by a 0x47 sync byte
+every 188 bytes (or every 192 in M2TS's timestamped packets), a program stream by its pack
+header (``00 00 01 BA``) at the start, an AVI by its RIFF header. An AVI that cannot be copied
+is read as before (decord on the file, with a warning); a transport or program stream that
+cannot be copied fails, as decord's frames of it would be wrong.
 """
 
 from __future__ import annotations
@@ -27,25 +44,31 @@ logger = logging.getLogger(__name__)
 
 _SYNC = 0x47
 _PACKETS = 4  # sync bytes checked: a random file passes with odds of 256**-4
+_PACK_HEADER = b"\x00\x00\x01\xba"  # an MPEG program stream's first bytes
+SOURCE_TAG = "MASKJOBS_REMUXED_FROM"  # the copy's container tag: the source's FFmpeg format name
 
 
-def is_mpegts(path: str | Path) -> bool:
-    """Whether the local file ``path`` starts as an MPEG transport stream (188-byte packets, or
-    192-byte M2TS packets); False for anything unreadable and anything but a regular file (a
+def remux_kind(path: str | Path) -> str | None:
+    """``"mpegts"``, ``"mpeg"`` (program stream) or ``"avi"`` where the local file ``path``
+    starts as one, else None; None for anything unreadable and anything but a regular file (a
     FIFO is never opened: that would wait for a writer, and reading would consume it)."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
-            return False
+            return None
         with open(path, "rb") as f:
             head = f.read(192 * _PACKETS)
     except (OSError, ValueError):
-        return False
+        return None
+    if head[:4] == _PACK_HEADER and len(head) >= 14:
+        return "mpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
     for size, offset in ((188, 0), (192, 4)):
         if len(head) >= offset + size * (_PACKETS - 1) + 1 and all(
             head[offset + size * i] == _SYNC for i in range(_PACKETS)
         ):
-            return True
-    return False
+            return "mpegts"
+    return None
 
 
 class RemuxError(RuntimeError):
@@ -59,7 +82,10 @@ def remux_to_matroska(src: str | Path, dst: str | Path) -> int:
     A stream damaged part way (a recording cut mid-write) keeps the packets before the damage,
     with a warning; decoding then stops there as it would in the original. Raises
     :class:`RemuxError` when nothing can be copied."""
-    import av
+    try:
+        import av
+    except ImportError as exc:  # a node without PyAV
+        raise RemuxError(f"cannot copy the stream for decoding: PyAV is not installed ({exc})") from None
 
     copied = 0
     try:
@@ -68,10 +94,15 @@ def remux_to_matroska(src: str | Path, dst: str | Path) -> int:
             if stream is None:
                 raise RemuxError("no video stream")
             with av.open(str(dst), "w", format="matroska") as out:
+                out.metadata[SOURCE_TAG] = inp.format.name
                 target = out.add_stream_from_template(stream)
+                unstamped = 0
                 try:
                     for packet in inp.demux(stream):
-                        if packet.dts is None or packet.size == 0:  # the demuxer's flush packet
+                        if packet.size == 0:  # the demuxer's flush packet
+                            continue
+                        if packet.dts is None:  # Matroska cannot place it (FFmpeg stamps what it can)
+                            unstamped += 1
                             continue
                         packet.stream = target
                         out.mux(packet)
@@ -79,12 +110,14 @@ def remux_to_matroska(src: str | Path, dst: str | Path) -> int:
                 except (av.FFmpegError, OSError) as exc:
                     if not copied:
                         raise
-                    logger.warning("%s: transport stream damaged after %d packets (%s); the rest is not read",
+                    logger.warning("%s: stream damaged after %d packets (%s); the rest is not read",
                                    src, copied, one_line(exc))
+                if unstamped:
+                    logger.warning("%s: %d packets without a timestamp left out of its copy", src, unstamped)
     except RemuxError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise RemuxError(f"cannot copy the transport stream for decoding ({one_line(exc)})") from None
+        raise RemuxError(f"cannot copy the stream for decoding ({one_line(exc)})") from None
     if not copied:
-        raise RemuxError("the transport stream holds no video packets")
+        raise RemuxError("the stream holds no video packets")
     return copied

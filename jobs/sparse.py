@@ -5,7 +5,7 @@ When a job samples (``--stride``, ``--fps``), decord decodes every frame between
 libavcodec has one (``skip_frame = NONREF``), and PyAV sets it per packet: packets whose frame
 is not wanted are decoded only if later frames refer to them (x264's non-reference B-frames, an
 HEVC sub-layer's non-reference pictures, MPEG-4 part 2's B-VOPs are dropped unread), wanted
-ones are decoded in full. On H.264 High with B-frames at stride 15 (30 fps, a keyframe every
+ones are decoded in full (MPEG-2's B-frames too). On H.264 High with B-frames at stride 15 (30 fps, a keyframe every
 300) that is 0.55-0.65x decord's CPU time (about half the frames spanned are decoded), with the
 same pixels (PyAV's wheel bundles the FFmpeg decord2's does, and RGB
 conversion through swscale gives the same bytes as decord's filter graph).
@@ -19,8 +19,9 @@ frames), never by a frame-rate formula. Anything this module cannot vouch for is
 * frames that are not sparse (no gap of 2 or more): nothing to skip, so decord reads them,
   except in HEVC and MPEG-4 part 2 (:data:`REORDERED`) where reading them takes a seek, which
   decord gets wrong there (below): PyAV reads those, decoding every frame;
-* containers other than MP4/MOV and Matroska/WebM (decord has no timestamps in AVI; an MPEG-TS
-  file, whose frames decord shifts by a GOP, arrives here as its Matroska copy: :mod:`jobs.remux`), codecs other than H.264, HEVC and MPEG-4 part 2 (the others have
+* containers other than MP4/MOV and Matroska/WebM (MPEG transport and program streams and AVI
+  arrive here as their Matroska copies: :mod:`jobs.remux`; of an AVI's copy, only MPEG-4 part 2,
+  whose timestamps the AVI demuxer puts back in presentation order), codecs other than H.264, HEVC and MPEG-4 part 2 (the others have
   no non-reference frames to skip, or were not checked), pixel formats other than 8-bit 4:2:0 and
   4:4:4 (10-bit RGB differs), a rotated video (decord turns it), an edit list that drops frames
   (decord's timestamps go negative there, while its pixels do not follow them);
@@ -60,15 +61,18 @@ from typing import Any
 import numpy as np
 
 from jobs.errors import one_line
+from jobs.remux import SOURCE_TAG
 from jobs.video import OpenVideo, VideoReadError, keyframe_before, utf8_alias
 
 logger = logging.getLogger(__name__)
 
 CONTAINERS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})  # PyAV's ``container.format.name``
-CODECS = frozenset({"h264", "hevc", "mpeg4"})  # codecs with non-reference frames to skip
+CODECS = frozenset({"h264", "hevc", "mpeg4", "mpeg2video"})  # codecs with non-reference frames to skip
 # codecs whose streams commonly show frames before their keyframe (x265's open GOPs, MPEG-4 part 2's
-# B-frames): there decord's seeks miss, so every read that seeks goes through PyAV, skipping or not
-REORDERED = frozenset({"hevc", "mpeg4"})
+# B-frames, MPEG-2's open GOPs: DVRs, DVB, DVD): there decord's seeks miss (an MPEG-2 shard
+# starting at a keyframe came out 2 frames off, every frame of it), so every read that seeks goes
+# through PyAV, skipping or not
+REORDERED = frozenset({"hevc", "mpeg4", "mpeg2video"})
 PIXEL_FORMATS = frozenset({"yuv420p", "yuvj420p", "yuv444p"})  # RGB bit-identical to decord's
 _MARGIN = 0.45  # a frame matches a timestamp within this share of the gap to its neighbours
 
@@ -259,6 +263,8 @@ def _decode(path: str, plan: _Plan, tally: Tally, *, codecs: frozenset[str] = CO
             raise _Unsure(f"codec {ctx.name}")
         if ctx.name not in codecs:
             raise _DecordReads(ctx.name)
+        if container.metadata.get(SOURCE_TAG) == "avi" and ctx.name != "mpeg4":
+            raise _Unsure(f"{ctx.name} copied from AVI: its timestamps are in decoding order")
         if stream.start_time is None:
             raise _Unsure("no start time")
         ctx.thread_count = 1  # the decode task holds one CPU

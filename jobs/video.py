@@ -228,19 +228,24 @@ def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:
 
 def _readable_copy(stack: Any, local: str, shown: str | None = None) -> str:
     """The file decord should open for the local file ``local``: itself, or for an MPEG
-    transport stream (which decord misreads: :mod:`jobs.remux`) its Matroska copy in the stage
-    cache, held until ``stack`` (an ``ExitStack``) closes. Raises :class:`VideoReadError`
-    naming ``shown`` (default ``local``)."""
-    from jobs.remux import is_mpegts
+    transport or program stream or an AVI (which decord misreads: :mod:`jobs.remux`) its
+    Matroska copy in the stage cache, held until ``stack`` (an ``ExitStack``) closes. Raises
+    :class:`VideoReadError` naming ``shown`` (default ``local``) where a stream cannot be
+    copied; an AVI that cannot be copied is read as it is."""
+    from jobs.remux import remux_kind
     from jobs.stage import StageError, remuxed
 
-    if not is_mpegts(local):
+    kind = remux_kind(local)
+    if kind is None:
         return local
     try:
         with utf8_alias(local) as openable:  # the alias resolves to the same file: the same copy
             return str(stack.enter_context(remuxed(openable)))
     except StageError as exc:
-        raise VideoReadError(shown or local, str(exc)) from None
+        if kind != "avi":
+            raise VideoReadError(shown or local, str(exc)) from None
+        logger.warning("%s: read as it is, its timestamps unknown (%s)", shown or local, exc)
+        return local
 
 
 def _open_remote(uri: str, *, threads: int) -> OpenVideo:

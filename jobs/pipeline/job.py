@@ -54,7 +54,7 @@ from jobs.pipeline.tracking import OnlineTracks
 from jobs.pipeline.tiles import job_tiles, pictures_per_frame
 from jobs.pipeline.sizing import JobTuner, Sizing, WorkCosts, plan_costs, prior_costs, size_job
 from jobs.remote import is_remote
-from jobs.remux import is_mpegts
+from jobs.remux import remux_kind
 from jobs.results.coverage import add_coverage, video_coverage
 from jobs.metadata import MetadataResolver, resolve_all, video_meta_columns
 from jobs.results.privacy import AGGREGATE, strip_boxes
@@ -391,8 +391,8 @@ def run_job(
     finally:
         online.close()
         pool.close()
-        if any(is_remote(v.path) or is_mpegts(v.path) for v in videos):
-            # the staged copies of remote videos and the Matroska copies of transport streams, on every node
+        if any(is_remote(v.path) or remux_kind(v.path) for v in videos):
+            # the staged copies of remote videos and the Matroska copies of MPEG streams and AVIs, on every node
             freed = on_every_node(ray, clear_stage)
             logger.info("stage caches cleared: %d bytes on %d nodes", sum(freed.values()), len(freed))
     rows = _video_rows(videos, infos, failures, sink.frame_totals(), people, config, damaged=damaged,

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -74,7 +75,8 @@ def test_a_transport_stream_gives_the_detections_of_the_stream_it_carries(
 ) -> None:
     """An NVR's ``.ts`` export (decord alone reads it one GOP late: ``jobs.remux``), and a
     second one whose name does not say so, against the MP4 holding the same packets: every
-    frame's detections equal, at every frame and sampled, and no copy left behind."""
+    frame's detections equal, at every frame and sampled, and no copy left behind. An old
+    DVR's AVI beside them gets its frames' times (decord alone: -3.07e17 s)."""
     import subprocess
 
     vids = tmp_path / "vids"
@@ -83,6 +85,8 @@ def test_a_transport_stream_gives_the_detections_of_the_stream_it_carries(
     for name, extra in (("cam.ts", []), ("export.mp4", ["-f", "mpegts"])):
         subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-i", str(vids / "cam.mp4"), "-c", "copy", *extra,
                         str(vids / name)], check=True)
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-i", str(vids / "cam.mp4"), "-c:v", "libx264", "-preset",
+                    "veryfast", "-g", "30", str(vids / "dvr.avi")], check=True)
     stage = tmp_path / "stage"
     monkeypatch.setenv("MASKJOBS_STAGE_DIR", str(stage))  # inherited by the embedded Ray's workers
     config = tmp_path / "job.yaml"
@@ -93,7 +97,12 @@ def test_a_transport_stream_gives_the_detections_of_the_stream_it_carries(
         assert result.exit_code == 0, result.output
         frames = pd.read_parquet(out / "frames", columns=["video", "frame", "time_s", "detections"])
         by_video = {v: f.sort_values("frame").reset_index(drop=True) for v, f in frames.groupby("video")}
-        assert set(by_video) == {"cam.mp4", "cam.ts", "export.mp4"}
+        assert set(by_video) == {"cam.mp4", "cam.ts", "export.mp4", "dvr.avi"}
+        avi = by_video["dvr.avi"]
+        assert avi.frame.tolist() == by_video["cam.mp4"].frame.tolist()
+        assert np.abs(avi.time_s - avi.frame / 25).max() < 0.002
+        videos = pd.read_parquet(out / "videos.parquet").set_index("video")
+        assert abs(videos.loc["dvr.avi", "duration_s"] - 90 / 25) < 0.05
         mp4 = by_video["cam.mp4"]
         assert len(mp4) == (90 if not flags else 23) and sum(len(d) for d in mp4.detections) > 0
         for other in ("cam.ts", "export.mp4"):
