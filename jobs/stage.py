@@ -76,10 +76,13 @@ def staged(uri: str, *, folder: Path | None = None, limit: int | None = None) ->
 
 
 @contextmanager
-def remuxed(path: str | Path, *, folder: Path | None = None, limit: int | None = None) -> Iterator[Path]:
-    """Yields a Matroska copy of the local MPEG transport stream ``path``
+def remuxed(
+    path: str | Path, *, identity: str | None = None, folder: Path | None = None, limit: int | None = None
+) -> Iterator[Path]:
+    """Yields a Matroska copy of the local MPEG stream or AVI ``path``
     (:func:`jobs.remux.remux_to_matroska`), made once per node and kept from eviction until the
-    block ends.
+    block ends. ``identity`` names the file's content where its modification time does not (a
+    staged copy, which every use touches: its name); default: its real path, size and mtime.
 
     Raises :class:`StageError` when the file cannot be read or copied."""
     from jobs.remux import RemuxError, remux_to_matroska
@@ -91,7 +94,8 @@ def remuxed(path: str | Path, *, folder: Path | None = None, limit: int | None =
         raise StageError(f"cannot read it ({one_line(exc)})") from None
     if st.st_size > limit:
         raise StageError(f"{st.st_size:,} bytes do not fit the stage cache ({limit:,} bytes; set {MAX_GB_ENV})")
-    key = hashlib.sha256(f"remux\0{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    identity = identity or f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}"
+    key = hashlib.sha256(f"remux\0{identity}".encode()).hexdigest()[:32]
 
     def make(copy: Path) -> None:
         part = copy.with_name(f".{copy.name}.{os.getpid()}.part")

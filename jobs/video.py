@@ -226,10 +226,11 @@ def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:
     return OpenVideo(name, reader, source=source, release=stack.close)
 
 
-def _readable_copy(stack: Any, local: str, shown: str | None = None) -> str:
+def _readable_copy(stack: Any, local: str, shown: str | None = None, identity: str | None = None) -> str:
     """The file decord should open for the local file ``local``: itself, or for an MPEG
     transport or program stream or an AVI (which decord misreads: :mod:`jobs.remux`) its
-    Matroska copy in the stage cache, held until ``stack`` (an ``ExitStack``) closes. Raises
+    Matroska copy in the stage cache (``identity``: see :func:`jobs.stage.remuxed`), held until
+    ``stack`` (an ``ExitStack``) closes. Raises
     :class:`VideoReadError` naming ``shown`` (default ``local``) where a stream cannot be
     copied; an AVI that cannot be copied is read as it is."""
     from jobs.remux import remux_kind
@@ -240,7 +241,7 @@ def _readable_copy(stack: Any, local: str, shown: str | None = None) -> str:
         return local
     try:
         with utf8_alias(local) as openable:  # the alias resolves to the same file: the same copy
-            return str(stack.enter_context(remuxed(openable)))
+            return str(stack.enter_context(remuxed(openable, identity=identity)))
     except StageError as exc:
         if kind != "avi":
             raise VideoReadError(shown or local, str(exc)) from None
@@ -262,7 +263,8 @@ def _open_remote(uri: str, *, threads: int) -> OpenVideo:
     shown = display_location(uri)
     stack = ExitStack()
     try:
-        copy = _readable_copy(stack, str(stack.enter_context(staged(uri))), shown)
+        staged_copy = stack.enter_context(staged(uri))
+        copy = _readable_copy(stack, str(staged_copy), shown, identity=staged_copy.name)  # named by content
         reader = decord.VideoReader(copy, ctx=decord.cpu(0), num_threads=threads)
     except StageError as exc:
         stack.close()

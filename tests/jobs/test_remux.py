@@ -193,3 +193,22 @@ def test_an_avi_gives_its_frames_and_their_times(streams: Path, name: str) -> No
         with open_video(streams / name) as video:
             got = [image.copy() for image in read_sampled(video, frames)]
         assert len(got) == len(frames) and all(_is_frame(a, ref, i) for a, i in zip(got, frames.tolist())), what
+
+
+@pytest.mark.slow
+def test_a_transport_stream_in_object_storage_is_copied_from_its_staged_copy(
+    streams: Path, s3_server, _stage: Path
+) -> None:
+    """Footage in a bucket: the object is staged, then its Matroska copy is made from the staged
+    file; both are held while it is read, and both go with the stage."""
+    s3_server.put("remux/cam.ts", (streams / "plain.ts").read_bytes())
+    ref = _source_frames(streams)
+    uri = s3_server.uri("remux/cam.ts")
+    assert probe_video(uri).frames_total == FRAMES
+    with open_video(uri) as video:
+        assert video.path.startswith("s3://") and "testing:testing" not in video.path  # no credentials shown
+        assert video.source.endswith(".mkv") and Path(video.source).parent == _stage
+        got = [image.copy() for image in video.read(np.arange(GOP + 1, FRAMES, 9))]
+        assert sorted(p.suffix for p in _stage.iterdir() if not p.name.endswith(".lock")) == [".mkv", ".ts"]
+    assert all(np.array_equal(a, ref[i]) for a, i in zip(got, range(GOP + 1, FRAMES, 9)))
+    assert clear_stage(_stage) > 0 and not [p for p in _stage.iterdir() if not p.name.endswith(".lock")]
