@@ -3,7 +3,7 @@
 decord opens files, and opening one over the network would read the whole object at every
 open (:mod:`jobs.remote`), so a worker that decodes a remote video (a probe, a shard, a
 thumbnail) first stages it here: :func:`staged` yields a local copy, downloading it unless a
-worker on the same node already has. A local MPEG transport stream gets its Matroska copy here
+worker on the same node already has. A local MPEG stream or AVI gets its Matroska copy here
 the same way (:func:`remuxed`; :mod:`jobs.remux` says why). One folder per user and node (``$MASKJOBS_STAGE_DIR``,
 default ``<tmp>/maskjobs-stage-<uid>``) holds at most ``$MASKJOBS_STAGE_MAX_GB`` (default 20)
 GB: the least recently used copies no worker is reading are evicted to make room. The job's
@@ -71,7 +71,7 @@ def staged(uri: str, *, folder: Path | None = None, limit: int | None = None) ->
         raise StageError(f"{size:,} bytes do not fit the stage cache ({limit:,} bytes; set {MAX_GB_ENV})")
     key = hashlib.sha256(f"{shown}\0{size}\0{stamp}".encode()).hexdigest()[:32]
     suffix = posixpath.splitext(urllib.parse.urlsplit(uri).path)[1][:16]
-    with _cached(folder or stage_dir(), f"{key}{suffix}", size or 0, limit, lambda copy: _download(uri, copy)) as copy:
+    with _cached(folder or stage_dir(), f"{key}{suffix}", size or 0, limit, lambda part: _download(uri, part)) as copy:
         yield copy
 
 
@@ -97,16 +97,12 @@ def remuxed(
     identity = identity or f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}"
     key = hashlib.sha256(f"remux\0{identity}".encode()).hexdigest()[:32]
 
-    def make(copy: Path) -> None:
-        part = copy.with_name(f".{copy.name}.{os.getpid()}.part")
+    def make(part: Path) -> None:
         t0 = time.monotonic()
         try:
             n = remux_to_matroska(path, part)
-            os.replace(part, copy)
         except RemuxError as exc:
             raise StageError(str(exc)) from None
-        finally:
-            part.unlink(missing_ok=True)
         logger.info("remuxed %s into Matroska: %d packets in %.2f s", path, n, time.monotonic() - t0)
 
     with _cached(folder or stage_dir(), f"{key}.mkv", st.st_size, limit, make) as copy:
@@ -115,8 +111,9 @@ def remuxed(
 
 @contextmanager
 def _cached(folder: Path, name: str, size: int, limit: int, make: Callable[[Path], None]) -> Iterator[Path]:
-    """Yields ``folder / name``, made by ``make(path)`` (which writes it aside and renames it
-    into place) unless a worker on this node already has, and shared-locked until the block ends."""
+    """Yields ``folder / name``, made unless a worker on this node already has, and
+    shared-locked until the block ends. ``make(part)`` writes the file at ``part``, which is
+    renamed into place once whole (a killed maker leaves no copy that looks complete)."""
     copy = folder / name
     with open(folder / f"{name.split('.', 1)[0]}{_LOCK}", "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_SH)  # readers share; eviction needs it exclusive
@@ -126,22 +123,24 @@ def _cached(folder: Path, name: str, size: int, limit: int, make: Callable[[Path
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not copy.exists():
                 _make_room(folder, size, limit, keep=copy)
-                make(copy)
+                part = copy.with_name(f".{copy.name}.{os.getpid()}.part")
+                try:
+                    make(part)
+                    os.replace(part, copy)
+                finally:
+                    part.unlink(missing_ok=True)
             fcntl.flock(lock, fcntl.LOCK_SH)
         now = time.time_ns()
         os.utime(copy, ns=(now, now))  # most recently used (the clock's ns: file times tick coarsely)
         yield copy
 
 
-def _download(uri: str, copy: Path) -> None:
-    part = copy.with_name(f".{copy.name}.{os.getpid()}.part")
+def _download(uri: str, part: Path) -> None:
     t0 = time.monotonic()
     try:
         with open(part, "wb") as f:
             n = copy_object(uri, f)
-        os.replace(part, copy)
-    except Exception as exc:  # as in staged(): one line, and nothing partial left
-        part.unlink(missing_ok=True)
+    except Exception as exc:  # as in staged(): one line (the part is removed by _cached)
         raise StageError(f"cannot read it ({scrub(one_line(exc), uri)})") from None
     logger.info("staged %s: %d bytes in %.1f s", display_location(uri), n, time.monotonic() - t0)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import decord
@@ -139,16 +140,22 @@ def test_mpeg2_reads_that_seek_give_the_frames_at_their_index(streams: Path, nam
     with open_video(streams / name) as video:
         keyframes = video.keyframes()
         assert len(video) == FRAMES and len(keyframes) >= 3
+    for what, frames, got in _seeking_reads(streams / name, keyframes):
+        assert len(got) == len(frames), what
+        assert all(np.array_equal(a, ref[i]) for a, i in zip(got, frames.tolist())), what
+
+
+def _seeking_reads(path: Path, keyframes: np.ndarray) -> Iterator[tuple[str, np.ndarray, list[np.ndarray]]]:
+    """``(what, frames, images)`` of the reads that seek: a shard starting at the third
+    keyframe, every 7th frame, the keyframes alone (each in its own open, as a task does)."""
     reads = {
         "a shard": np.arange(keyframes[2], min(FRAMES, keyframes[2] + 40)),
         "every 7th": np.arange(3, FRAMES, 7),
         "keyframes": np.asarray(keyframes),
     }
     for what, frames in reads.items():
-        with open_video(streams / name) as video:
-            got = [image.copy() for image in read_sampled(video, frames)]
-        assert len(got) == len(frames), what
-        assert all(np.array_equal(a, ref[i]) for a, i in zip(got, frames.tolist())), what
+        with open_video(path) as video:
+            yield what, frames, [image.copy() for image in read_sampled(video, frames)]
 
 
 def _opencv_frames(path: Path) -> list[np.ndarray]:
@@ -184,14 +191,7 @@ def test_an_avi_gives_its_frames_and_their_times(streams: Path, name: str) -> No
         times = video.timestamps(np.arange(FRAMES))
     assert np.abs(times - np.arange(FRAMES) / 25).max() < 0.002  # Matroska keeps milliseconds
     assert all(_is_frame(a, ref, i) for i, a in enumerate(every))
-    reads = {
-        "a shard": np.arange(keyframes[2], min(FRAMES, keyframes[2] + 40)),
-        "every 7th": np.arange(3, FRAMES, 7),
-        "keyframes": np.asarray(keyframes),
-    }
-    for what, frames in reads.items():
-        with open_video(streams / name) as video:
-            got = [image.copy() for image in read_sampled(video, frames)]
+    for what, frames, got in _seeking_reads(streams / name, keyframes):
         assert len(got) == len(frames) and all(_is_frame(a, ref, i) for a, i in zip(got, frames.tolist())), what
 
 
