@@ -175,12 +175,28 @@ def _actor_cpus(cpus: float, workers: int, detector_cpus: float) -> float:
     return max(0.0, math.floor((cpus - ROOM_CPUS) / workers * 1e4) / 1e4)
 
 
+DECODE_SPARE_CPUS = 0.25  # decoders beyond the decode share, in CPUs (:func:`_decoders`)
+
+
 def _decoders(cpus: float, held: float, share: float, decode_cpus: float, decode_threads: int) -> dict[str, float]:
-    """``decoders`` (the decode share of ``cpus`` in tasks of ``decode_threads`` threads,
-    rounded up: with fewer, decoding alone would take longer than the whole job's CPU time
-    spread over every core; at least one) and ``decode_cpus`` (what each reserves:
-    ``decode_cpus``, or less so that they all fit beside the ``held`` CPUs of the actors)."""
-    want = max(1, math.ceil(cpus * share / max(1, decode_threads) - 1e-9))
+    """``decoders`` (the decode share of ``cpus`` plus :data:`DECODE_SPARE_CPUS`, in tasks of
+    ``decode_threads`` threads, rounded up, at most one per ``decode_threads`` CPUs, at least
+    one) and ``decode_cpus`` (what each reserves: ``decode_cpus``, or less so that they all
+    fit beside the ``held`` CPUs of the actors).
+
+    With fewer than the share, decoding alone would take longer than the whole job's CPU
+    time spread over every core. The quarter CPU to spare: a decode task does not keep its
+    core busy all the time (it hands batches over and waits on Ray), and the share is an
+    average over videos whose costs differ (720p and 1080p in one job). A spare decoder
+    costs little while the detector is behind: it waits on backpressure. Measured on 2
+    cores, every 15th frame of 7.5 min of 720p + 1080p (``benchmarks/README.md``): a
+    measured share of 0.43 gave one decoder, and once only the 1080p video was left the
+    detector waited on it, the cores ~75% busy. Every frame (a share of ~0.22-0.27) keeps
+    one decoder on 2 CPUs, as before.
+    """
+    threads = max(1, decode_threads)
+    most = max(1, math.ceil(cpus / threads - 1e-9))
+    want = max(1, min(most, math.ceil((cpus * share + DECODE_SPARE_CPUS) / threads - 1e-9)))
     free = cpus - held
     if decode_cpus <= 0:
         return {"decoders": want, "decode_cpus": 0.0}

@@ -134,6 +134,23 @@ def test_two_cpus_sampled_two_decoders_of_half_a_cpu_beside_the_actor() -> None:
     assert sizing.detector_workers * 1 + sizing.decoders * sizing.decode_cpus <= 2.0
 
 
+def test_a_decode_share_just_under_one_cpu_keeps_a_spare_decoder() -> None:
+    """Measured at every 15th frame of 720p + 1080p on 2 cores: 17.0 ms decoding to 17.2 ms
+    detecting per frame over the job, but the 1080p video alone decodes ~1.5x that. A share of
+    0.43 (0.86 CPU) used to give one decoder: once the 720p video was done the detector waited
+    on it, the cores ~75% busy, and the tuner flapped between one and two decoders as the
+    share crossed a half. The quarter CPU to spare keeps two; every frame keeps one."""
+    config = _sampled(stride=15)
+    start = size_job({"CPU": 2.0}, config, prior_costs(config))
+    tuner = JobTuner(start, config, prior_costs(config))
+    for share in (0.38, 0.43, 0.49, 0.51):
+        tuner.observe(100, decode_s=100 * share, detect_s=100 * (1 - share))
+        assert tuner.update({"CPU": 2.0}) is None and tuner.sizing.decoders == 2
+    assert size_job({"CPU": 2.0}, config, WorkCosts(0.0037, 0.0063)).decoders == 1  # a share of 0.37: 0.99 CPU
+    assert size_job({"CPU": 2.0}, _config(), WorkCosts(0.0055, 0.0165)).decoders == 1  # every frame, 0.25
+    assert size_job({"CPU": 4.0}, config, WorkCosts(1.0, 0.0)).decoders == 4  # never more than one per CPU
+
+
 def test_sixteen_cpus_sampled_most_to_decoders() -> None:
     sizing = size_job({"CPU": 16.0}, _sampled(stride=15), prior_costs(_sampled(stride=15)))
     assert sizing.detector_workers == 4 and sizing.detector_threads == 2 and sizing.decoders >= 11
