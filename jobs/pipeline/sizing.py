@@ -189,7 +189,7 @@ def _decoders(cpus: float, held: float, share: float, decode_cpus: float, decode
     core busy all the time (it hands batches over and waits on Ray), and the share is an
     average over videos whose costs differ (720p and 1080p in one job). A spare decoder
     costs little while the detector is behind: it waits on backpressure. Measured on 2
-    cores, every 15th frame of 7.5 min of 720p + 1080p (``benchmarks/README.md``): a
+    cores, every 15th frame of 7.5 min of 720p + 1080p (``benchmarks/bench_sampling.py``): a
     measured share of 0.43 gave one decoder, and once only the 1080p video was left the
     detector waited on it, the cores ~75% busy. Every frame (a share of ~0.22-0.27) keeps
     one decoder on 2 CPUs, as before.
