@@ -1,5 +1,5 @@
-"""MPEG transport and program streams, and AVI, read through a Matroska remux, because decord
-misreads them.
+"""MPEG transport and program streams, AVI, and MP4s whose edit list hides frames, read through
+a Matroska remux, because decord misreads them.
 
 decord's reader puts out the wrong pixels for MPEG transport streams: on H.264 in ``.ts`` (what
 NVRs, cameras and HLS recorders write) frame N read from the start is the picture shown at frame
@@ -22,6 +22,17 @@ seeks land. H.264 in AVI carries its timestamps in decoding order, which PyAV's 
 match frames by, so the copy says where it came from (:data:`SOURCE_TAG`) and :mod:`jobs.sparse`
 leaves such a copy to decord.
 
+An MP4 or MOV whose edit list hides its first frames (what a stream-copied trim writes:
+``ffmpeg -ss 1.3 -i in.mp4 -c copy out.mp4``, a clip exported from a recording) keeps the
+packets from the keyframe before the cut, which FFmpeg decodes and does not show. decord
+misreads it two ways at once: it counts the hidden frames (240 where FFmpeg shows 201), reading
+in order it puts out the shown ones and then the last picture again, a seek to frame N lands on
+packet N (the hidden frames counted), and its timestamps start at -1.3 s. Its Matroska copy
+holds every packet, hidden ones included, and is read consistently (decord's order and seeks
+agree, times from 0): :class:`jobs.video.OpenVideo` reads it with the first
+:func:`hidden_frames` frames left out and their time subtracted, which gives FFmpeg's frames,
+count and times. decord's first timestamp below 0 is what sends an MP4 to this check.
+
 So :func:`jobs.video.open_video` hands decord that copy, made once per node in the stage cache
 (:func:`jobs.stage.remuxed`, cleared at the end of the job like a remote video's copy). A
 stream is recognised by its bytes, not by its name: a transport stream by a 0x47 sync byte
@@ -37,6 +48,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from jobs.errors import one_line
 
@@ -45,6 +57,8 @@ logger = logging.getLogger(__name__)
 _SYNC = 0x47
 _PACKETS = 4  # sync bytes checked: a random file passes with odds of 256**-4
 _PACK_HEADER = b"\x00\x00\x01\xba"  # an MPEG program stream's first bytes
+_SHOWN_RUN = 16  # packets shown in a row after which no hidden one follows (B-frame reordering is shallower)
+_SCAN_PACKETS = 4096  # the most packets :func:`hidden_frames` reads
 SOURCE_TAG = "MASKJOBS_REMUXED_FROM"  # the copy's container tag: the source's FFmpeg format name
 
 
@@ -69,6 +83,52 @@ def remux_kind(path: str | Path) -> str | None:
         ):
             return "mpegts"
     return None
+
+
+def hidden_frames(path: str | Path) -> int:
+    """How many frames at the start of the MP4/MOV ``path``'s video stream its edit list hides:
+    packets FFmpeg reads to decode the first frame shown but does not show (flagged discard).
+    They come first in decoding order, mixed with shown ones only as far as B-frames reorder, so
+    the count stops after :data:`_SHOWN_RUN` shown packets in a row. 0 where PyAV is missing or
+    cannot read the file (decord's error, if any, is the one reported)."""
+    try:
+        import av
+    except ImportError as exc:  # a node without PyAV reads the file as decord does
+        logger.warning("%s: its edit list not read, PyAV is not installed (%s)", path, exc)
+        return 0
+    hidden = shown = seen = 0
+    first_key: list[int] = []
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.best("video")
+            if stream is None:
+                return 0
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                seen += 1
+                if _leading(packet, first_key):
+                    continue
+                if packet.is_discard:
+                    hidden, shown = hidden + 1, 0
+                else:
+                    shown += 1
+                if shown >= _SHOWN_RUN or seen >= _SCAN_PACKETS:
+                    break
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        logger.warning("%s: its edit list not read (%s)", path, one_line(exc))
+        return 0
+    return hidden
+
+
+def _leading(packet: Any, first_key: list[int]) -> bool:
+    """Whether ``packet`` is a hidden frame shown before the stream's first keyframe (an open
+    GOP's leading picture, x265's RASL: it refers to a GOP the cut left out, so no decoder puts
+    it out, while decord's timestamps would count it). ``first_key`` holds the first keyframe's
+    presentation time once seen (packets come in decoding order: the keyframe first)."""
+    if packet.is_keyframe and not first_key and packet.pts is not None:
+        first_key.append(packet.pts)
+    return bool(packet.is_discard and first_key and packet.pts is not None and packet.pts < first_key[0])
 
 
 class RemuxError(RuntimeError):
@@ -97,9 +157,12 @@ def remux_to_matroska(src: str | Path, dst: str | Path) -> int:
                 out.metadata[SOURCE_TAG] = inp.format.name
                 target = out.add_stream_from_template(stream)
                 unstamped = 0
+                first_key: list[int] = []
                 try:
                     for packet in inp.demux(stream):
                         if packet.size == 0:  # the demuxer's flush packet
+                            continue
+                        if _leading(packet, first_key):  # undecodable: left out, as hidden_frames counts
                             continue
                         if packet.dts is None:  # Matroska cannot place it (FFmpeg stamps what it can)
                             unstamped += 1

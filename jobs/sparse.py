@@ -23,8 +23,9 @@ frames), never by a frame-rate formula. Anything this module cannot vouch for is
   arrive here as their Matroska copies: :mod:`jobs.remux`; of an AVI's copy, only MPEG-4 part 2,
   whose timestamps the AVI demuxer puts back in presentation order), codecs other than H.264, HEVC and MPEG-4 part 2 (the others have
   no non-reference frames to skip, or were not checked), pixel formats other than 8-bit 4:2:0 and
-  4:4:4 (10-bit RGB differs), a rotated video (decord turns it), an edit list that drops frames
-  (decord's timestamps go negative there, while its pixels do not follow them);
+  4:4:4 (10-bit RGB differs), a rotated video (decord turns it), an MP4 whose first timestamp decord
+  puts below 0 (an edit list; one that hides frames arrives as its Matroska copy, read from the
+  first frame shown: :mod:`jobs.remux`);
 * PyAV failing to open the file, or any PyAV error before the first frame is handed over;
 * a wanted frame not where decord's index puts it (passed over, or the stream ended first):
   decord reads that frame and the rest of the call.
@@ -54,6 +55,7 @@ The codec runs on one thread, as decord's reader in a decode task does: the task
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +120,9 @@ def read_sampled(video: OpenVideo, frames: np.ndarray, *, tally: Tally | None = 
     """
     tally = tally if tally is not None else Tally()
     frames = np.asarray(frames, dtype=np.int64)
+    if video.lead:  # the Matroska copy of an MP4 whose edit list hides frames: read in the copy's frames
+        yield from _shifted(video, frames, tally)
+        return
     try:
         keyframes = video.keyframes()
     except VideoReadError:
@@ -157,6 +162,19 @@ def read_sampled(video: OpenVideo, frames: np.ndarray, *, tally: Tally | None = 
     )
     tally.fallbacks += 1
     yield from video.read(frames[done:])
+
+
+def _shifted(video: OpenVideo, frames: np.ndarray, tally: Tally) -> Iterator[np.ndarray]:
+    """:func:`read_sampled` over ``video.whole()`` (the copy's frames, the ``lead`` hidden ones
+    first) at ``frames + video.lead``; an error names the video's frame it failed at."""
+    done = 0
+    try:
+        for image in read_sampled(video.whole(), frames + video.lead, tally=tally):
+            yield image
+            done += 1
+    except VideoReadError as exc:
+        cause = re.sub(r"^decoding failed at frame \d+", f"decoding failed at frame {int(frames[done])}", exc.cause)
+        raise VideoReadError(video.path, cause) from None
 
 
 def _seek_mask(frames: np.ndarray, keyframes: np.ndarray) -> np.ndarray:

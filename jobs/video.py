@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a probe found. ``keyframes`` are frame indices where decoding can start."""
+    """What a probe found. ``keyframes`` are frame indices where decoding can start. ``copied``:
+    a local file read through its Matroska copy in the stage cache (:mod:`jobs.remux`)."""
 
     frames_total: int
     fps: float
@@ -36,6 +37,7 @@ class VideoInfo:
     height: int
     codec: str
     keyframes: tuple[int, ...]
+    copied: bool = False
 
 
 class ProbedVideo(NamedTuple):
@@ -109,19 +111,27 @@ def read_frames(reader: Any, frames: np.ndarray, keyframes: np.ndarray) -> Itera
 class OpenVideo:
     """A decord reader over one file whose failures are :class:`VideoReadError`\\ s naming it.
 
+    ``lead``: frames at the start of the file decord opened (``source``) that are not the
+    video's: an MP4's frames its edit list hides, kept in its Matroska copy to decode the first
+    one shown (:mod:`jobs.remux`). Indices, keyframes, the length and times here are the video's
+    (FFmpeg's): frame 0 is the first shown, at time 0.
+
     decord's reader keeps decoding ahead on its own thread and holds every frame it decodes
     (dmlc/decord#157, #208), so close it (or leave the ``with`` block) as soon as the frames
     wanted are read: :meth:`close` drops the reader, which stops its read-ahead.
     """
 
     def __init__(
-        self, path: str, reader: Any, *, source: str | None = None, release: Callable[[], Any] | None = None
+        self, path: str, reader: Any, *, source: str | None = None, release: Callable[[], Any] | None = None,
+        lead: int = 0,
     ) -> None:
         self.path = path
-        self.source = source or path  # the file decord opened: ``path``, or a remote video's staged copy
+        self.source = source or path  # the file decord opened: ``path``, or a staged or Matroska copy
+        self.lead = lead
         self._release = release  # called once on close (a staged copy's lock)
         self._reader = reader
-        self._keyframes: np.ndarray | None = None
+        self._keyframes: np.ndarray | None = None  # in ``source``'s frames
+        self._start: float | None = None  # the time of ``source``'s frame ``lead``
 
     def __enter__(self) -> OpenVideo:
         return self
@@ -137,17 +147,21 @@ class OpenVideo:
 
     @property
     def reader(self) -> Any:
-        """The raw ``decord.VideoReader``, for what this class does not wrap (its errors unmapped)."""
+        """The raw ``decord.VideoReader`` over ``source`` (its frames counted from the first of
+        ``lead``), for what this class does not wrap (its errors unmapped)."""
         if self._reader is None:
             raise ValueError(f"{self.path}: the video is closed")
         return self._reader
 
-    def __len__(self) -> int:
-        return len(self.reader)
+    def whole(self) -> OpenVideo:
+        """This reader over all of ``source``'s frames, the ``lead`` included (their indices are
+        the video's plus ``lead``); closing it leaves this one open."""
+        return OpenVideo(self.path, self.reader, source=self.source)
 
-    def keyframes(self) -> np.ndarray:
-        """(K,) int64 ascending indices of the keyframes the container lists (maybe none).
-        A container whose index cannot be read is :class:`VideoReadError` "not a readable video"."""
+    def __len__(self) -> int:
+        return max(len(self.reader) - self.lead, 0)
+
+    def _source_keyframes(self) -> np.ndarray:
         if self._keyframes is None:
             try:
                 self._keyframes = np.asarray(self.reader.get_key_indices(), dtype=np.int64)
@@ -155,14 +169,22 @@ class OpenVideo:
                 raise VideoReadError(self.path, f"not a readable video ({self._line(exc)})") from None
         return self._keyframes
 
+    def keyframes(self) -> np.ndarray:
+        """(K,) int64 ascending indices of the keyframes the container lists (maybe none; with a
+        ``lead``, those shown). A container whose index cannot be read is
+        :class:`VideoReadError` "not a readable video"."""
+        keys = self._source_keyframes() - self.lead
+        return keys[keys >= 0]
+
     def read(self, frames: np.ndarray) -> Iterator[np.ndarray]:
         """:func:`read_frames` over this video: the (H, W, 3) uint8 RGB frames at ascending
         ``frames``, each valid until the next is read. A frame that cannot be decoded is
         :class:`VideoReadError` "decoding failed at frame N (...)", N the frame it failed at."""
-        keyframes = self.keyframes()
+        frames = np.asarray(frames, dtype=np.int64)
+        keyframes = self._source_keyframes()
         done = 0
         try:
-            for image in read_frames(self.reader, frames, keyframes):
+            for image in read_frames(self.reader, frames + self.lead, keyframes):
                 yield image
                 done += 1
         except (*_decord_errors(), IndexError) as exc:
@@ -170,15 +192,29 @@ class OpenVideo:
 
     def timestamps(self, frames: np.ndarray) -> np.ndarray:
         """(n,) float64 start times in seconds of ``frames``; errors name the first of them."""
+        return self._times(frames)[:, 0]
+
+    def end_s(self) -> float:
+        """When the last frame ends, in seconds: the video's duration."""
+        n = len(self)
+        return float(self._times(np.array([n - 1]))[0, 1]) if n else 0.0
+
+    def _times(self, frames: np.ndarray) -> np.ndarray:
+        """(n, 2) float64 start and end times of ``frames``, from the first shown frame's start."""
+        frames = np.asarray(frames, dtype=np.int64)
         try:
-            return np.asarray(self.reader.get_frame_timestamp(frames.tolist())[:, 0], dtype=np.float64)
+            if self._start is None:
+                self._start = float(self.reader.get_frame_timestamp(self.lead)[0]) if self.lead else 0.0
+            times = np.asarray(self.reader.get_frame_timestamp((frames + self.lead).tolist()), dtype=np.float64)
         except (*_decord_errors(), IndexError) as exc:
             raise self._decoding_failed(int(frames[0]), exc) from None
+        return times.reshape(-1, 2) - self._start
 
     def batch(self, frames: np.ndarray) -> np.ndarray:
         """(n, H, W, 3) uint8 RGB ``frames`` by random access (a copy); errors name the first."""
+        frames = np.asarray(frames, dtype=np.int64)
         try:
-            return self.reader.get_batch(frames.tolist()).asnumpy()
+            return self.reader.get_batch((frames + self.lead).tolist()).asnumpy()
         except (*_decord_errors(), IndexError) as exc:
             raise self._decoding_failed(int(frames[0]), exc) from None
 
@@ -196,8 +232,6 @@ def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:
     Raises :class:`VideoReadError`: ``no such file``, ``the file is empty`` (a regular file of
     0 bytes; a FIFO or device is left to decord) or ``not a readable video (decord's line)``.
     """
-    import decord
-
     from jobs.remote import is_remote, local_path
 
     name = os.fspath(path)
@@ -208,44 +242,74 @@ def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:
         raise VideoReadError(name, "no such file")
     if os.path.isfile(name) and os.path.getsize(name) == 0:
         raise VideoReadError(name, "the file is empty")
+    return _open_local(name, name, threads=threads)
+
+
+def _open_local(
+    local: str, shown: str, *, threads: int, identity: str | None = None, release: Callable[[], Any] | None = None
+) -> OpenVideo:
+    """A reader over the local file ``local`` (``shown``: the name errors and the video use), or
+    over its Matroska copy where decord misreads the file itself (:mod:`jobs.remux`): MPEG
+    streams and AVIs by their bytes; an MP4 whose first timestamp decord puts below 0, where
+    its edit list hides frames (:func:`jobs.remux.hidden_frames`). ``identity``: the copy's
+    (:func:`jobs.stage.remuxed`). ``release`` is called when the video is closed, or here on
+    failure. Raises :class:`VideoReadError` naming ``shown``."""
     from contextlib import ExitStack
 
+    import decord
+
+    from jobs.remux import hidden_frames, remux_kind
+
     stack = ExitStack()
+    if release is not None:
+        stack.callback(release)
+    source = local
     try:
-        source = _readable_copy(stack, name)
+        kind = remux_kind(local)
+        if kind is not None:
+            source = _copy(stack, local, shown, identity, avi=kind == "avi")
         with utf8_alias(source) as openable:
             reader = decord.VideoReader(openable, ctx=decord.cpu(0), num_threads=threads)
+        lead = 0
+        if source == local and _starts_early(reader):
+            with utf8_alias(local) as openable:
+                lead = hidden_frames(openable)
+            if lead:
+                source = _copy(stack, local, shown, identity, avi=False)
+                reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=threads)
     except VideoReadError:
         stack.close()
         raise
     except _decord_errors() as exc:
         stack.close()
-        raise VideoReadError(name, f"not a readable video ({one_line(exc)})") from None
-    if source == name:
-        return OpenVideo(name, reader)
-    return OpenVideo(name, reader, source=source, release=stack.close)
+        line = one_line(str(exc).replace(source, shown) if source != shown else exc)
+        raise VideoReadError(shown, f"not a readable video ({line})") from None
+    if source == shown and release is None:
+        return OpenVideo(shown, reader)
+    return OpenVideo(shown, reader, source=source, release=stack.close, lead=lead)
 
 
-def _readable_copy(stack: Any, local: str, shown: str | None = None, identity: str | None = None) -> str:
-    """The file decord should open for the local file ``local``: itself, or for an MPEG
-    transport or program stream or an AVI (which decord misreads: :mod:`jobs.remux`) its
-    Matroska copy in the stage cache (``identity``: see :func:`jobs.stage.remuxed`), held until
-    ``stack`` (an ``ExitStack``) closes. Raises
-    :class:`VideoReadError` naming ``shown`` (default ``local``) where a stream cannot be
-    copied; an AVI that cannot be copied is read as it is."""
-    from jobs.remux import remux_kind
+def _starts_early(reader: Any) -> bool:
+    """Whether decord puts the first frame before time 0: an edit list that hides frames."""
+    try:
+        return len(reader) > 0 and float(reader.get_frame_timestamp(0)[0]) < 0.0
+    except (*_decord_errors(), IndexError):
+        return False
+
+
+def _copy(stack: Any, local: str, shown: str, identity: str | None, *, avi: bool) -> str:
+    """The Matroska copy of the local file ``local`` in the stage cache (:mod:`jobs.remux`),
+    held until ``stack`` (an ``ExitStack``) closes. Raises :class:`VideoReadError` naming
+    ``shown`` where it cannot be made, except for an AVI (``avi``), which is then read as it is."""
     from jobs.stage import StageError, remuxed
 
-    kind = remux_kind(local)
-    if kind is None:
-        return local
     try:
         with utf8_alias(local) as openable:  # the alias resolves to the same file: the same copy
             return str(stack.enter_context(remuxed(openable, identity=identity)))
     except StageError as exc:
-        if kind != "avi":
-            raise VideoReadError(shown or local, str(exc)) from None
-        logger.warning("%s: read as it is, its timestamps unknown (%s)", shown or local, exc)
+        if not avi:
+            raise VideoReadError(shown, str(exc)) from None
+        logger.warning("%s: read as it is, its timestamps unknown (%s)", shown, exc)
         return local
 
 
@@ -255,8 +319,6 @@ def _open_remote(uri: str, *, threads: int) -> OpenVideo:
     without its credentials."""
     from contextlib import ExitStack
 
-    import decord
-
     from jobs.stage import StageError, staged
     from sinks.location import display_location
 
@@ -264,18 +326,11 @@ def _open_remote(uri: str, *, threads: int) -> OpenVideo:
     stack = ExitStack()
     try:
         staged_copy = stack.enter_context(staged(uri))
-        copy = _readable_copy(stack, str(staged_copy), shown, identity=staged_copy.name)  # named by content
-        reader = decord.VideoReader(copy, ctx=decord.cpu(0), num_threads=threads)
     except StageError as exc:
         stack.close()
         raise VideoReadError(shown, str(exc)) from None
-    except VideoReadError:
-        stack.close()
-        raise
-    except _decord_errors() as exc:
-        stack.close()
-        raise VideoReadError(shown, f"not a readable video ({one_line(str(exc).replace(copy, shown))})") from None
-    return OpenVideo(shown, reader, source=copy, release=stack.close)
+    # the Matroska copy is named by the staged copy's content (its name)
+    return _open_local(str(staged_copy), shown, threads=threads, identity=staged_copy.name, release=stack.close)
 
 
 @contextmanager

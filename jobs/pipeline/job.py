@@ -391,8 +391,9 @@ def run_job(
     finally:
         online.close()
         pool.close()
-        if any(is_remote(v.path) or remux_kind(v.path) for v in videos):
-            # the staged copies of remote videos and the Matroska copies of MPEG streams and AVIs, on every node
+        if any(p.info.copied for p in probed) or any(is_remote(v.path) or remux_kind(v.path) for v in videos):
+            # the staged copies of remote videos and the Matroska copies of MPEG streams, AVIs and
+            # MP4s whose edit list hides frames, on every node
             freed = on_every_node(ray, clear_stage)
             logger.info("stage caches cleared: %d bytes on %d nodes", sum(freed.values()), len(freed))
     rows = _video_rows(videos, infos, failures, sink.frame_totals(), people, config, damaged=damaged,

@@ -12,6 +12,7 @@ import numpy as np
 from jobs.errors import one_line
 from jobs.pipeline.timed import STARTED, run_timed
 from jobs.inputs import VideoInput
+from jobs.remote import is_remote
 from jobs.video import VideoInfo, VideoReadError, open_video, utf8_alias
 
 __all__ = ["ProbeError", "Probes", "probe_all", "probe_video", "start_probes"]
@@ -45,7 +46,7 @@ def probe_video(path: str) -> VideoInfo:
         raise ProbeError(exc.cause) from None
     with video:
         reader = video.reader
-        total = len(reader)
+        total = len(video)  # the frames shown (an edit list's hidden ones left out)
         if total <= 0:
             raise ProbeError("the video has no frames")
         height, width = reader[0].shape[:2] if total else (0, 0)
@@ -54,7 +55,7 @@ def probe_video(path: str) -> VideoInfo:
             keyframes = tuple(int(k) for k in np.asarray(video.keyframes()).tolist())
         except VideoReadError:  # no usable index: the planner cuts shards anywhere
             keyframes = ()
-        duration = float(reader.get_frame_timestamp(total - 1)[1]) if total else 0.0
+        duration = video.end_s()
         codec = _fourcc(video.source)  # while a remote video's staged copy is held
     return VideoInfo(
         frames_total=total,
@@ -64,6 +65,7 @@ def probe_video(path: str) -> VideoInfo:
         height=int(height),
         codec=codec,
         keyframes=keyframes,
+        copied=video.source != video.path and not is_remote(path),
     )
 
 

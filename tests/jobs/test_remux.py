@@ -46,6 +46,14 @@ def streams(tmp_path_factory: pytest.TempPathFactory, scene: Scene, ffmpeg: str)
     # an old DVR's AVIs: H.264 and MPEG-4 part 2, both with B-frames
     _ffmpeg(ffmpeg, "-i", src, "-c:v", "libx264", "-preset", "veryfast", "-g", GOP, root / "h264.avi")
     _ffmpeg(ffmpeg, "-i", src, "-c:v", "mpeg4", "-q:v", "4", "-bf", "2", "-g", GOP, root / "mpeg4.avi")
+    # clips cut from a recording without re-encoding: MP4/MOV edit lists hiding the frames from the
+    # keyframe before the cut (frame 50, 2 s in; the keyframe is frame 30), the last one ending 2 s
+    # later; and the same cut in HEVC (x265's open GOPs, read through PyAV where reads seek)
+    _ffmpeg(ffmpeg, "-ss", "2", "-i", src, "-c", "copy", root / "trimmed.mp4")
+    _ffmpeg(ffmpeg, "-ss", "2", "-t", "2", "-i", src, "-c", "copy", root / "trimmed.mov")
+    _ffmpeg(ffmpeg, "-i", src, "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", f"log-level=error:keyint={GOP}",
+            root / "hevc.mp4")
+    _ffmpeg(ffmpeg, "-ss", "2", "-i", root / "hevc.mp4", "-c", "copy", root / "trimmed-hevc.mp4")
     return root
 
 
@@ -212,3 +220,54 @@ def test_a_transport_stream_in_object_storage_is_copied_from_its_staged_copy(
         assert sorted(p.suffix for p in _stage.iterdir() if not p.name.endswith(".lock")) == [".mkv", ".ts"]
     assert all(np.array_equal(a, ref[i]) for a, i in zip(got, range(GOP + 1, FRAMES, 9)))
     assert clear_stage(_stage) > 0 and not [p for p in _stage.iterdir() if not p.name.endswith(".lock")]
+
+
+def _pyav_frames(path: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """What FFmpeg shows of ``path`` (players, OpenCV): every frame in order as RGB, its start
+    time in seconds, and the indices of the keyframes."""
+    import av
+
+    with av.open(str(path)) as container:
+        decoded = [(f.to_ndarray(format="rgb24"), float(f.time), f.key_frame) for f in container.decode(video=0)]
+    return np.stack([d[0] for d in decoded]), np.array([d[1] for d in decoded]), [i for i, d in enumerate(decoded) if d[2]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["trimmed.mp4", "trimmed.mov", "trimmed-hevc.mp4"])
+def test_an_edit_list_that_hides_frames_gives_the_frames_ffmpeg_shows(streams: Path, name: str, _stage: Path) -> None:
+    """decord alone counted the hidden frames (120 - 30 where FFmpeg shows 70), put out the shown
+    ones then the last picture again reading in order, landed a seek to frame N on packet N, and
+    started the times at -0.8 s. Through the copy, with the hidden frames left out: FFmpeg's
+    frames, count and times, read in order, by a shard's seek, sampled, and keyframes alone."""
+    path = streams / name
+    ref, times, keys = _pyav_frames(path)
+    source = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    assert len(source) > len(ref) and source.get_frame_timestamp(0)[0] < 0  # what decord alone says
+    info = probe_video(str(path))
+    assert info.copied and info.frames_total == len(ref) and abs(info.duration_s - len(ref) / 25) < 0.05
+    with open_video(path) as video:  # frames 30-49 hidden (x265's undecodable leading frame left out of the copy)
+        assert video.lead == 20 and len(video) == len(ref) and video.source.endswith(".mkv")
+        every = [image.copy() for image in read_sampled(video, np.arange(len(ref)))]
+        stamps = video.timestamps(np.arange(len(ref)))
+        keyframes = video.keyframes()
+    assert len(every) == len(ref) and all(np.array_equal(a, b) for a, b in zip(every, ref))
+    assert np.abs(stamps - times).max() < 0.001  # Matroska keeps milliseconds
+    if "hevc" not in name:  # decord's HEVC keyframe indices count packets in decoding order (jobs/sparse.py)
+        assert keyframes.tolist() == keys
+    reads = {
+        "a shard": np.arange(keyframes[1], min(len(ref), keyframes[1] + 25)),
+        "every 7th": np.arange(3, len(ref), 7),
+        "keyframes": keyframes,
+    }
+    for what, frames in reads.items():
+        with open_video(path) as video:
+            got = [image.copy() for image in read_sampled(video, frames)]
+        assert len(got) == len(frames) and all(np.array_equal(a, ref[i]) for a, i in zip(got, frames.tolist())), what
+    assert clear_stage(_stage) > 0
+
+
+def test_an_mp4_that_hides_nothing_is_read_as_it_is(streams: Path, _stage: Path) -> None:
+    """x264's B-frames put an edit list in every MP4 FFmpeg writes; it hides no frame: no copy."""
+    with open_video(streams / "src.mp4") as video:
+        assert (video.source, video.lead, len(video)) == (str(streams / "src.mp4"), 0, FRAMES)
+    assert not _stage.exists() or not list(_stage.iterdir())

@@ -76,7 +76,9 @@ def test_a_transport_stream_gives_the_detections_of_the_stream_it_carries(
     """An NVR's ``.ts`` export (decord alone reads it one GOP late: ``jobs.remux``), and a
     second one whose name does not say so, against the MP4 holding the same packets: every
     frame's detections equal, at every frame and sampled, and no copy left behind. An old
-    DVR's AVI beside them gets its frames' times (decord alone: -3.07e17 s)."""
+    DVR's AVI beside them gets its frames' times (decord alone: -3.07e17 s). A clip cut from the
+    MP4 without re-encoding (an edit list hiding frames 30-39; decord alone counts them, and its
+    seeks and reads in order disagree) gives the MP4's rows from frame 40 on, 1.6 s earlier."""
     import subprocess
 
     vids = tmp_path / "vids"
@@ -87,6 +89,8 @@ def test_a_transport_stream_gives_the_detections_of_the_stream_it_carries(
                         str(vids / name)], check=True)
     subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-i", str(vids / "cam.mp4"), "-c:v", "libx264", "-preset",
                     "veryfast", "-g", "30", str(vids / "dvr.avi")], check=True)
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-ss", "1.6", "-i", str(vids / "cam.mp4"), "-c", "copy",
+                    str(vids / "clip.mp4")], check=True)
     stage = tmp_path / "stage"
     monkeypatch.setenv("MASKJOBS_STAGE_DIR", str(stage))  # inherited by the embedded Ray's workers
     config = tmp_path / "job.yaml"
@@ -97,7 +101,7 @@ def test_a_transport_stream_gives_the_detections_of_the_stream_it_carries(
         assert result.exit_code == 0, result.output
         frames = pd.read_parquet(out / "frames", columns=["video", "frame", "time_s", "detections"])
         by_video = {v: f.sort_values("frame").reset_index(drop=True) for v, f in frames.groupby("video")}
-        assert set(by_video) == {"cam.mp4", "cam.ts", "export.mp4", "dvr.avi"}
+        assert set(by_video) == {"cam.mp4", "cam.ts", "export.mp4", "dvr.avi", "clip.mp4"}
         avi = by_video["dvr.avi"]
         assert avi.frame.tolist() == by_video["cam.mp4"].frame.tolist()
         assert np.abs(avi.time_s - avi.frame / 25).max() < 0.002
@@ -105,11 +109,13 @@ def test_a_transport_stream_gives_the_detections_of_the_stream_it_carries(
         assert abs(videos.loc["dvr.avi", "duration_s"] - 90 / 25) < 0.05
         mp4 = by_video["cam.mp4"]
         assert len(mp4) == (90 if not flags else 23) and sum(len(d) for d in mp4.detections) > 0
-        for other in ("cam.ts", "export.mp4"):
-            ts = by_video[other]
-            assert ts.frame.tolist() == mp4.frame.tolist()
-            assert ts.time_s.round(3).tolist() == mp4.time_s.round(3).tolist()
-            for a, b in zip(mp4.detections, ts.detections):
+        clip = by_video["clip.mp4"].assign(frame=lambda f: f.frame + 40, time_s=lambda f: f.time_s + 1.6)
+        assert abs(videos.loc["clip.mp4", "frames_total"] - 50) == 0
+        for other, ts in (("cam.ts", by_video["cam.ts"]), ("export.mp4", by_video["export.mp4"]), ("clip.mp4", clip)):
+            ref = mp4[mp4.frame >= ts.frame.min()]
+            assert ts.frame.tolist() == ref.frame.tolist(), other
+            assert ts.time_s.round(3).tolist() == ref.time_s.round(3).tolist(), other
+            for a, b in zip(ref.detections, ts.detections):
                 assert [(d["label"], round(d["x1"], 2), round(d["y1"], 2), round(d["score"], 4)) for d in a] == [
                     (d["label"], round(d["x1"], 2), round(d["y1"], 2), round(d["score"], 4)) for d in b]
         assert not [p for p in stage.iterdir() if p.suffix == ".mkv"]  # the copies went with the job
