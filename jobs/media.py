@@ -13,8 +13,9 @@ from jobs.video import open_video
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".ppm", ".pgm"})
 VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".m2ts", ".3gp", ".ogv"}
-)
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".vob", ".ts", ".m2ts", ".mts",
+     ".m2t", ".3gp", ".ogv"}
+)  # .vob: a DVD's program stream; .mts, .m2t: camcorders' (AVCHD, HDV) transport streams
 
 
 def is_video(path: Path) -> bool:

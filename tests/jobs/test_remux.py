@@ -43,6 +43,7 @@ def streams(tmp_path_factory: pytest.TempPathFactory, scene: Scene, ffmpeg: str)
     _ffmpeg(ffmpeg, "-i", src, "-c:v", "mpeg2video", "-q:v", "4", "-bf", "2", "-g", GOP, root / "mpeg2.mkv")
     _ffmpeg(ffmpeg, "-i", root / "mpeg2.mkv", "-c", "copy", "-f", "mpeg", root / "dvr.mpg")
     _ffmpeg(ffmpeg, "-i", root / "mpeg2.mkv", "-c", "copy", root / "dvb.ts")
+    _ffmpeg(ffmpeg, "-i", root / "mpeg2.mkv", "-c", "copy", "-f", "vob", root / "dvd.vob")
     # an old DVR's AVIs: H.264 and MPEG-4 part 2, both with B-frames
     _ffmpeg(ffmpeg, "-i", src, "-c:v", "libx264", "-preset", "veryfast", "-g", GOP, root / "h264.avi")
     _ffmpeg(ffmpeg, "-i", src, "-c:v", "mpeg4", "-q:v", "4", "-bf", "2", "-g", GOP, root / "mpeg4.avi")
@@ -76,7 +77,7 @@ def test_streams_and_avi_are_recognised_by_their_bytes(streams: Path, tmp_path: 
     os.mkfifo(tmp_path / "live.ts")  # never opened: that would wait for a writer
     renamed = tmp_path / "recording.mp4"  # a stream's name does not decide
     renamed.write_bytes((streams / "plain.ts").read_bytes())
-    kinds = {"plain.ts": "mpegts", "camera.m2ts": "mpegts", "dvb.ts": "mpegts", "dvr.mpg": "mpeg", "h264.avi": "avi",
+    kinds = {"plain.ts": "mpegts", "camera.m2ts": "mpegts", "dvb.ts": "mpegts", "dvr.mpg": "mpeg", "dvd.vob": "mpeg", "h264.avi": "avi",
              "mpeg4.avi": "avi", "src.mp4": None, "mpeg2.mkv": None, "missing.ts": None}
     assert {name: remux_kind(streams / name) for name in kinds} == kinds
     assert remux_kind(renamed) == "mpegts"
@@ -139,7 +140,7 @@ def test_a_file_that_only_looks_like_a_transport_stream_fails_naming_it(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mpeg2.mkv", "dvr.mpg", "dvb.ts"])
+@pytest.mark.parametrize("name", ["mpeg2.mkv", "dvr.mpg", "dvb.ts", "dvd.vob"])
 def test_mpeg2_reads_that_seek_give_the_frames_at_their_index(streams: Path, name: str) -> None:
     """A shard starting at a keyframe, sampled frames and keyframes alone: decord's own seeks
     came out 2 frames off on each (its keyframe indices count packets in decoding order)."""
