@@ -33,6 +33,9 @@ agree, times from 0): :class:`jobs.video.OpenVideo` reads it with the first
 :func:`hidden_frames` frames left out and their time subtracted, which gives FFmpeg's frames,
 count and times. decord's first timestamp below 0 is what sends an MP4 to this check.
 
+Transport streams joined end to end (``cat a.ts b.ts``) restart their clock at the join; the
+copy's timestamps run on through it (:class:`_Clock`), or it would end there.
+
 So :func:`jobs.video.open_video` hands decord that copy, made once per node in the stage cache
 (:func:`jobs.stage.remuxed`, cleared at the end of the job like a remote video's copy). A
 stream is recognised by its bytes, not by its name: a transport stream by a 0x47 sync byte
@@ -131,6 +134,41 @@ def _leading(packet: Any, first_key: list[int]) -> bool:
     return bool(packet.is_discard and first_key and packet.pts is not None and packet.pts < first_key[0])
 
 
+class _Clock:
+    """Timestamps that run on where a stream's go back: transport streams joined end to end
+    (``cat a.ts b.ts``, the way MPEG-TS is concatenated; an NVR's export spanning a camera's
+    restart) start again from their own clock, which Matroska cannot hold ("non-monotonic
+    DTS"): the copy would end at the join and every frame after it would be lost. FFmpeg (OpenCV,
+    players) decodes on through it. Each packet from a restart on is moved later by the same
+    amount, so that its decoding time follows every presentation time before it by one frame:
+    the frames keep their order and spacing, and the times after a join run on from before it.
+    Forward jumps (a recording's gap) are kept."""
+
+    def __init__(self) -> None:
+        self.shift = 0  # added to every timestamp, in the stream's time base
+        self.last_dts: int | None = None
+        self.top = 0  # the latest presentation (or decoding) time put out so far
+        self.step = 1  # the last gap between decoding times: a frame's duration
+        self.restarts = 0
+
+    def run_on(self, packet: Any) -> None:
+        """Moves ``packet``'s timestamps (``dts`` set) by the shift, first raising the shift where
+        its decoding time would go back."""
+        dts = packet.dts + self.shift
+        if self.last_dts is not None:
+            if dts < self.last_dts:
+                self.shift = self.top + self.step - packet.dts
+                self.restarts += 1
+                dts = packet.dts + self.shift
+            elif dts > self.last_dts:
+                self.step = dts - self.last_dts
+        self.last_dts = dts
+        if packet.pts is not None:
+            packet.pts += self.shift
+        packet.dts = dts
+        self.top = max(self.top, dts, packet.pts if packet.pts is not None else dts)
+
+
 class RemuxError(RuntimeError):
     """The stream could not be copied into Matroska; the message says why in one line."""
 
@@ -158,6 +196,7 @@ def remux_to_matroska(src: str | Path, dst: str | Path) -> int:
                 target = out.add_stream_from_template(stream)
                 unstamped = 0
                 first_key: list[int] = []
+                clock = _Clock()
                 try:
                     for packet in inp.demux(stream):
                         if packet.size == 0:  # the demuxer's flush packet
@@ -167,6 +206,7 @@ def remux_to_matroska(src: str | Path, dst: str | Path) -> int:
                         if packet.dts is None:  # Matroska cannot place it (FFmpeg stamps what it can)
                             unstamped += 1
                             continue
+                        clock.run_on(packet)
                         packet.stream = target
                         out.mux(packet)
                         copied += 1
@@ -177,6 +217,9 @@ def remux_to_matroska(src: str | Path, dst: str | Path) -> int:
                                    src, copied, one_line(exc))
                 if unstamped:
                     logger.warning("%s: %d packets without a timestamp left out of its copy", src, unstamped)
+                if clock.restarts:
+                    logger.info("%s: its timestamps start again %d times (recordings joined); its copy's run on",
+                                src, clock.restarts)
     except RemuxError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
