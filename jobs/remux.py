@@ -62,6 +62,7 @@ _PACKETS = 4  # sync bytes checked: a random file passes with odds of 256**-4
 _PACK_HEADER = b"\x00\x00\x01\xba"  # an MPEG program stream's first bytes
 _SHOWN_RUN = 16  # packets shown in a row after which no hidden one follows (B-frame reordering is shallower)
 _SCAN_PACKETS = 4096  # the most packets :func:`hidden_frames` reads
+_HOLD_BYTES = 256 << 20  # packets held while waiting for a stream's first keyframe (:class:`_Start`)
 SOURCE_TAG = "MASKJOBS_REMUXED_FROM"  # the copy's container tag: the source's FFmpeg format name
 
 
@@ -90,17 +91,18 @@ def remux_kind(path: str | Path) -> str | None:
 
 def hidden_frames(path: str | Path) -> int:
     """How many frames at the start of the MP4/MOV ``path``'s video stream its edit list hides:
-    packets FFmpeg reads to decode the first frame shown but does not show (flagged discard).
-    They come first in decoding order, mixed with shown ones only as far as B-frames reorder, so
-    the count stops after :data:`_SHOWN_RUN` shown packets in a row. 0 where PyAV is missing or
-    cannot read the file (decord's error, if any, is the one reported)."""
+    packets FFmpeg reads to decode the first frame shown but does not show (flagged discard),
+    less those no decoder puts out (:class:`_Start`). They come first in decoding order, mixed
+    with shown ones only as far as B-frames reorder, so the count stops after
+    :data:`_SHOWN_RUN` shown packets in a row. 0 where PyAV is missing or cannot read the file
+    (decord's error, if any, is the one reported)."""
     try:
         import av
     except ImportError as exc:  # a node without PyAV reads the file as decord does
         logger.warning("%s: its edit list not read, PyAV is not installed (%s)", path, exc)
         return 0
     hidden = shown = seen = 0
-    first_key: list[int] = []
+    start = _Start()
     try:
         with av.open(str(path)) as container:
             stream = container.streams.best("video")
@@ -110,12 +112,11 @@ def hidden_frames(path: str | Path) -> int:
                 if packet.size == 0:
                     continue
                 seen += 1
-                if _leading(packet, first_key):
-                    continue
-                if packet.is_discard:
-                    hidden, shown = hidden + 1, 0
-                else:
-                    shown += 1
+                for kept in start.admit(packet):
+                    if kept.is_discard:
+                        hidden, shown = hidden + 1, 0
+                    else:
+                        shown += 1
                 if shown >= _SHOWN_RUN or seen >= _SCAN_PACKETS:
                     break
     except (av.FFmpegError, OSError, ValueError) as exc:
@@ -124,14 +125,57 @@ def hidden_frames(path: str | Path) -> int:
     return hidden
 
 
-def _leading(packet: Any, first_key: list[int]) -> bool:
-    """Whether ``packet`` is a hidden frame shown before the stream's first keyframe (an open
-    GOP's leading picture, x265's RASL: it refers to a GOP the cut left out, so no decoder puts
-    it out, while decord's timestamps would count it). ``first_key`` holds the first keyframe's
-    presentation time once seen (packets come in decoding order: the keyframe first)."""
-    if packet.is_keyframe and not first_key and packet.pts is not None:
-        first_key.append(packet.pts)
-    return bool(packet.is_discard and first_key and packet.pts is not None and packet.pts < first_key[0])
+class _Start:
+    """Leaves out the packets at a stream's start that no decoder shows: those before its first
+    keyframe (a recording or segment that starts mid-GOP: a live capture, an NVR's export cut
+    at a byte, an edit list's hidden frames of a GOP the cut left out) and those after it shown
+    before it (an open GOP's leading pictures, x265's RASL: they refer to the GOP the file
+    lacks). decord counts them as frames, fails to seek before its first keyframe and, reading
+    in order, puts out the frames after them at their indices. FFmpeg (OpenCV, players) starts
+    at the keyframe: on transport and program streams cut at 30% of their bytes (H.264 with
+    closed and open GOPs, HEVC, MPEG-2), its frame count was the packets less these, exactly.
+
+    Packets before a keyframe are held (up to :data:`_HOLD_BYTES`): a stream whose keyframes
+    are not flagged gets them all back, as it did before. Leading pictures are looked for until
+    :data:`_SHOWN_RUN` packets in a row are kept (a later restart of the clock, recordings
+    joined, is not a leading picture)."""
+
+    def __init__(self) -> None:
+        self.key_pts: int | None = None  # the first keyframe's presentation time, once seen
+        self.held: list[Any] = []
+        self.held_bytes = 0
+        self.dropped = 0
+        self.kept_run = 0
+        self.done = False  # nothing more to leave out
+
+    def admit(self, packet: Any) -> list[Any]:
+        """The packets to copy now (``packet``, held ones, or none), in decoding order."""
+        if self.done:
+            return [packet]
+        if self.key_pts is None:
+            if packet.is_keyframe and packet.pts is not None:
+                self.key_pts, self.dropped, self.held = packet.pts, self.dropped + len(self.held), []
+                return [packet]
+            self.held.append(packet)
+            self.held_bytes += packet.size
+            if self.held_bytes <= _HOLD_BYTES:
+                return []
+            return self._give_up()
+        if packet.pts is not None and packet.pts < self.key_pts:
+            self.dropped += 1
+            self.kept_run = 0
+            return []
+        self.kept_run += 1
+        self.done = self.kept_run >= _SHOWN_RUN
+        return [packet]
+
+    def end(self) -> list[Any]:
+        """At the stream's end: the packets still held (no keyframe came)."""
+        return self._give_up() if self.key_pts is None else []
+
+    def _give_up(self) -> list[Any]:
+        held, self.held, self.done = self.held, [], True
+        return held
 
 
 class _Clock:
@@ -195,14 +239,11 @@ def remux_to_matroska(src: str | Path, dst: str | Path) -> int:
                 out.metadata[SOURCE_TAG] = inp.format.name
                 target = out.add_stream_from_template(stream)
                 unstamped = 0
-                first_key: list[int] = []
-                clock = _Clock()
-                try:
-                    for packet in inp.demux(stream):
-                        if packet.size == 0:  # the demuxer's flush packet
-                            continue
-                        if _leading(packet, first_key):  # undecodable: left out, as hidden_frames counts
-                            continue
+                start, clock = _Start(), _Clock()
+
+                def copy(packets: list[Any]) -> None:
+                    nonlocal copied, unstamped
+                    for packet in packets:
                         if packet.dts is None:  # Matroska cannot place it (FFmpeg stamps what it can)
                             unstamped += 1
                             continue
@@ -210,6 +251,12 @@ def remux_to_matroska(src: str | Path, dst: str | Path) -> int:
                         packet.stream = target
                         out.mux(packet)
                         copied += 1
+
+                try:
+                    for packet in inp.demux(stream):
+                        if packet.size:  # not the demuxer's flush packet
+                            copy(start.admit(packet))
+                    copy(start.end())
                 except (av.FFmpegError, OSError) as exc:
                     if not copied:
                         raise
@@ -217,6 +264,9 @@ def remux_to_matroska(src: str | Path, dst: str | Path) -> int:
                                    src, copied, one_line(exc))
                 if unstamped:
                     logger.warning("%s: %d packets without a timestamp left out of its copy", src, unstamped)
+                if start.dropped:
+                    logger.info("%s: %d packets before its first keyframe or shown before it left out (no decoder "
+                                "shows them)", src, start.dropped)
                 if clock.restarts:
                     logger.info("%s: its timestamps start again %d times (recordings joined); its copy's run on",
                                 src, clock.restarts)

@@ -250,8 +250,9 @@ def _open_local(
 ) -> OpenVideo:
     """A reader over the local file ``local`` (``shown``: the name errors and the video use), or
     over its Matroska copy where decord misreads the file itself (:mod:`jobs.remux`): MPEG
-    streams and AVIs by their bytes; an MP4 whose first timestamp decord puts below 0, where
-    its edit list hides frames (:func:`jobs.remux.hidden_frames`). ``identity``: the copy's
+    streams and AVIs by their bytes; a file that starts mid-GOP, or an MP4 whose first
+    timestamp decord puts below 0 where its edit list hides frames
+    (:func:`jobs.remux.hidden_frames`). ``identity``: the copy's
     (:func:`jobs.stage.remuxed`). ``release`` is called when the video is closed, or here on
     failure. Raises :class:`VideoReadError` naming ``shown``."""
     from contextlib import ExitStack
@@ -271,12 +272,13 @@ def _open_local(
         with utf8_alias(source) as openable:
             reader = decord.VideoReader(openable, ctx=decord.cpu(0), num_threads=threads)
         lead = 0
-        if source == local and _starts_early(reader):
+        early, mid_gop = _misread(reader) if source == local else (False, False)
+        if early:
             with utf8_alias(local) as openable:
                 lead = hidden_frames(openable)
-            if lead:
-                source = _copy(stack, local, shown, identity, avi=False)
-                reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=threads)
+        if lead or mid_gop:
+            source = _copy(stack, local, shown, identity, avi=False)
+            reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=threads)
     except VideoReadError:
         stack.close()
         raise
@@ -289,12 +291,18 @@ def _open_local(
     return OpenVideo(shown, reader, source=source, release=stack.close, lead=lead)
 
 
-def _starts_early(reader: Any) -> bool:
-    """Whether decord puts the first frame before time 0: an edit list that hides frames."""
+def _misread(reader: Any) -> tuple[bool, bool]:
+    """``(early, mid_gop)``: decord puts the first frame before time 0 (an edit list, which may
+    hide frames), and the file's first keyframe is not its first frame (it starts mid-GOP:
+    frames no decoder shows, which decord counts). Either is read through the Matroska copy."""
     try:
-        return len(reader) > 0 and float(reader.get_frame_timestamp(0)[0]) < 0.0
+        if len(reader) == 0:
+            return False, False
+        early = float(reader.get_frame_timestamp(0)[0]) < 0.0
+        keys = reader.get_key_indices()
+        return early, bool(len(keys)) and int(keys[0]) > 0
     except (*_decord_errors(), IndexError):
-        return False
+        return False, False
 
 
 def _copy(stack: Any, local: str, shown: str, identity: str | None, *, avi: bool) -> str:

@@ -59,6 +59,17 @@ def streams(tmp_path_factory: pytest.TempPathFactory, scene: Scene, ffmpeg: str)
     _ffmpeg(ffmpeg, "-i", src, "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", f"log-level=error:keyint={GOP}",
             root / "hevc.mp4")
     _ffmpeg(ffmpeg, "-ss", "2", "-i", root / "hevc.mp4", "-c", "copy", root / "trimmed-hevc.mp4")
+    # recordings that start mid-GOP (a live capture, an export cut at a byte): H.264, HEVC with
+    # open GOPs (leading frames that refer to the GOP cut off), MPEG-2 in a program stream, and
+    # the H.264 one in MP4 with its leading frames kept (-copyinkf)
+    _ffmpeg(ffmpeg, "-i", src, "-c:v", "libx265", "-preset", "ultrafast", "-x265-params",
+            f"log-level=error:keyint={GOP}", "-f", "mpegts", root / "hevc.ts")
+    for name, cut in (("plain.ts", "midgop.ts"), ("hevc.ts", "midgop-hevc.ts")):
+        whole = (root / name).read_bytes()
+        (root / cut).write_bytes(whole[int(len(whole) * 0.4) // 188 * 188:])
+    whole = (root / "dvd.vob").read_bytes()
+    (root / "midgop.vob").write_bytes(whole[whole.index(b"\x00\x00\x01\xba", int(len(whole) * 0.4)):])
+    _ffmpeg(ffmpeg, "-i", root / "midgop.ts", "-c", "copy", "-copyinkf", root / "midgop.mp4")
     return root
 
 
@@ -149,6 +160,25 @@ def test_transport_streams_joined_end_to_end_give_every_frame_of_both(streams: P
     assert (np.diff(times) > 0).all() and times[FRAMES] - times[FRAMES - 1] < 0.25  # on, not back to 0
     for frames in (np.arange(len(ref)), np.arange(3, len(ref), 7), np.arange(FRAMES + 7, FRAMES + 50)):
         with open_video(streams / "joined.ts") as video:
+            got = [image.copy() for image in read_sampled(video, frames)]
+        assert len(got) == len(frames) and all(_is_frame(a, ref, i) for a, i in zip(got, frames.tolist()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["midgop.ts", "midgop-hevc.ts", "midgop.vob", "midgop.mp4"])
+def test_a_recording_that_starts_mid_gop_gives_the_frames_ffmpeg_shows(streams: Path, name: str) -> None:
+    """FFmpeg (OpenCV, players) starts at the first keyframe; decord alone counted the frames
+    before it (and an open GOP's leading frames) at the start of its index, failed a seek
+    before its first keyframe ("decoding failed at frame 3") and put every frame at the wrong
+    index. Through the copy, without them: OpenCV's frames at their index, read in order,
+    sampled, and by a shard's seek."""
+    path = streams / name
+    ref = _opencv_frames(path)
+    info = probe_video(str(path))
+    assert 0 < info.frames_total == len(ref) < FRAMES and info.keyframes[0] == 0 and info.copied
+    reads = (np.arange(len(ref)), np.arange(3, len(ref), 7), np.arange(info.keyframes[1], len(ref)))
+    for frames in reads:
+        with open_video(path) as video:
             got = [image.copy() for image in read_sampled(video, frames)]
         assert len(got) == len(frames) and all(_is_frame(a, ref, i) for a, i in zip(got, frames.tolist()))
 
