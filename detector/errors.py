@@ -7,7 +7,21 @@ family into exit codes at its boundary; library code never exits the process.
 
 from __future__ import annotations
 
+import os
 import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable_name(name: str) -> str:
+    """A file name as one line of valid UTF-8 text: each byte that is not UTF-8 (a surrogate
+    escape, as Python decodes such names) and each control character (a newline in a name)
+    becomes ``\\xNN``; any other name is returned as is."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        name = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", name)
 
 
 class MaskjobsError(Exception):
@@ -26,16 +40,16 @@ class WeightsError(InputError):
     def __init__(self, path: object, cause: str) -> None:
         self.path = str(path)
         self.cause = cause
-        super().__init__(f"{self.path}: {cause}")
+        super().__init__(f"{printable_name(self.path)}: {cause}")
 
 
 class ImageReadError(InputError):
     """A picture or video that cannot be read."""
 
     def __init__(self, path: object, cause: str) -> None:
-        self.path = str(path)
+        self.path = str(path)  # as given (it opens the file); the message shows :func:`printable_name`
         self.cause = cause
-        super().__init__(f"{self.path}: {cause}")
+        super().__init__(f"{printable_name(self.path)}: {cause}")
 
 
 _TRACEBACK = "Traceback (most recent call last):"

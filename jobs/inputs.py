@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from detector.errors import printable_name
 from jobs.errors import InputError
 from jobs.media import VIDEO_EXTENSIONS
 from jobs.remote import is_remote, list_videos, local_path
@@ -45,13 +46,9 @@ class VideoInput:
 
 
 def escape_name(name: str) -> str:
-    """``name`` as valid UTF-8 text: each byte that is not UTF-8 (a surrogate escape, as
-    Python decodes such file names) becomes ``\\xNN``; any other name is returned as is."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(name).decode("utf-8", "backslashreplace")
-    return name
+    """``name`` as one line of valid UTF-8 text (:func:`detector.errors.printable_name`): bytes
+    that are not UTF-8 and control characters (a newline) become ``\\xNN``."""
+    return printable_name(name)
 
 
 def _is_video_name(name: str) -> bool:

@@ -62,7 +62,6 @@ from typing import Any
 
 import numpy as np
 
-from jobs.errors import one_line
 from jobs.remux import SOURCE_TAG
 from jobs.video import OpenVideo, VideoReadError, keyframe_before, utf8_alias
 
@@ -153,7 +152,7 @@ def read_sampled(video: OpenVideo, frames: np.ndarray, *, tally: Tally | None = 
     except (*_av_errors(), VideoReadError, OSError, ValueError) as exc:
         if done:
             raise _failed(video, int(frames[done]), exc) from None
-        why = f"PyAV: {type(exc).__name__}: {one_line(str(exc).replace(video.source, video.path))}"
+        why = f"PyAV: {type(exc).__name__}: {video.error_line(exc)}"
     if done == len(frames):
         return
     why = why or "past the end"
@@ -192,8 +191,7 @@ def _seeks(frames: np.ndarray, keyframes: np.ndarray) -> bool:
 
 def _failed(video: OpenVideo, frame: int, exc: BaseException) -> VideoReadError:
     """``decoding failed at frame N (...)``, naming the video's display name, not its staged copy."""
-    line = one_line(str(exc).replace(video.source, video.path) if video.source != video.path else exc)
-    return VideoReadError(video.path, f"decoding failed at frame {frame} ({line})")
+    return VideoReadError(video.path, f"decoding failed at frame {frame} ({video.error_line(exc)})")
 
 
 def _av_errors() -> tuple[type[BaseException], ...]:

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from detector.errors import printable_name
 from jobs.errors import ImageReadError, one_line
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class OpenVideo:
             try:
                 self._keyframes = np.asarray(self.reader.get_key_indices(), dtype=np.int64)
             except _decord_errors() as exc:
-                raise VideoReadError(self.path, f"not a readable video ({self._line(exc)})") from None
+                raise VideoReadError(self.path, f"not a readable video ({self.error_line(exc)})") from None
         return self._keyframes
 
     def keyframes(self) -> np.ndarray:
@@ -219,11 +220,11 @@ class OpenVideo:
             raise self._decoding_failed(int(frames[0]), exc) from None
 
     def _decoding_failed(self, frame: int, exc: BaseException) -> VideoReadError:
-        return VideoReadError(self.path, f"decoding failed at frame {frame} ({self._line(exc)})")
+        return VideoReadError(self.path, f"decoding failed at frame {frame} ({self.error_line(exc)})")
 
-    def _line(self, exc: BaseException) -> str:
+    def error_line(self, exc: BaseException) -> str:
         """decord's line, naming the video's display name rather than its staged copy."""
-        return one_line(str(exc).replace(self.source, self.path) if self.source != self.path else exc)
+        return one_line(str(exc).replace(self.source, printable_name(self.path)))
 
 
 def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:
@@ -284,7 +285,7 @@ def _open_local(
         raise
     except _decord_errors() as exc:
         stack.close()
-        line = one_line(str(exc).replace(source, shown) if source != shown else exc)
+        line = one_line(str(exc).replace(source, printable_name(shown)))  # a newline in a name ends no line
         raise VideoReadError(shown, f"not a readable video ({line})") from None
     if source == shown and release is None:
         return OpenVideo(shown, reader)

@@ -149,6 +149,15 @@ def test_escape_name_leaves_text_alone() -> None:
     assert escape_name(os.fsdecode(b"\xff\xfe.mp4")) == "\\xff\\xfe.mp4"
 
 
+def test_a_control_character_in_a_name_is_escaped_so_the_id_is_one_line(tmp_path: Path) -> None:
+    """A newline in a file name split the summary table's row and the error line in two."""
+    _touch(tmp_path, "bad\nname.mp4", "tab\there.mp4")
+    found = discover([str(tmp_path)])
+    assert _ids(found) == ["bad\\x0aname.mp4", "tab\\x09here.mp4"]
+    assert Path(found[0].path).name == "bad\nname.mp4"  # opened by its real name
+    assert escape_name("caf\u00e9\x7f.mp4") == "caf\u00e9\\x7f.mp4"
+
+
 @pytest.mark.slow  # spawns a process (dropping root, who reads every folder, where it runs as root)
 def test_an_unreadable_folder_is_reported_by_name() -> None:
     import subprocess

@@ -33,6 +33,17 @@ def test_an_unreadable_file_is_one_error_naming_it(tmp_path: Path, make, cause: 
     assert one_line(err) == str(err)
 
 
+def test_a_newline_in_the_name_is_escaped_in_the_one_line(tmp_path: Path) -> None:
+    """decord's own message names the file too: it was cut at the name's newline."""
+    path = tmp_path / "bad\nname.mp4"
+    path.write_text("not a video\n" * 50)
+    with pytest.raises(VideoReadError) as info:
+        open_video(path)
+    shown = str(tmp_path / "bad\\x0aname.mp4")
+    assert info.value.path == str(path) and "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{shown}: not a readable video (") and shown in info.value.cause
+
+
 def test_the_error_survives_pickling(tmp_path: Path) -> None:
     """Ray pickles an exception raised in a task."""
     err = VideoReadError(tmp_path / "v.mp4", "decoding failed at frame 7 (boom)")

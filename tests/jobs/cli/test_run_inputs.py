@@ -119,3 +119,23 @@ def test_a_transport_stream_gives_the_detections_of_the_stream_it_carries(
                 assert [(d["label"], round(d["x1"], 2), round(d["y1"], 2), round(d["score"], 4)) for d in a] == [
                     (d["label"], round(d["x1"], 2), round(d["y1"], 2), round(d["score"], 4)) for d in b]
         assert not [p for p in stage.iterdir() if p.suffix == ".mkv"]  # the copies went with the job
+
+
+def test_a_broken_video_with_a_newline_in_its_name_is_one_error_line_and_the_rest_is_done(
+    tmp_path: Path, scene: Scene, ffmpeg: str, caffe_weights: Path
+) -> None:
+    """The error line, the summary's row and the video's id each stay one line: the name's
+    newline is written ``\\x0a`` (decord's own message, which names the file, was cut there)."""
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    (vids / "bad\nname.mp4").write_text("not a video\n" * 50)
+    write_video(vids / "ok.mp4", scene, 12, ffmpeg=ffmpeg, gop=6)
+    result = _run(str(vids), "--out", str(tmp_path / "out"), "--weights", str(caffe_weights))
+    assert result.exit_code == 1, result.output  # EXIT_VIDEOS_FAILED
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    shown = str(vids / "bad\\x0aname.mp4")
+    assert len(errors) == 1 and errors[0].startswith(f"error: {shown}: not a readable video ("), result.output
+    assert errors[0].endswith(")") and shown in errors[0][len(shown) + 8:]  # decord's line names it, whole
+    videos = pd.read_parquet(tmp_path / "out" / "videos.parquet").set_index("video")
+    assert videos.status.to_dict() == {"bad\\x0aname.mp4": "failed", "ok.mp4": "done"}
+    assert videos.loc["ok.mp4", "frames_processed"] == 12
