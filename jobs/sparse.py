@@ -26,6 +26,8 @@ frames), never by a frame-rate formula. Anything this module cannot vouch for is
   4:4:4 (10-bit RGB differs), a rotated video (decord turns it), an MP4 whose first timestamp decord
   puts below 0 (an edit list; one that hides frames arrives as its Matroska copy, read from the
   first frame shown: :mod:`jobs.remux`);
+* a picture whose size is not the stream's first (recordings of two sizes joined): decord
+  scales it to the first size, as OpenCV does, so decord reads it and the rest of the call;
 * PyAV failing to open the file, or any PyAV error before the first frame is handed over;
 * a wanted frame not where decord's index puts it (passed over, or the stream ended first):
   decord reads that frame and the rest of the call.
@@ -286,6 +288,7 @@ def _decode(path: str, plan: _Plan, tally: Tally, *, codecs: frozenset[str] = CO
         ctx.thread_count = 1  # the decode task holds one CPU
         ctx.thread_type = "NONE"
         start, base = int(stream.start_time), float(stream.time_base)
+        size = (ctx.width, ctx.height)  # decord scales every picture to the stream's first size
         n, j = len(plan.frames), 0
         target: int | None = None  # pts to seek to, None: decode on
         if plan.seeks[0]:
@@ -330,6 +333,8 @@ def _decode(path: str, plan: _Plan, tally: Tally, *, codecs: frozenset[str] = CO
                         continue  # a frame before the wanted one
                     if t >= plan.times[j] + plan.margins[j]:
                         raise _Unsure(f"frame {int(plan.frames[j])} (at {plan.times[j]:.3f} s) is not where decord has it")
+                    if (frame.width, frame.height) != size:  # recordings of two sizes joined
+                        raise _Unsure(f"the picture size changes to {frame.width}x{frame.height}")
                     yield _rgb(frame)
                     j, tries = j + 1, 0
                     if j < n and plan.seeks[j]:

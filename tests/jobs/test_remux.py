@@ -43,6 +43,9 @@ def streams(tmp_path_factory: pytest.TempPathFactory, scene: Scene, ffmpeg: str)
     _ffmpeg(ffmpeg, "-i", src, "-vf", "hflip", "-frames:v", "60", "-c:v", "libx264", "-preset", "veryfast",
             "-g", GOP, root / "second.ts")
     (root / "joined.ts").write_bytes(data + (root / "second.ts").read_bytes())
+    _ffmpeg(ffmpeg, "-i", root / "second.ts", "-vf", "scale=160:96", "-c:v", "libx264", "-preset", "veryfast",
+            "-g", GOP, root / "second-small.ts")
+    (root / "joined-sizes.ts").write_bytes(data + (root / "second-small.ts").read_bytes())
     # MPEG-2 with B-frames and open GOPs (a DVR's or DVB's): in Matroska, a program stream, a transport stream
     _ffmpeg(ffmpeg, "-i", src, "-c:v", "mpeg2video", "-q:v", "4", "-bf", "2", "-g", GOP, root / "mpeg2.mkv")
     _ffmpeg(ffmpeg, "-i", root / "mpeg2.mkv", "-c", "copy", "-f", "mpeg", root / "dvr.mpg")
@@ -184,6 +187,21 @@ def test_a_recording_that_starts_mid_gop_gives_the_frames_ffmpeg_shows(streams: 
 
 
 @pytest.mark.slow
+def test_recordings_of_two_sizes_joined_give_every_frame_at_the_first_size(streams: Path) -> None:
+    """decord (and OpenCV) scale the second recording's pictures to the first's size; PyAV's
+    skipping put them out at their own, so a batch mixed two sizes. It now leaves the frames from
+    the change on to decord."""
+    ref = _opencv_frames(streams / "joined-sizes.ts")
+    frames = np.arange(3, len(ref), 7)
+    tally = Tally()
+    with open_video(streams / "joined-sizes.ts") as video:
+        got = [image.copy() for image in read_sampled(video, frames, tally=tally)]
+    assert len(ref) == FRAMES + 60 and len(got) == len(frames) and tally.fallbacks == 1
+    assert {a.shape for a in got} == {ref[0].shape}
+    assert all(_is_frame(a, ref, i, tolerance=3.0) for a, i in zip(got, frames.tolist()))  # scaled by another filter
+
+
+@pytest.mark.slow
 def test_a_file_that_only_looks_like_a_transport_stream_fails_naming_it(tmp_path: Path) -> None:
     fake = tmp_path / "fake.ts"
     fake.write_bytes((bytes([0x47]) + bytes(187)) * 40)  # sync bytes, no program in them
@@ -233,10 +251,11 @@ def _opencv_frames(path: Path) -> list[np.ndarray]:
         out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.int16))
 
 
-def _is_frame(image: np.ndarray, ref: list[np.ndarray], i: int) -> bool:
-    """``image`` is frame ``i`` of ``ref``: nearer it than its neighbours, and within a grey level."""
+def _is_frame(image: np.ndarray, ref: list[np.ndarray], i: int, *, tolerance: float = 1.0) -> bool:
+    """``image`` is frame ``i`` of ``ref``: nearer it than its neighbours, and within
+    ``tolerance`` grey levels on average."""
     near = {j: float(np.abs(image.astype(np.int16) - ref[j]).mean()) for j in range(max(0, i - 4), min(len(ref), i + 5))}
-    return min(near, key=near.get) == i and near[i] < 1.0
+    return min(near, key=near.get) == i and near[i] < tolerance
 
 
 @pytest.mark.slow
