@@ -269,7 +269,7 @@ def _open_local(
     try:
         kind = remux_kind(local)
         if kind is not None:
-            source = _copy(stack, local, shown, identity, avi=kind == "avi")
+            source = _copy(stack, local, shown, identity, optional=kind == "avi")
         with utf8_alias(source) as openable:
             reader = decord.VideoReader(openable, ctx=decord.cpu(0), num_threads=threads)
         lead = 0
@@ -278,8 +278,11 @@ def _open_local(
             with utf8_alias(local) as openable:
                 lead = hidden_frames(openable)
         if lead or mid_gop:
-            source = _copy(stack, local, shown, identity, avi=False)
-            reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=threads)
+            source = _copy(stack, local, shown, identity, optional=True)
+            if source == local:  # read as it is, as before
+                lead = 0
+            else:
+                reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=threads)
     except VideoReadError:
         stack.close()
         raise
@@ -306,19 +309,22 @@ def _misread(reader: Any) -> tuple[bool, bool]:
         return False, False
 
 
-def _copy(stack: Any, local: str, shown: str, identity: str | None, *, avi: bool) -> str:
+def _copy(stack: Any, local: str, shown: str, identity: str | None, *, optional: bool) -> str:
     """The Matroska copy of the local file ``local`` in the stage cache (:mod:`jobs.remux`),
-    held until ``stack`` (an ``ExitStack``) closes. Raises :class:`VideoReadError` naming
-    ``shown`` where it cannot be made, except for an AVI (``avi``), which is then read as it is."""
+    held until ``stack`` (an ``ExitStack``) closes. Where it cannot be made (bigger than the
+    stage cache, no PyAV on the node), an ``optional`` copy (an AVI; an MP4 that starts mid-GOP
+    or hides frames) gives ``local``, read by decord as it is with a warning: its times, and
+    frames after a seek, may be off, where an MPEG stream's every frame would be. Otherwise
+    raises :class:`VideoReadError` naming ``shown``."""
     from jobs.stage import StageError, remuxed
 
     try:
         with utf8_alias(local) as openable:  # the alias resolves to the same file: the same copy
             return str(stack.enter_context(remuxed(openable, identity=identity)))
     except StageError as exc:
-        if not avi:
+        if not optional:
             raise VideoReadError(shown, str(exc)) from None
-        logger.warning("%s: read as it is, its timestamps unknown (%s)", shown, exc)
+        logger.warning("%s: read as it is, its times and frames after a seek may be off (%s)", printable_name(shown), exc)
         return local
 
 

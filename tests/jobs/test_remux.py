@@ -344,3 +344,17 @@ def test_an_mp4_that_hides_nothing_is_read_as_it_is(streams: Path, _stage: Path)
     with open_video(streams / "src.mp4") as video:
         assert (video.source, video.lead, len(video)) == (str(streams / "src.mp4"), 0, FRAMES)
     assert not _stage.exists() or not list(_stage.iterdir())
+
+
+@pytest.mark.slow
+def test_a_copy_that_does_not_fit_the_stage_fails_a_stream_and_leaves_an_mp4_as_it_is(
+    streams: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """decord's every frame of a .ts would be another moment: it fails, naming the setting. An
+    MP4 that hides frames is read as before the copy existed, with a warning."""
+    monkeypatch.setenv("MASKJOBS_STAGE_MAX_GB", "0.000001")
+    with pytest.raises(VideoReadError, match="do not fit the stage cache .*MASKJOBS_STAGE_MAX_GB"):
+        open_video(streams / "plain.ts")
+    with caplog.at_level("WARNING", logger="jobs.video"), open_video(streams / "trimmed.mp4") as video:
+        assert (video.source, video.lead, len(video)) == (str(streams / "trimmed.mp4"), 0, 90)
+    assert "trimmed.mp4: read as it is" in caplog.text
