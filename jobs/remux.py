@@ -1,5 +1,5 @@
-"""MPEG transport and program streams, AVI, and MP4s whose edit list hides frames, read through
-a Matroska remux, because decord misreads them.
+"""MPEG transport and program streams, AVI, and MP4s that start mid-GOP or whose edit list hides
+frames, read through a Matroska remux, because decord misreads them.
 
 decord's reader puts out the wrong pixels for MPEG transport streams: on H.264 in ``.ts`` (what
 NVRs, cameras and HLS recorders write) frame N read from the start is the picture shown at frame
@@ -32,6 +32,11 @@ holds every packet, hidden ones included, and is read consistently (decord's ord
 agree, times from 0): :class:`jobs.video.OpenVideo` reads it with the first
 :func:`hidden_frames` frames left out and their time subtracted, which gives FFmpeg's frames,
 count and times. decord's first timestamp below 0 is what sends an MP4 to this check.
+
+A recording that starts mid-GOP (a live capture, an export cut at a byte) holds packets before
+its first keyframe, which no decoder shows and decord counts as frames: the copy leaves them
+out (:class:`_Start`). An MP4 or Matroska file whose first keyframe is not decord's frame 0
+goes through the copy for this.
 
 Transport streams joined end to end (``cat a.ts b.ts``) restart their clock at the join; the
 copy's timestamps run on through it (:class:`_Clock`), or it would end there.

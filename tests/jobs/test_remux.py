@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import decord
@@ -15,7 +16,7 @@ import pytest
 
 from benchmarks.videogen import Scene, write_video
 from jobs.pipeline.probe import probe_video
-from jobs.remux import remux_kind
+from jobs.remux import _Clock, _Start, remux_kind
 from jobs.sparse import Tally, read_sampled
 from jobs.stage import clear_stage
 from jobs.video import VideoReadError, open_video
@@ -87,6 +88,53 @@ def _source_frames(streams: Path) -> np.ndarray:
     """The MP4's frames, read by decord from the first (the stream every .ts here carries)."""
     reader = decord.VideoReader(str(streams / "src.mp4"), ctx=decord.cpu(0), num_threads=1)
     return reader.get_batch(list(range(len(reader)))).asnumpy()
+
+
+@dataclass
+class _Packet:
+    """What :class:`jobs.remux._Start` and ``_Clock`` read of a PyAV packet."""
+
+    pts: int | None
+    dts: int | None = None
+    is_keyframe: bool = False
+    size: int = 1000
+
+
+def _admitted(start: _Start, packets: list[_Packet]) -> list[int | None]:
+    out = [p.pts for packet in packets for p in start.admit(packet)]
+    return out + [p.pts for p in start.end()]
+
+
+def test_packets_before_the_first_keyframe_and_shown_before_it_are_left_out() -> None:
+    """Decoding order: two P-frames of the GOP cut off, the keyframe (pts 10), a leading B-frame
+    shown before it (pts 9), then frames after it; later a restart of the clock is kept."""
+    packets = [_Packet(5), _Packet(8), _Packet(10, is_keyframe=True), _Packet(9), _Packet(12), _Packet(11)]
+    packets += [_Packet(pts) for pts in range(13, 40)] + [_Packet(0, is_keyframe=True), _Packet(2)]
+    start = _Start()
+    kept = _admitted(start, packets)
+    assert kept == [10, 12, 11, *range(13, 40), 0, 2] and start.dropped == 3
+
+
+def test_a_stream_whose_keyframes_are_not_flagged_keeps_every_packet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("jobs.remux._HOLD_BYTES", 5000)
+    held_to_the_end = [_Packet(pts) for pts in range(3)]
+    assert _admitted(_Start(), held_to_the_end) == [0, 1, 2]  # the stream ended first
+    past_the_hold = [_Packet(pts) for pts in range(9)]
+    assert _admitted(_Start(), past_the_hold) == list(range(9))  # given back at 6 packets, then passed on
+
+
+def test_a_clock_that_starts_again_runs_on_past_every_frame_shown_before() -> None:
+    """B-frames: presentation times up to 2 frames after decoding times; the second recording's
+    clock starts at 0 again (and its decoding times one frame before 0)."""
+    first = [_Packet(pts, dts) for pts, dts in [(2, 0), (6, 2), (4, 4), (10, 6), (8, 8)]]
+    second = [_Packet(pts, dts) for pts, dts in [(0, -2), (4, 0), (2, 2)]]
+    clock = _Clock()
+    for packet in first + second:
+        clock.run_on(packet)
+    assert [(p.pts, p.dts) for p in first] == [(2, 0), (6, 2), (4, 4), (10, 6), (8, 8)]  # untouched
+    dts = [p.dts for p in first + second]
+    assert dts == sorted(dts) and min(p.pts for p in second) > max(p.pts for p in first)
+    assert [p.pts - second[0].pts for p in second] == [0, 4, 2] and clock.restarts == 1
 
 
 def test_streams_and_avi_are_recognised_by_their_bytes(streams: Path, tmp_path: Path) -> None:
