@@ -30,7 +30,7 @@ in order it puts out the shown ones and then the last picture again, a seek to f
 packet N (the hidden frames counted), and its timestamps start at -1.3 s. Its Matroska copy
 holds every packet, hidden ones included, and is read consistently (decord's order and seeks
 agree, times from 0): :class:`jobs.video.OpenVideo` reads it with the first
-:func:`hidden_frames` frames left out and their time subtracted, which gives FFmpeg's frames,
+:func:`scan_start`'s hidden frames left out and their time subtracted, which gives FFmpeg's frames,
 count and times. decord's first timestamp below 0 is what sends an MP4 to this check.
 
 A recording that starts mid-GOP (a live capture, an export cut at a byte) holds packets before
@@ -56,7 +56,7 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobs.errors import one_line
 
@@ -66,7 +66,7 @@ _SYNC = 0x47
 _PACKETS = 4  # sync bytes checked: a random file passes with odds of 256**-4
 _PACK_HEADER = b"\x00\x00\x01\xba"  # an MPEG program stream's first bytes
 _SHOWN_RUN = 16  # packets shown in a row after which no hidden one follows (B-frame reordering is shallower)
-_SCAN_PACKETS = 4096  # the most packets :func:`hidden_frames` reads
+_SCAN_PACKETS = 4096  # the most packets :func:`scan_start` reads
 _HOLD_BYTES = 256 << 20  # packets held while waiting for a stream's first keyframe (:class:`_Start`)
 SOURCE_TAG = "MASKJOBS_REMUXED_FROM"  # the copy's container tag: the source's FFmpeg format name
 
@@ -94,25 +94,37 @@ def remux_kind(path: str | Path) -> str | None:
     return None
 
 
-def hidden_frames(path: str | Path) -> int:
-    """How many frames at the start of the MP4/MOV ``path``'s video stream its edit list hides:
-    packets FFmpeg reads to decode the first frame shown but does not show (flagged discard),
-    less those no decoder puts out (:class:`_Start`). They come first in decoding order, mixed
-    with shown ones only as far as B-frames reorder, so the count stops after
-    :data:`_SHOWN_RUN` shown packets in a row. 0 where PyAV is missing or cannot read the file
-    (decord's error, if any, is the one reported)."""
+class Start(NamedTuple):
+    """What :func:`scan_start` found at the start of a video stream."""
+
+    hidden: int  # frames an edit list hides that decode (kept in the copy; ``OpenVideo.lead``)
+    dropped: int  # packets no decoder shows (:class:`_Start`; left out of the copy)
+
+
+def scan_start(path: str | Path) -> Start:
+    """What the start of ``path``'s video stream holds that decord misreads (both 0 where PyAV
+    is missing or cannot read the file: decord's error, if any, is the one reported):
+
+    * ``hidden``: frames an MP4/MOV edit list hides, packets FFmpeg reads to decode the first
+      frame shown but does not show (flagged discard);
+    * ``dropped``: packets no decoder shows (:class:`_Start`), an open GOP's leading frames
+      where the file starts at its keyframe (``ffmpeg -i cut.ts -c copy cut.mp4`` of an open-GOP
+      stream: 123 packets, FFmpeg shows 120; decord puts the first frame at -0.1 s).
+
+    Both come first in decoding order, mixed with shown ones only as far as B-frames reorder,
+    so the scan stops after :data:`_SHOWN_RUN` shown packets in a row."""
     try:
         import av
     except ImportError as exc:  # a node without PyAV reads the file as decord does
-        logger.warning("%s: its edit list not read, PyAV is not installed (%s)", path, exc)
-        return 0
+        logger.warning("%s: its start not read, PyAV is not installed (%s)", path, exc)
+        return Start(0, 0)
     hidden = shown = seen = 0
     start = _Start()
     try:
         with av.open(str(path)) as container:
             stream = container.streams.best("video")
             if stream is None:
-                return 0
+                return Start(0, 0)
             for packet in container.demux(stream):
                 if packet.size == 0:
                     continue
@@ -125,9 +137,9 @@ def hidden_frames(path: str | Path) -> int:
                 if shown >= _SHOWN_RUN or seen >= _SCAN_PACKETS:
                     break
     except (av.FFmpegError, OSError, ValueError) as exc:
-        logger.warning("%s: its edit list not read (%s)", path, one_line(exc))
-        return 0
-    return hidden
+        logger.warning("%s: its start not read (%s)", path, one_line(exc))
+        return Start(0, 0)
+    return Start(hidden, start.dropped)
 
 
 class _Start:
@@ -201,8 +213,12 @@ class _Clock:
         self.restarts = 0
 
     def run_on(self, packet: Any) -> None:
-        """Moves ``packet``'s timestamps (``dts`` set) by the shift, first raising the shift where
-        its decoding time would go back."""
+        """Moves ``packet``'s timestamps by the shift, first raising the shift where its decoding
+        time would go back (a packet without one, from Matroska, is only moved)."""
+        if packet.dts is None:
+            packet.pts += self.shift
+            self.top = max(self.top, packet.pts)
+            return
         dts = packet.dts + self.shift
         if self.last_dts is not None:
             if dts < self.last_dts:
@@ -245,12 +261,15 @@ def remux_to_matroska(src: str | Path, dst: str | Path) -> int:
                 target = out.add_stream_from_template(stream)
                 unstamped = 0
                 start, clock = _Start(), _Clock()
+                # Matroska stores presentation times only: its demuxer leaves most B-frame streams'
+                # decoding times unset, which its muxer does not need
+                pts_only = inp.format.name.startswith("matroska")
 
                 def copy(packets: list[Any]) -> None:
                     nonlocal copied, unstamped
                     for packet in packets:
-                        if packet.dts is None:  # Matroska cannot place it (FFmpeg stamps what it can)
-                            unstamped += 1
+                        if packet.dts is None and not (pts_only and packet.pts is not None):
+                            unstamped += 1  # Matroska cannot place it (FFmpeg stamps what it can)
                             continue
                         clock.run_on(packet)
                         packet.stream = target

@@ -251,16 +251,16 @@ def _open_local(
 ) -> OpenVideo:
     """A reader over the local file ``local`` (``shown``: the name errors and the video use), or
     over its Matroska copy where decord misreads the file itself (:mod:`jobs.remux`): MPEG
-    streams and AVIs by their bytes; a file that starts mid-GOP, or an MP4 whose first
-    timestamp decord puts below 0 where its edit list hides frames
-    (:func:`jobs.remux.hidden_frames`). ``identity``: the copy's
+    streams and AVIs by their bytes; a file that starts mid-GOP, or one whose first timestamp
+    decord puts below 0 where its start holds frames FFmpeg does not show (an edit list's, an
+    open GOP's leading frames: :func:`jobs.remux.scan_start`). ``identity``: the copy's
     (:func:`jobs.stage.remuxed`). ``release`` is called when the video is closed, or here on
     failure. Raises :class:`VideoReadError` naming ``shown``."""
     from contextlib import ExitStack
 
     import decord
 
-    from jobs.remux import hidden_frames, remux_kind
+    from jobs.remux import remux_kind, scan_start
 
     stack = ExitStack()
     if release is not None:
@@ -272,12 +272,12 @@ def _open_local(
             source = _copy(stack, local, shown, identity, optional=kind == "avi")
         with utf8_alias(source) as openable:
             reader = decord.VideoReader(openable, ctx=decord.cpu(0), num_threads=threads)
-        lead = 0
+        lead = dropped = 0
         early, mid_gop = _misread(reader) if source == local else (False, False)
         if early:
             with utf8_alias(local) as openable:
-                lead = hidden_frames(openable)
-        if lead or mid_gop:
+                lead, dropped = scan_start(openable)
+        if lead or dropped or mid_gop:
             source = _copy(stack, local, shown, identity, optional=True)
             if source == local:  # read as it is, as before
                 lead = 0

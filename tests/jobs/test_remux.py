@@ -74,6 +74,10 @@ def streams(tmp_path_factory: pytest.TempPathFactory, scene: Scene, ffmpeg: str)
     whole = (root / "dvd.vob").read_bytes()
     (root / "midgop.vob").write_bytes(whole[whole.index(b"\x00\x00\x01\xba", int(len(whole) * 0.4)):])
     _ffmpeg(ffmpeg, "-i", root / "midgop.ts", "-c", "copy", "-copyinkf", root / "midgop.mp4")
+    # the HEVC one copied as FFmpeg does by default: from its first keyframe, with the open GOP's
+    # leading frames after it, which refer to the GOP cut off (decord puts the first at -0.1 s)
+    for container in ("mp4", "mkv"):
+        _ffmpeg(ffmpeg, "-i", root / "midgop-hevc.ts", "-c", "copy", root / f"midgop-hevc.{container}")
     return root
 
 
@@ -216,7 +220,9 @@ def test_transport_streams_joined_end_to_end_give_every_frame_of_both(streams: P
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["midgop.ts", "midgop-hevc.ts", "midgop.vob", "midgop.mp4"])
+@pytest.mark.parametrize(
+    "name", ["midgop.ts", "midgop-hevc.ts", "midgop.vob", "midgop.mp4", "midgop-hevc.mp4", "midgop-hevc.mkv"]
+)
 def test_a_recording_that_starts_mid_gop_gives_the_frames_ffmpeg_shows(streams: Path, name: str) -> None:
     """FFmpeg (OpenCV, players) starts at the first keyframe; decord alone counted the frames
     before it (and an open GOP's leading frames) at the start of its index, failed a seek
