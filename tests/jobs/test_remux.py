@@ -412,3 +412,20 @@ def test_a_copy_that_does_not_fit_the_stage_fails_a_stream_and_leaves_an_mp4_as_
     with caplog.at_level("WARNING", logger="jobs.video"), open_video(streams / "trimmed.mp4") as video:
         assert (video.source, video.lead, len(video)) == (str(streams / "trimmed.mp4"), 0, 90)
     assert "trimmed.mp4: read as it is" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_cut_clip_and_a_mid_gop_recording_in_a_bucket_give_the_frames_ffmpeg_shows(
+    streams: Path, s3_server, _stage: Path
+) -> None:
+    """The object is staged, then the staged file is checked and copied as a local one is."""
+    for name in ("trimmed.mp4", "midgop.ts"):
+        ref, _, _ = _pyav_frames(streams / name)
+        s3_server.put(f"cams/{name}", (streams / name).read_bytes())
+        uri = s3_server.uri(f"cams/{name}")
+        assert probe_video(uri).frames_total == len(ref) < FRAMES
+        frames = np.arange(3, len(ref), 7)
+        with open_video(uri) as video:
+            assert video.source.endswith(".mkv") and Path(video.source).parent == _stage
+            got = [image.copy() for image in read_sampled(video, frames)]
+        assert len(got) == len(frames) and all(np.array_equal(a, ref[i]) for a, i in zip(got, frames.tolist()))
