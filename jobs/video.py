@@ -273,7 +273,8 @@ def _open_local(
         with utf8_alias(source) as openable:
             reader = decord.VideoReader(openable, ctx=decord.cpu(0), num_threads=threads)
         lead = dropped = 0
-        early, mid_gop = _misread(reader) if source == local else (False, False)
+        # an MPEG stream or AVI read as it is (its copy failed) is not looked at, nor copied, again
+        early, mid_gop = _misread(reader) if kind is None else (False, False)
         if early:
             with utf8_alias(local) as openable:
                 lead, dropped = scan_start(openable)
