@@ -87,7 +87,9 @@ def _stream(path: str, frames: np.ndarray, *, threads: int = 1) -> Iterator[np.n
     try:
         if not cap.isOpened():
             raise RenderError(f"{path}: not a readable video")
-        cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)  # frames as stored, as decord (and the detections) saw them
+        # frames as shown: turned by the container's rotation (a phone's portrait video), as decord
+        # turns them for the detections; stored sideways they were another size than the probe's
+        cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
         pos = 0  # the index of the frame the next grab decodes
         for idx in frames.tolist():
             while pos <= idx:

@@ -181,3 +181,45 @@ def test_the_annotate_reader_gives_decords_frames_in_every_codec(video_set) -> N
                 other = source[idx + 1].asnumpy().astype(int)
                 if np.abs(other - want).mean() > 2:
                     assert np.abs(image.astype(int) - want).mean() < np.abs(image.astype(int) - other).mean(), (video, idx)
+
+
+def test_a_phone_video_stored_sideways_is_annotated_as_shown(tmp_path, scene: Scene, ffmpeg: str, caffe_weights) -> None:
+    """A portrait phone video is stored sideways with a rotation in its container: decord turns
+    its frames upright for the detections, so the annotated video and the thumbnails are cut
+    from frames turned the same way (they were the stored ones, of another size: the whole
+    render piece failed, and the video had neither)."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "in"
+    root.mkdir()
+    write_video(tmp_path / "upright.mp4", scene, 24, ffmpeg=ffmpeg, gop=12)
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-i", str(tmp_path / "upright.mp4"), "-vf", "transpose=2",
+                    "-c:v", "libx264", "-g", "12", str(tmp_path / "sideways.mp4")], check=True)
+    phone = root / "phone.mp4"  # shown turned 90 degrees clockwise: upright again
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-display_rotation", "-90", "-i", str(tmp_path / "sideways.mp4"),
+                    "-c", "copy", str(phone)], check=True)
+    source = decord.VideoReader(str(phone))
+    shown = source[0].asnumpy()
+    assert shown.shape[:2] == (scene.height, scene.width)  # decord turns it
+
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [sys.executable, "-c", "from jobs.cli.main import app; app()", "run", str(root), "--out", str(out),
+         "--weights", str(caffe_weights), "--annotate"],
+        env=dict(os.environ), capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "failed" not in proc.stderr, proc.stderr[-3000:]
+    videos = pd.read_parquet(out / "videos.parquet").set_index("video")
+    assert (videos.loc["phone.mp4", ["width", "height"]] == [scene.width, scene.height]).all()
+    assert videos.loc["phone.mp4", "faces"] > 0
+    annotated = decord.VideoReader(str(out / "annotated" / "phone.mp4.mp4"))
+    assert len(annotated) == 24
+    for pos in (0, 23):  # the source frame as shown, below the banner
+        diff = np.abs(annotated[pos].asnumpy()[100:].astype(int) - source[pos].asnumpy()[100:].astype(int))
+        assert diff.mean() < 8, (pos, diff.mean())
+    tracks = pd.read_parquet(out / "tracks.parquet")
+    unmasked = tracks[tracks.label == "NoMask"]
+    assert len(unmasked) and unmasked.thumbnail.notna().all()
