@@ -19,6 +19,11 @@ logger = logging.getLogger(__name__)
 
 EDGE_BYTES = 64 * 1024
 HASH_NAME = "sha256-size-head-tail-64k"  # what ``content_hash`` is, for readers of the output
+# How frames are numbered, recorded beside each identity (``"reader"``; alone for a file with
+# none: a bucket's, a pipe's). 2: as FFmpeg shows them, a copied file's
+# hidden and undecodable leading frames left out (:mod:`jobs.remux`); before it (absent), such a
+# file's rows could be for other frames: :func:`jobs.pipeline.resume.drop_misread_videos`.
+READER = 2
 
 
 def content_hash(path: str, size: int) -> str:
@@ -56,7 +61,7 @@ def identify_all(paths: dict[str, str], *, threads: int = 8) -> dict[str, dict[s
 def same_file(recorded: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
     """Whether rows decoded from ``recorded`` still belong to ``current``; unknown (None, e.g.
     rows written before identities were recorded, or a pipe) counts as the same."""
-    if not recorded or not current:
+    if not recorded or not current or "size" not in recorded:
         return True
     return recorded.get("size") == current["size"] and recorded.get("content_hash") == current["content_hash"]
 

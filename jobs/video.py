@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class VideoInfo:
     """What a probe found. ``keyframes`` are frame indices where decoding can start. ``copied``:
-    a local file read through its Matroska copy in the stage cache (:mod:`jobs.remux`)."""
+    a local file read through its Matroska copy in the stage cache (:mod:`jobs.remux`);
+    ``remuxed``: a local or remote one (a remote video's staged file is not a copy of its own)."""
 
     frames_total: int
     fps: float
@@ -39,6 +40,7 @@ class VideoInfo:
     codec: str
     keyframes: tuple[int, ...]
     copied: bool = False
+    remuxed: bool = False
 
 
 class ProbedVideo(NamedTuple):
@@ -115,7 +117,7 @@ class OpenVideo:
     ``lead``: frames at the start of the file decord opened (``source``) that are not the
     video's: an MP4's frames its edit list hides, kept in its Matroska copy to decode the first
     one shown (:mod:`jobs.remux`). Indices, keyframes, the length and times here are the video's
-    (FFmpeg's): frame 0 is the first shown, at time 0.
+    (FFmpeg's): frame 0 is the first shown, at time 0. ``remuxed``: ``source`` is a Matroska copy.
 
     decord's reader keeps decoding ahead on its own thread and holds every frame it decodes
     (dmlc/decord#157, #208), so close it (or leave the ``with`` block) as soon as the frames
@@ -124,11 +126,12 @@ class OpenVideo:
 
     def __init__(
         self, path: str, reader: Any, *, source: str | None = None, release: Callable[[], Any] | None = None,
-        lead: int = 0,
+        lead: int = 0, remuxed: bool = False,
     ) -> None:
         self.path = path
         self.source = source or path  # the file decord opened: ``path``, or a staged or Matroska copy
         self.lead = lead
+        self.remuxed = remuxed
         self._release = release  # called once on close (a staged copy's lock)
         self._reader = reader
         self._keyframes: np.ndarray | None = None  # in ``source``'s frames
@@ -293,7 +296,7 @@ def _open_local(
         raise VideoReadError(shown, f"not a readable video ({line})") from None
     if source == shown and release is None:
         return OpenVideo(shown, reader)
-    return OpenVideo(shown, reader, source=source, release=stack.close, lead=lead)
+    return OpenVideo(shown, reader, source=source, release=stack.close, lead=lead, remuxed=source != local)
 
 
 def _misread(reader: Any) -> tuple[bool, bool]:

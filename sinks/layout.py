@@ -14,8 +14,9 @@ understand: ``file:///...``, ``s3://bucket/prefix``, ``gs://...``, ``hdfs://...`
 
 Each shard file's Parquet metadata lists, under :data:`SEGMENTS_KEY`, the frame ranges of
 the segments it holds (JSON ``[[video, first_frame, last_frame], ...]``), and under
-:data:`INPUTS_KEY` the identity of each of its videos' files when it was decoded (JSON
-``{video: {"size": .., "mtime_ns": .., "content_hash": ..}}``; absent in files written before it).
+:data:`INPUTS_KEY` the identity of each of its videos' files when it was decoded and how its
+frames were numbered (JSON ``{video: {"size": .., "mtime_ns": .., "content_hash": .., "reader": ..}}``;
+``reader`` alone for a file with no identity, a bucket's; absent in files written before it).
 """
 
 from __future__ import annotations

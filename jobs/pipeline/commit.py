@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.errors import one_line
+from jobs.identity import READER
 from jobs.pipeline.plan import Shard
 from jobs.pipeline.records import DetectedBatch, empty_detections
 from sinks.layout import SegmentRange
@@ -51,7 +52,8 @@ def commit_shard(
     inputs: dict[str, dict[str, Any]] | None = None,
 ) -> str | None:
     """Writes ``shard``'s rows from the detections of its batches (in decode order) to ``sink``,
-    with the identities of its videos' files (``inputs``, by video id, where known).
+    with the identities of its videos' files (``inputs``, by video id, where known) and how
+    their frames were numbered (:data:`jobs.identity.READER`).
 
     A segment whose video stopped decoding part-way (a ``damaged`` note) commits the frames
     before the damage, recorded as a shorter span, so a rerun plans the rest again.
@@ -77,9 +79,9 @@ def commit_shard(
         logger.exception("shard %s: its detections could not be tabulated", shard.shard_id)
         return f"its detections could not be tabulated ({type(exc).__name__}: {one_line(exc, limit=300)})"
     videos = {s.video for s in spans}
-    identities = {v: i for v, i in (inputs or {}).items() if v in videos and i is not None}
+    identities = {v: {**((inputs or {}).get(v) or {}), "reader": READER} for v in sorted(videos)}
     try:
-        sink.write(shard.shard_id, table, spans, identities or None)
+        sink.write(shard.shard_id, table, spans, identities)
     except (OSError, pa.ArrowException) as exc:
         logger.warning("shard %s: its rows could not be written (%s)", shard.shard_id, one_line(exc, limit=300))
         return f"its rows could not be written to {sink.location} ({one_line(exc, limit=300)})"

@@ -48,7 +48,7 @@ from jobs.pipeline.plan import Shard, decoded_frames, plan_shards, sample_frames
 from jobs.pipeline.probe import probe_all, start_probes
 from jobs.pipeline.ray_private import StreamingTask
 from jobs.pipeline.records import DetectedBatch
-from jobs.pipeline.resume import drop_changed_videos
+from jobs.pipeline.resume import drop_changed_videos, drop_misread_videos
 from jobs.pipeline.scheduler import Scheduler, ShardRun
 from jobs.pipeline.tracking import OnlineTracks
 from jobs.pipeline.tiles import job_tiles, pictures_per_frame
@@ -330,6 +330,8 @@ def run_job(
     meta = resolve_all(ray, videos, resolver, created=created)  # tasks only for what a failed probe did not read
     timings["probe_s"] = time.monotonic() - t0
     probed = [ProbedVideo(v.video, v.path, infos[v.video]) for v in videos if v.video in infos]
+    if drop_misread_videos(sink, {p.video for p in probed if p.info.remuxed}):  # rows of an earlier version
+        committed = sink.committed_ranges()
     if config.detector.int8:
         job["int8_calibration"] = _start_int8(ray, probed, config, pool, factory, input_size=weights.spec.input_size)
     per_frame = pictures_per_frame(probed, config.detector, input_size=weights.spec.input_size)  # tiles: > 1

@@ -66,6 +66,7 @@ def probe_video(path: str) -> VideoInfo:
         codec=codec,
         keyframes=keyframes,
         copied=video.source != video.path and not is_remote(path),
+        remuxed=video.remuxed,
     )
 
 

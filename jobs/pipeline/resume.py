@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from jobs.identity import describe_change, same_file
+from jobs.identity import READER, describe_change, same_file
 from sinks.store import OutputStore
 
 logger = logging.getLogger(__name__)
@@ -33,3 +33,27 @@ def drop_changed_videos(sink: OutputStore, identities: dict[str, dict[str, Any] 
         logger.warning("%s: changed since its rows were committed (%s); processing it again from scratch",
                        video, how)
     return changed
+
+
+def drop_misread_videos(sink: OutputStore, copied: set[str]) -> set[str]:
+    """Drops every committed row of the ``copied`` videos (read through a Matroska copy: :mod:`jobs.remux`)
+    whose rows were decoded before frames were numbered as FFmpeg shows them (no ``reader`` of
+    :data:`jobs.identity.READER` recorded): a clip cut without re-encoding, a recording that
+    starts mid-GOP or ``.ts`` files joined end to end had rows for other frames then (frames an
+    edit list hides, packets no decoder shows, a second clock). Returns the videos dropped,
+    one warning line each; their files are unchanged, so :func:`drop_changed_videos` keeps them."""
+    dropped: set[str] = set()
+    if not copied:
+        return dropped
+    inputs = dict(sink.part_inputs())  # empty for shard files written before identities were
+    for path, segments in sink.part_segments():
+        recorded = inputs.get(path, {})
+        stale = {seg[0] for seg in segments if seg[0] in copied}
+        stale = {v for v in stale if (recorded.get(v) or {}).get("reader", 1) < READER}
+        if stale:
+            sink.drop_videos(path, stale)
+            dropped |= stale
+    for video in sorted(dropped):
+        logger.warning("%s: its rows were decoded by an earlier version that numbered this file's frames "
+                       "otherwise than FFmpeg; processing it again from scratch", video)
+    return dropped

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -151,3 +152,68 @@ def test_a_replaced_video_is_processed_again_and_a_missing_one_kept_as_absent(
     assert "not among this run's inputs" in rows.loc["other.mp4", "error"]
     assert np.isnan(rows.loc["other.mp4", "size_bytes"]) or rows.loc["other.mp4", "size_bytes"] is None
     assert len(_frames(out)) == 50
+
+
+def _as_an_earlier_version_wrote(part: Path, shift_s: dict[str, float]) -> None:
+    """Rewrites committed shard file ``part`` as versions before frames were numbered as FFmpeg
+    shows them did: no ``reader`` beside the identities, and the rows of ``shift_s``'s videos
+    at other times (the clip's hidden frames counted: its times started 0.4 s early)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from sinks.layout import INPUTS_KEY
+
+    table = pq.read_table(part)
+    meta = dict(table.schema.metadata)
+    inputs = json.loads(meta[INPUTS_KEY])
+    meta[INPUTS_KEY] = json.dumps({v: {k: x for k, x in rec.items() if k != "reader"} for v, rec in inputs.items()}).encode()
+    times = table.column("time_s").to_numpy().copy()
+    for video, shift in shift_s.items():
+        times[pc.equal(table.column("video"), video).to_numpy(zero_copy_only=False)] += shift
+    table = table.set_column(table.schema.get_field_index("time_s"), "time_s", pa.array(times))
+    pq.write_table(table.replace_schema_metadata(meta), part)
+
+
+def test_rows_an_earlier_version_decoded_from_a_copied_clip_are_redone_and_the_rest_kept(
+    tmp_path: Path, scene: Scene, ffmpeg: str, caffe_weights: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An output resumed after an upgrade: the rows of a clip cut without re-encoding (read
+    through its Matroska copy; versions before numbered its frames otherwise) are decoded again,
+    the ordinary recording's are kept as they were."""
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    write_video(vids / "cam.mp4", scene, 90, ffmpeg=ffmpeg, codec="h264-main", gop=30)
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-ss", "1.6", "-i", str(vids / "cam.mp4"), "-c", "copy",
+                    str(vids / "clip.mp4")], check=True)
+    out = tmp_path / "out"
+    first = _run(tmp_path, caffe_weights, str(vids), "--out", str(out))
+    assert first.exit_code == 0, first.output
+    fresh = pq.read_table(out / "frames").to_pandas().sort_values(["video", "frame"]).reset_index(drop=True)
+    assert (fresh.video == "clip.mp4").sum() == 50
+    parts = sorted((out / "frames").glob("part-*.parquet"))
+    for part in parts:
+        inputs = json.loads(pq.read_schema(part).metadata[b"maskjobs.inputs"])
+        assert inputs and all(rec["reader"] == 2 and rec["size"] > 0 for rec in inputs.values())
+        _as_an_earlier_version_wrote(part, {"clip.mp4": -0.4})
+    cam_only = {p.name: p.stat().st_mtime_ns for p in parts
+                if set(pq.read_table(p, columns=["video"]).column("video").to_pylist()) == {"cam.mp4"}}
+    assert cam_only
+
+    caplog.clear()
+    second = _run(tmp_path, caffe_weights, str(vids), "--out", str(out))
+    assert second.exit_code == 0, second.output
+    warned = [r.getMessage() for r in caplog.records if "earlier version" in r.getMessage()]
+    assert warned == ["clip.mp4: its rows were decoded by an earlier version that numbered this file's frames "
+                      "otherwise than FFmpeg; processing it again from scratch"]
+    again = pq.read_table(out / "frames").to_pandas().sort_values(["video", "frame"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(again, fresh)  # the clip's times as a fresh run has them, the rest kept
+    assert {n: (out / "frames" / n).stat().st_mtime_ns for n in cam_only} == cam_only
+
+    caplog.clear()  # recorded now: a third run keeps everything
+    third = _run(tmp_path, caffe_weights, str(vids), "--out", str(out))
+    assert third.exit_code == 0, third.output
+    assert not [r for r in caplog.records if "earlier version" in r.getMessage()]
+    pd.testing.assert_frame_equal(pq.read_table(out / "frames").to_pandas().sort_values(["video", "frame"])
+                                  .reset_index(drop=True), fresh)
