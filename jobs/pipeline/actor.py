@@ -130,6 +130,12 @@ class DetectorActor:
     def ping(self) -> str:
         return self.detector.device.type
 
+    def where(self) -> Any:
+        """Where this actor runs (:class:`jobs.pipeline.placement.Started`)."""
+        from jobs.pipeline.placement import where
+
+        return where()
+
     def render(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         """:func:`jobs.results.render.render_video` in this actor's process (call it with
         ``num_returns="streaming"``). After the last batch the driver hands the actors render

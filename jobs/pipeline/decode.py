@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,29 +13,13 @@ import numpy as np
 from detector.preprocess import resize_rgb
 from detector.tiling import cut_tiles, resolve_grid, tile_boxes
 from jobs import faults
+from jobs.pipeline.placement import Started, where
 from jobs.pipeline.plan import Segment, Shard
 from jobs.pipeline.records import DecodedBatch
 from jobs.sparse import Tally, read_sampled
 from jobs.video import OpenVideo, VideoReadError, open_video
 
 logger = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class Started:
-    """A decode task's first item: it runs (the driver times a shard from then, not from when it
-    was queued), and where: the Ray node's id and host name (job.json's ``placement``)."""
-
-    node: str
-    host: str
-
-
-def where() -> Started:
-    """Where this Ray worker runs (an empty node id outside Ray)."""
-    import ray
-
-    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    return Started(node=node, host=os.uname().nodename)
-
 
 class DecodeError(RuntimeError):
     """A segment could not be decoded; the message names the video and the cause."""

@@ -42,7 +42,8 @@ from jobs.pipeline.actor import DetectorActor, WeightsPayload
 from jobs.pipeline.pool import ActorPool
 from jobs.pipeline.calibrate import collect_calibration, pick_calibration
 from jobs.pipeline.commit import commit_shard, damage_notes
-from jobs.pipeline.decode import Started, decode_shard, where
+from jobs.pipeline.decode import decode_shard
+from jobs.pipeline.placement import Started
 from jobs.pipeline.nodes import on_every_node
 from jobs.pipeline.plan import Shard, decoded_frames, plan_shards, sample_frames, shard_sizes
 from jobs.pipeline.probe import probe_all, start_probes
@@ -493,7 +494,7 @@ def _costs_ms(tuner: JobTuner) -> dict[str, float]:
 def _ask_placement(actors: list[Any]) -> list[Any]:
     """Asks each of the detector ``actors`` where it runs (refs to :class:`Started`), for
     :func:`_placement`."""
-    return [actor.__ray_call__.remote(_where_actor_runs) for actor in actors]
+    return [actor.where.remote() for actor in actors]
 
 
 def _placement(ray: Any, placed: dict[str, Any], probes: list[Any]) -> dict[str, dict[str, Any]]:
@@ -518,11 +519,6 @@ def _placement(ray: Any, placed: dict[str, Any], probes: list[Any]) -> dict[str,
     for item in out.values():
         item["shards"].sort()
     return out
-
-
-def _where_actor_runs(_actor: Any) -> Started:
-    """Run inside an actor by ``__ray_call__``: its node."""
-    return where()
 
 
 def _int8_record(ray: Any, actors: list[Any]) -> tuple[str, dict[str, int]]:
