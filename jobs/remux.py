@@ -259,6 +259,10 @@ def remux_to_matroska(src: str | Path, dst: str | Path) -> int:
             with av.open(str(dst), "w", format="matroska") as out:
                 out.metadata[SOURCE_TAG] = inp.format.name
                 target = out.add_stream_from_template(stream)
+                if stream.average_rate and not target.codec_context.framerate:
+                    # written as the track's default duration: without it an AVI's copy has none,
+                    # and its last frame ends where it starts (the video one frame short)
+                    target.codec_context.framerate = stream.average_rate
                 unstamped = 0
                 start, clock = _Start(), _Clock()
                 # Matroska stores presentation times only: its demuxer leaves most B-frame streams'

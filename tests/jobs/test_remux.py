@@ -55,6 +55,9 @@ def streams(tmp_path_factory: pytest.TempPathFactory, scene: Scene, ffmpeg: str)
     # an old DVR's AVIs: H.264 and MPEG-4 part 2, both with B-frames
     _ffmpeg(ffmpeg, "-i", src, "-c:v", "libx264", "-preset", "veryfast", "-g", GOP, root / "h264.avi")
     _ffmpeg(ffmpeg, "-i", src, "-c:v", "mpeg4", "-q:v", "4", "-bf", "2", "-g", GOP, root / "mpeg4.avi")
+    # an IP camera's Motion JPEG at 30 fps (the same frames: the source's times read as 30 fps)
+    _ffmpeg(ffmpeg, "-r", "30", "-i", src, "-c:v", "mjpeg", "-q:v", "4", root / "mjpeg-30fps.avi")
+    _ffmpeg(ffmpeg, "-r", "30", "-i", src, "-frames:v", "30", "-c:v", "mjpeg", "-q:v", "4", root / "mjpeg-1s.avi")
     # clips cut from a recording without re-encoding: MP4/MOV edit lists hiding the frames from the
     # keyframe before the cut (frame 50, 2 s in; the keyframe is frame 30), the last one ending 2 s
     # later; and the same cut in HEVC (x265's open GOPs, read through PyAV where reads seek)
@@ -313,21 +316,33 @@ def _is_frame(image: np.ndarray, ref: list[np.ndarray], i: int, *, tolerance: fl
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["h264.avi", "mpeg4.avi"])
-def test_an_avi_gives_its_frames_and_their_times(streams: Path, name: str) -> None:
+@pytest.mark.parametrize(("name", "fps"), [("h264.avi", 25), ("mpeg4.avi", 25), ("mjpeg-30fps.avi", 30)])
+def test_an_avi_gives_its_frames_and_their_times(streams: Path, name: str, fps: int) -> None:
     """decord alone gave every frame -3.07e17 s, missed its seeks, and (MPEG-4) failed on the
-    last frames of a read to the end."""
+    last frames of a read to the end. Motion JPEG's copy had no frame durations: the video
+    ended where its last frame starts, one frame short."""
     ref = _opencv_frames(streams / name)
     info = probe_video(str(streams / name))
-    assert info.frames_total == len(ref) == FRAMES and abs(info.duration_s - FRAMES / 25) < 0.01
+    assert info.frames_total == len(ref) == FRAMES and abs(info.duration_s - FRAMES / fps) < 0.002
     with open_video(streams / name) as video:
         keyframes = video.keyframes()
         every = [image.copy() for image in video.read(np.arange(FRAMES))]
         times = video.timestamps(np.arange(FRAMES))
-    assert np.abs(times - np.arange(FRAMES) / 25).max() < 0.002  # Matroska keeps milliseconds
+    assert np.abs(times - np.arange(FRAMES) / fps).max() < 0.002  # Matroska keeps milliseconds
     assert all(_is_frame(a, ref, i) for i, a in enumerate(every))
     for what, frames, got in _seeking_reads(streams / name, keyframes):
         assert len(got) == len(frames) and all(_is_frame(a, ref, i) for a, i in zip(got, frames.tolist())), what
+
+
+@pytest.mark.slow
+def test_a_one_second_avi_lasts_to_the_end_of_its_last_frame(streams: Path, _stage: Path) -> None:
+    """A short AVI's copy had no frame durations (Matroska's muxer wrote none for it, and no
+    default): the video ended where its last frame starts, 0.967 s for 30 frames at 30 fps,
+    and its sampling rate read 31.0 frames a second."""
+    ref = _opencv_frames(streams / "mjpeg-1s.avi")
+    info = probe_video(str(streams / "mjpeg-1s.avi"))
+    assert info.frames_total == len(ref) == 30 and info.fps == 30
+    assert abs(info.duration_s - 1.0) < 0.002, info.duration_s
 
 
 @pytest.mark.slow
