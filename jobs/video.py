@@ -292,6 +292,8 @@ def _open_local(
         raise
     except _decord_errors() as exc:
         stack.close()
+        if "cannot find video stream" in str(exc):  # decord's assertion, with a stream index of -1
+            raise VideoReadError(shown, "no video stream (a sound recording?)") from None
         line = one_line(str(exc).replace(source, printable_name(shown)))  # a newline in a name ends no line
         raise VideoReadError(shown, f"not a readable video ({line})") from None
     if source == shown and release is None:

@@ -12,14 +12,24 @@ from jobs.errors import ImageReadError, one_line
 from jobs.video import VideoReadError, open_video
 
 
+def _sound_only(path: Path) -> None:
+    import subprocess
+
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i", "sine=d=2",
+                    "-c:a", "aac", str(path)], check=True)
+
+
 @pytest.mark.parametrize(
     "make,cause",
     [
         (lambda p: None, "no such file"),
         (lambda p: p.touch(), "the file is empty"),
         (lambda p: p.write_text("this is a text file with a video extension\n" * 50), "not a readable video ("),
+        (_sound_only, "no video stream (a sound recording?)"),  # was decord's "Check failed: st_nb >= 0 (...)"
     ],
-    ids=["missing", "empty", "text"],
+    ids=["missing", "empty", "text", "sound"],
 )
 def test_an_unreadable_file_is_one_error_naming_it(tmp_path: Path, make, cause: str) -> None:
     path = tmp_path / "clip.mp4"
