@@ -6,6 +6,7 @@
   kills its worker / never returns (failure isolation with real process crashes and hangs);
 - ``calib-crash:<text>`` / ``calib-hang:<text>``: reading int8 calibration frames of a file
   whose path contains ``<text>`` kills its worker / never returns;
+- ``track-error:<text>``: tracking a video whose id contains ``<text>`` raises (a tracker bug);
 - ``render-hang:<text>``: rendering (thumbnails, ``--annotate``) a file whose path contains
   ``<text>`` never returns;
 - ``detector-hang:<flag file>``: the first detector call that creates ``<flag file>``
@@ -50,6 +51,12 @@ def at_path(where: str, path: str) -> None:
 def in_decode(path: str) -> None:
     """Crashes or hangs a decode task on ``path`` if asked (see the module docstring)."""
     at_path("", path)
+
+
+def in_tracking(video: str) -> None:
+    """Raises while tracking ``video`` if asked (see the module docstring)."""
+    if any(text in video for text in _entries("track-error")):
+        raise RuntimeError(f"injected tracker error on {video}")
 
 
 def in_detector() -> None:

@@ -142,7 +142,7 @@ def print_summary(result: JobResult, fps: float) -> None:
         table.add_row(
             v["video"], v["status"], str(v["frames_processed"]),
             "-" if v.get("sampling_rate") is None else f"{v['sampling_rate']:.2f}", str(v["faces"]), str(v["masked"]),
-            str(v["unmasked"]), comp, str(v["people"]), str(v["people_unmasked"]),
+            str(v["unmasked"]), comp, *("-" if v.get(k) is None else str(v[k]) for k in ("people", "people_unmasked")),
         )
     Console(width=120).print(table)
     _print_coverage(result)

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detector.spec import MASK, NO_MASK
+from jobs import faults
 from jobs.config import JobConfig, SamplingConfig
 from jobs.errors import one_line
 from jobs.video import VideoInfo, keyframe_before
@@ -211,28 +212,36 @@ def _write_track_ids(
 def _track_videos(
     sink: OutputStore, segments: list[tuple[Path, list[tuple[str, int, int]]]], config: JobConfig,
     online: RunTracks | None = None,
-) -> dict[str, VideoDetections]:
+) -> tuple[dict[str, VideoDetections], set[str]]:
     """Every video with committed rows, read back and tracked over all its sampled frames
-    (by the run's tracker, ``online``, where it saw exactly these rows)."""
+    (by the run's tracker, ``online``, where it saw exactly these rows), and the videos the
+    tracker failed on (their detections without a track: -1)."""
     parts_of: dict[str, list[Path]] = {}
     for path, segs in segments:
         for video in dict.fromkeys(s[0] for s in segs):
             parts_of.setdefault(video, []).append(path)
     params = dataclasses.asdict(config.tracking)
-    tracked, during_run = {}, 0
+    tracked, during_run, untracked = {}, 0, set()
     for video, parts in parts_of.items():
         dets = _read_video(sink, parts, video)
         if np.isnan(dets.boxes).any():  # an aggregate-privacy run removed its boxes: keep the ids it wrote
             tracked[video] = dets
             continue
-        ids = online.ids(video, dets) if online is not None else None
-        if ids is None:
-            ids = track_sequence(dets.counts, dets.boxes, dets.scores, **params)
-        else:
-            during_run += 1
+        try:
+            faults.in_tracking(video)  # test-only: a tracker error, when $MASKJOBS_TEST_FAULT asks
+            ids = online.ids(video, dets) if online is not None else None
+            if ids is None:
+                ids = track_sequence(dets.counts, dets.boxes, dets.scores, **params)
+            else:
+                during_run += 1
+        except Exception as exc:  # a bug met on this video's rows: it has no tracks, the others go on
+            logger.error("%s: not tracked (%s: %s); its rows are kept without track ids", video,
+                         type(exc).__name__, one_line(exc, limit=300))
+            ids = np.full(len(dets.scores), -1, np.int64)
+            untracked.add(video)
         tracked[video] = dataclasses.replace(dets, tracks=ids)
     logger.info("tracked %d videos, %d of them during the run", len(tracked), during_run)
-    return tracked
+    return tracked, untracked
 
 
 def _gops(frames: np.ndarray, keyframes: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -457,11 +466,12 @@ def finish_tracks(
     video's camera and start (default: its folder, unknown start). ``online``: the run's
     trackers (:mod:`jobs.pipeline.tracking`), whose ids are taken where they are valid.
 
-    Returns ``{video: {"people": n, "people_unmasked": m}}``.
+    Returns ``{video: {"people": n, "people_unmasked": m}}`` (None where the tracker failed on
+    the video: its rows stay, without track ids, and the other videos are tracked).
     """
     t0 = time.monotonic()
     segments = sink.part_segments()
-    tracked = _track_videos(sink, segments, config, online)
+    tracked, untracked = _track_videos(sink, segments, config, online)
     keyframes = {video: info.keyframes for video, _, info in probed}
     summaries = {video: summarise_tracks(video, dets, keyframes.get(video, ())) for video, dets in tracked.items()}
     paths = {video: path for video, path, _ in probed}
@@ -480,5 +490,6 @@ def finish_tracks(
     logger.info("tracks, thumbnails and annotations in %.1f s", time.monotonic() - t0)
     return {
         v: {"people": len(s), "people_unmasked": int((s.label != MASK).sum()) if len(s) else 0}
+        if v not in untracked else {"people": None, "people_unmasked": None}  # not known
         for v, s in summaries.items()
     }
