@@ -67,3 +67,34 @@ def test_an_s3_prefix_gives_the_rows_of_the_same_files_read_locally(
     again = runner.invoke(app, ["run", prefix, "--out", str(tmp_path / "b"), *common], catch_exceptions=False)
     assert again.exit_code == 1 and "nothing left to process" in again.stdout
     pd.testing.assert_frame_equal(_frames(tmp_path / "a"), _frames(tmp_path / "b"))
+
+
+def test_a_transport_stream_in_a_bucket_is_not_decoded_again_on_a_rerun(
+    video_set: VideoSet, caffe_weights: Path, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    ffmpeg: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bucket's file has no identity (size, hash) in the shard files, only how its frames were
+    numbered (``reader``): a ``.ts`` read through its Matroska copy keeps its rows on a rerun,
+    rather than counting as rows of an earlier version and being decoded again every time."""
+    import subprocess
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTESTING")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("MASKJOBS_STAGE_DIR", str(tmp_path / "stage"))
+    ts = tmp_path / "cam.ts"
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-i", str(video_set.root / "leaves.mp4"), "-c", "copy",
+                    "-f", "mpegts", str(ts)], check=True)
+    s3_server.put("streams/cam.ts", ts.read_bytes())
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(CONFIG)
+    args = ["run", s3_server.env_uri("streams/"), "--out", str(tmp_path / "out"), "--weights", str(caffe_weights),
+            "--config", str(cfg)]
+    first = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    rows = _frames(tmp_path / "out")
+    assert len(rows) == 64
+    caplog.clear()
+    again = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert again.exit_code == 0 and "nothing left to process" in again.stdout, again.output
+    assert not [r for r in caplog.records if "earlier version" in r.getMessage()]
+    pd.testing.assert_frame_equal(_frames(tmp_path / "out"), rows)
