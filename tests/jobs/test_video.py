@@ -76,3 +76,25 @@ def test_reading_past_the_end_names_the_frame(video_set) -> None:
         assert len(read) == 3 and np.array_equal(read[1], video.batch(np.array([5]))[0])
     with pytest.raises(ValueError, match="closed"):
         len(video)
+
+
+@pytest.mark.parametrize("side", [16, 32, 48, 64, 96])
+def test_narrow_frames_come_out_as_pyav_decodes_them(tmp_path: Path, ffmpeg: str, side: int) -> None:
+    """decord2 hands frames 16, 32, 48 or 96 px wide with each row's padding as channels,
+    ``(H, W, k)``, k > 3, and its ``get_batch`` refuses them: a 32x32 camera clip failed its
+    every shard ("expected an (H, W, 3) picture, got shape (32, 32, 6)")."""
+    import subprocess
+
+    import av
+
+    path = tmp_path / f"sq{side}.mp4"
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc=size={side}x{side}:rate=15",
+                    "-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True)
+    with av.open(str(path)) as container:
+        want = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    with open_video(path) as video:
+        read = [f.copy() for f in video.read(np.array([0, 3, 14]))]
+        batch = video.batch(np.array([5, 2, 9]))
+    assert [f.shape for f in read] == [(side, side, 3)] * 3
+    assert all(np.array_equal(f, want[i]) for f, i in zip(read, [0, 3, 14]))
+    assert np.array_equal(batch, np.stack([want[5], want[2], want[9]]))
