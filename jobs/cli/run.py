@@ -132,7 +132,10 @@ def print_summary(result: JobResult, fps: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    rate = f", {fps:.1f} frames/s" if fps > 0 else ", nothing left to process"
+    if fps > 0:
+        rate = f", {fps:.1f} frames/s"
+    else:  # all committed before, or no video readable
+        rate = ", nothing left to process" if len(result.failed) < len(result.videos) else ", no video readable"
     table = Table(title=f"maskjobs run: {len(result.videos)} videos{rate}")
     for col in ("video", "status", "frames", "per s", "faces", "masked", "unmasked", "compliance", "people",
                 "unmasked people"):

@@ -28,6 +28,7 @@ from detector.reliability import reliable_fraction
 from detector.spec import MASK
 from detector.tiling import parse_tiles, resolve_grid, tile_boxes
 from jobs.config import DetectorConfig
+from sinks.schema import FRAMES_SCHEMA
 
 NEAR = 1.25  # faces narrower than this many times the reliable width are "near or below" it
 
@@ -82,7 +83,7 @@ def coverage_totals(frames: pa.Table, min_px: dict[str, float], *, near: float =
 def read_frames(parts: list[str], filesystem: Any) -> pa.Table:
     """The ``video`` and ``detections`` columns of the committed frame files ``parts``."""
     if not parts:
-        return pa.table({"video": pa.array([], pa.string()), "detections": pa.array([], pa.list_(pa.struct([])))})
+        return FRAMES_SCHEMA.empty_table().select(["video", "detections"])  # every video failed, or none ran
     return ds.dataset(parts, format="parquet", filesystem=filesystem).to_table(columns=["video", "detections"])
 
 

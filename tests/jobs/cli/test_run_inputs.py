@@ -139,3 +139,50 @@ def test_a_broken_video_with_a_newline_in_its_name_is_one_error_line_and_the_res
     videos = pd.read_parquet(tmp_path / "out" / "videos.parquet").set_index("video")
     assert videos.status.to_dict() == {"bad\\x0aname.mp4": "failed", "ok.mp4": "done"}
     assert videos.loc["ok.mp4", "frames_processed"] == 12
+
+
+def test_a_job_whose_every_video_is_broken_reports_each_and_a_rerun_does_the_same(
+    tmp_path: Path, ffmpeg: str, caffe_weights: Path
+) -> None:
+    """No frame committed at all: the coverage pass read an empty table without the
+    detections' fields, and the job crashed (exit 3, ``KeyError: 'x2'``) before
+    ``videos.parquet``, with no line naming any file; every rerun crashed again."""
+    import subprocess
+
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    (vids / "random.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 200_000, np.uint8).tobytes())
+    (vids / "empty.mp4").touch()
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-f", "lavfi", "-i", "sine=d=1", "-c:a", "aac",
+                    str(vids / "sound.mp4")], check=True)
+    args = [str(vids), "--out", str(tmp_path / "out"), "--weights", str(caffe_weights)]
+    for attempt in range(2):
+        result = _run(*args)
+        assert result.exit_code == 1, result.output  # EXIT_VIDEOS_FAILED, not 3
+        assert "Traceback" not in result.output and "crashed" not in result.output
+        assert "no video readable" in result.stdout
+        errors = sorted(line for line in result.output.splitlines() if line.startswith("error: "))
+        assert [e.split(": ")[1] for e in errors] == [str(vids / n) for n in ("empty.mp4", "random.mp4", "sound.mp4")]
+        assert errors[0].endswith("the file is empty") and errors[2].endswith("no video stream (a sound recording?)")
+        videos = pd.read_parquet(tmp_path / "out" / "videos.parquet").set_index("video")
+        assert videos.status.to_dict() == {"empty.mp4": "failed", "random.mp4": "failed", "sound.mp4": "failed"}
+        assert pq.read_table(tmp_path / "out" / "tracks.parquet").num_rows == 0
+
+
+def test_a_32_pixel_camera_clip_is_done_beside_a_broken_file(tmp_path: Path, ffmpeg: str, caffe_weights: Path) -> None:
+    """decord2 pads the rows of frames 32 px wide (``jobs.video.frame_array``): every shard of
+    such a clip failed with "expected an (H, W, 3) picture, got shape (32, 32, 6)"."""
+    import subprocess
+
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=32x32:rate=15", "-t", "2",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(vids / "tiny.mp4")], check=True)
+    (vids / "broken.mp4").write_text("not a video\n" * 50)
+    result = _run(str(vids), "--out", str(tmp_path / "out"), "--weights", str(caffe_weights))
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {vids / 'broken.mp4'}: not a readable video"), errors
+    videos = pd.read_parquet(tmp_path / "out" / "videos.parquet").set_index("video")
+    assert videos.status.to_dict() == {"broken.mp4": "failed", "tiny.mp4": "done"}
+    assert videos.loc["tiny.mp4", "frames_processed"] == 30 and videos.loc["tiny.mp4", "width"] == 32
