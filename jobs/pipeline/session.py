@@ -39,7 +39,8 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
     try:
         try:
             if cfg.address:
-                ray.init(address=cfg.address, logging_level=logging.WARNING, log_to_driver=False)
+                with _encodable_entrypoint():
+                    ray.init(address=cfg.address, logging_level=logging.WARNING, log_to_driver=False)
             else:
                 token = f"{os.getpid()}-{(stat(os.getpid()) or (0, 0))[1]}-{time.monotonic_ns()}"
                 watchdog = start_watchdog(token)
@@ -111,16 +112,52 @@ def _start_embedded(ray: Any, **init: Any) -> None:
     if ray_private.tested(START_UP_PATCHES) and not ray.is_initialized():
         before = descendants(os.getpid())
         try:
-            with _without_http_api_and_autoscaler(), _on_loopback():
+            with _without_http_api_and_autoscaler(), _on_loopback(), _encodable_entrypoint():
                 ray.init(**init)
             _check_loopback(ray)
             return
         except Exception as exc:  # any trouble, not only a missing name: Ray's own start
             ray_private.fall_back(START_UP_PATCHES, exc)
             _stop_failed_start(ray, before)
-    with _on_loopback():
+    with _on_loopback(), _encodable_entrypoint():
         ray.init(**init)
     _check_loopback(ray)
+
+
+@contextmanager
+def _encodable_entrypoint() -> Iterator[None]:
+    """Lets ``ray.init`` start from a command line that is not UTF-8 (a file name given as
+    an argument, e.g. ``caf\\xe9.mp4`` from a Latin-1 NAS).
+
+    ``ray.init`` sends its process's command line to the GCS as the job's entrypoint, a
+    string it encodes as UTF-8: a name's undecodable bytes (Python's surrogates) raised
+    ``UnicodeEncodeError`` there, and the job never started (the fallback start then waited
+    60 s for a GCS that was gone). Around ``ray.init`` that string (Ray 2.60's
+    ``ray._private.utils.get_entrypoint_name``) is escaped, ``\\udcff`` for byte 0xff. Not
+    pinned to tested Rays (:mod:`jobs.pipeline.ray_private`): it only rewrites a label that
+    would otherwise fail, Ray's own value is kept on any error, and a Ray without that name
+    starts as it does.
+    """
+    try:
+        import ray._private.utils as ray_utils
+
+        original = ray_utils.get_entrypoint_name
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def encodable() -> str:
+        name = original()
+        try:
+            return name.encode("utf-8", "backslashreplace").decode("utf-8")
+        except Exception:  # any trouble: Ray's own value
+            return name
+
+    ray_utils.get_entrypoint_name = encodable
+    try:
+        yield
+    finally:
+        ray_utils.get_entrypoint_name = original
 
 
 @contextmanager

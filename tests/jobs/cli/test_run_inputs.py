@@ -186,3 +186,30 @@ def test_a_32_pixel_camera_clip_is_done_beside_a_broken_file(tmp_path: Path, ffm
     videos = pd.read_parquet(tmp_path / "out" / "videos.parquet").set_index("video")
     assert videos.status.to_dict() == {"broken.mp4": "failed", "tiny.mp4": "done"}
     assert videos.loc["tiny.mp4", "frames_processed"] == 30 and videos.loc["tiny.mp4", "width"] == 32
+
+
+def test_a_name_that_is_not_utf8_given_on_the_command_line_is_processed(
+    tmp_path: Path, scene: Scene, ffmpeg: str, caffe_weights: Path
+) -> None:
+    """The name is in the process's own command line, which ``ray.init`` sends to the GCS as
+    UTF-8 (``jobs.pipeline.session._encodable_entrypoint``): Ray failed to start
+    (``UnicodeEncodeError``, then 60 s waiting for a GCS that was gone) and no video was run.
+    A real process: CliRunner's command line is pytest's."""
+    import subprocess
+    import sys
+
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    latin1 = os.path.join(os.fsencode(vids), b"caf\xe9.mp4")
+    write_video(Path(os.fsdecode(latin1)), scene, 12, ffmpeg=ffmpeg, gop=6)
+    write_video(vids / "ok.mp4", scene, 10, ffmpeg=ffmpeg, gop=5)
+    out = tmp_path / "out"
+    cmd = [os.fsencode(sys.executable), b"-m", b"jobs", b"run", latin1, os.fsencode(vids / "ok.mp4"),
+           b"--out", os.fsencode(out), b"--weights", os.fsencode(caffe_weights)]
+    proc = subprocess.run(cmd, capture_output=True, timeout=120)
+    stderr = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "UnicodeEncodeError" not in stderr and "not used" not in stderr  # the patched start was kept
+    videos = pd.read_parquet(out / "videos.parquet").set_index("video")
+    assert videos.frames_processed.to_dict() == {"caf\\xe9.mp4": 12, "ok.mp4": 10}
+    assert (videos.status == "done").all()
