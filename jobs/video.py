@@ -25,6 +25,9 @@ from jobs.errors import ImageReadError, one_line
 
 logger = logging.getLogger(__name__)
 
+# a file whose first frame does not decode: its start is cut short or damaged
+UNDECODABLE = "not a readable video (its first frame does not decode: cut short or damaged?)"
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -208,6 +211,16 @@ class OpenVideo:
         except (*_decord_errors(), IndexError) as exc:
             raise self._decoding_failed(int(frames[done]), exc) from None
 
+    def frame_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the frames as decoded (turned upright where the file says so),
+        read off the first. A first frame that does not decode is :data:`UNDECODABLE`."""
+        try:
+            height, width = self.reader[0].shape[:2]
+        except (*_decord_errors(), IndexError) as exc:
+            logger.debug("%s: frame 0: %s", self.path, self.error_line(exc))
+            raise VideoReadError(self.path, UNDECODABLE) from None
+        return int(height), int(width)
+
     def timestamps(self, frames: np.ndarray) -> np.ndarray:
         """(n,) float64 start times in seconds of ``frames``; errors name the first of them."""
         return self._times(frames)[:, 0]
@@ -316,6 +329,8 @@ def _open_local(
         stack.close()
         if "cannot find video stream" in str(exc):  # decord's assertion, with a stream index of -1
             raise VideoReadError(shown, "no video stream (a sound recording?)") from None
+        if "avfilter_graph_create_filter" in str(exc):  # no picture format: FFmpeg's probe decoded nothing
+            raise VideoReadError(shown, UNDECODABLE) from None
         line = one_line(str(exc).replace(source, printable_name(shown)))  # a newline in a name ends no line
         raise VideoReadError(shown, f"not a readable video ({line})") from None
     if source == shown and release is None:

@@ -49,7 +49,10 @@ def probe_video(path: str) -> VideoInfo:
         total = len(video)  # the frames shown (an edit list's hidden ones left out)
         if total <= 0:
             raise ProbeError("the video has no frames")
-        height, width = reader[0].shape[:2] if total else (0, 0)
+        try:
+            height, width = video.frame_size()
+        except VideoReadError as exc:
+            raise ProbeError(exc.cause) from None
         fps = float(reader.get_avg_fps() or 0.0)
         try:
             keyframes = tuple(int(k) for k in np.asarray(video.keyframes()).tolist())

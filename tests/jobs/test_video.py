@@ -98,3 +98,38 @@ def test_narrow_frames_come_out_as_pyav_decodes_them(tmp_path: Path, ffmpeg: str
     assert [f.shape for f in read] == [(side, side, 3)] * 3
     assert all(np.array_equal(f, want[i]) for f, i in zip(read, [0, 3, 14]))
     assert np.array_equal(batch, np.stack([want[5], want[2], want[9]]))
+
+
+def _cut_start(path: Path, frames: int) -> None:
+    """A clip of one noisy picture (its keyframe fills most of the file), moov first, whose
+    second half is lost: the keyframe is cut."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    picture = path.with_suffix(".png")
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-f", "lavfi", "-i", "nullsrc=s=320x240,geq=random(1)*255:128:128",
+                    "-frames:v", "1", str(picture)], check=True)
+    whole = path.with_suffix(".whole.mp4")
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-loop", "1", "-i", str(picture), "-frames:v", str(frames),
+                    "-r", "15", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(whole)],
+                   check=True)
+    data = whole.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("frames", [30, 3], ids=["not-opened", "opened"])
+def test_a_clip_whose_first_keyframe_is_cut_says_so(tmp_path: Path, frames: int) -> None:
+    """Was decord's ``filter_graph.cc:55: Check failed: avfilter_graph_create_filter(...) ...
+    Cannot create`` when opening it (30 frames: FFmpeg's probe found no picture format), or
+    "probe failed (... threaded_decoder.cc:218: Check failed: avcodec_send_packet ...)" on
+    its first frame (3 frames)."""
+    from jobs.pipeline.probe import ProbeError, probe_video
+    from jobs.video import UNDECODABLE
+
+    path = tmp_path / "cut.mp4"
+    _cut_start(path, frames)
+    with pytest.raises(ProbeError) as info:
+        probe_video(str(path))
+    assert str(info.value) == UNDECODABLE
