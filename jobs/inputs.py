@@ -69,7 +69,8 @@ def _walk(root: str, excluded: set[str]) -> list[str]:
             if not _is_video_name(name):
                 continue
             path = os.path.join(folder, name)
-            if os.path.isfile(path) or Path(path).is_fifo():
+            # a link to nothing (a share that is not mounted) is taken too: it fails as its own video
+            if os.path.isfile(path) or Path(path).is_fifo() or (os.path.islink(path) and not os.path.exists(path)):
                 found.append(os.path.relpath(path, root).replace(os.sep, "/"))
     return found
 

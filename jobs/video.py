@@ -278,7 +278,7 @@ def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:
         return _open_remote(name, threads=threads)
     name = local_path(name)
     if not os.path.exists(name):
-        raise VideoReadError(name, "no such file")
+        raise VideoReadError(name, "a link to nothing (broken symbolic link)" if os.path.islink(name) else "no such file")
     if os.path.isfile(name) and os.path.getsize(name) == 0:
         raise VideoReadError(name, "the file is empty")
     return _open_local(name, name, threads=threads)

@@ -52,6 +52,25 @@ def test_a_named_pipe_with_a_video_extension_is_found(tmp_path: Path) -> None:
     assert _ids(discover([str(tmp_path)])) == ["live.ts"]
 
 
+def test_a_link_to_nothing_with_a_video_extension_is_found_so_it_fails_as_its_own_video(tmp_path: Path) -> None:
+    """A camera folder's link into a share that is not mounted, or a loop of links: it was
+    skipped without a word (exit 0, its footage missing from the job); now it is a video that
+    fails "a link to nothing" (``jobs.video.open_video``)."""
+    from jobs.video import VideoReadError, open_video
+
+    _touch(tmp_path, "cam/ok.mp4", "cam/notes.txt")
+    (tmp_path / "cam" / "lost.mp4").symlink_to(tmp_path / "nas" / "lost.mp4")
+    (tmp_path / "cam" / "loop1.mkv").symlink_to(tmp_path / "cam" / "loop2.mkv")
+    (tmp_path / "cam" / "loop2.mkv").symlink_to(tmp_path / "cam" / "loop1.mkv")
+    (tmp_path / "cam" / "lost.txt").symlink_to(tmp_path / "nas" / "lost.txt")  # not a video's name
+    found = discover([str(tmp_path)])
+    assert _ids(found) == ["cam/loop1.mkv", "cam/loop2.mkv", "cam/lost.mp4", "cam/ok.mp4"]
+    for item in found[:3]:
+        with pytest.raises(VideoReadError) as info:
+            open_video(item.path)
+        assert str(info.value) == f"{item.path}: a link to nothing (broken symbolic link)"
+
+
 def test_a_file_given_directly_is_taken_whatever_its_extension_and_named_by_its_file_name(tmp_path: Path) -> None:
     _touch(tmp_path, "cams/footage.bin", "cams/b.mp4")
     found = discover([str(tmp_path / "cams" / "footage.bin"), str(tmp_path / "cams" / "b.mp4")])
