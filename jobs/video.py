@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 # a file whose first frame does not decode: its start is cut short or damaged
 UNDECODABLE = "not a readable video (its first frame does not decode: cut short or damaged?)"
+# FFmpeg's decoder refused a packet: the data there is damaged, or the file ends mid-frame
+REFUSED = "damaged or cut-short data: the decoder refused it"
 
 
 @dataclass(frozen=True)
@@ -261,8 +263,13 @@ class OpenVideo:
         return VideoReadError(self.path, f"decoding failed at frame {frame} ({self.error_line(exc)})")
 
     def error_line(self, exc: BaseException) -> str:
-        """decord's line, naming the video's display name rather than its staged copy."""
-        return one_line(str(exc).replace(self.source, printable_name(self.path)))
+        """decord's line, naming the video's display name rather than its staged copy; its
+        check that FFmpeg took a packet (``threaded_decoder.cc: Check failed:
+        avcodec_send_packet(...)``, timestamps and source paths included) as :data:`REFUSED`."""
+        text = str(exc)
+        if "avcodec_send_packet" in text:
+            return REFUSED
+        return one_line(text.replace(self.source, printable_name(self.path)))
 
 
 def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:

@@ -433,6 +433,12 @@ def run_job(
     return JobResult(rows)
 
 
+def _damage_cause(damage: dict[str, Any]) -> str:
+    """A damage note's cause, without the "decoding failed at frame N (...)" that repeats its frame."""
+    head, text = f"decoding failed at frame {damage['frame']} (", damage["error"]
+    return text[len(head):-1] if text.startswith(head) and text.endswith(")") else text
+
+
 def _planned_costs(shards: list[Shard], probed: list[ProbedVideo], config: JobConfig) -> WorkCosts:
     """The plan's :class:`WorkCosts` estimate: its sampled frames, the source frames decoding
     them takes, and the videos' sizes."""
@@ -564,7 +570,7 @@ def _video_rows(
         damage = damaged.get(v.video) if error is None else None
         sampled = len(sample_frames(info, config.sampling)) if info is not None else 0
         if damage is not None and info is not None and t["frames"] < sampled:
-            error = (f"decoding stopped at frame {damage['frame']} ({damage['error']}); "
+            error = (f"decoding stopped at frame {damage['frame']} ({_damage_cause(damage)}); "
                      f"{t['frames']} of {sampled} sampled frames kept")
         elif error is None and info is not None and t["frames"] != sampled:
             error = f"{t['frames']} of {sampled} sampled frames committed"
