@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -86,6 +87,14 @@ class _DLPack:
 
     def __dlpack_device__(self) -> tuple[int, int]:
         return (1, 0)  # kDLCPU
+
+
+_PLACE = re.compile(r"\[\d\d:\d\d:\d\d\] \S+\.(?:cc|h|cpp):\d+: ")  # "[20:07:36] /project/src/video/video_reader.cc:285: "
+
+
+def _without_places(text: str) -> str:
+    """decord's message without the times and C++ source lines it puts before each part."""
+    return _PLACE.sub("", text).strip()
 
 
 def keyframe_before(keyframes: np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -269,7 +278,7 @@ class OpenVideo:
         text = str(exc)
         if "avcodec_send_packet" in text:
             return REFUSED
-        return one_line(text.replace(self.source, printable_name(self.path)))
+        return one_line(_without_places(text).replace(self.source, printable_name(self.path)))
 
 
 def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:
@@ -338,7 +347,7 @@ def _open_local(
             raise VideoReadError(shown, "no video stream (a sound recording?)") from None
         if "avfilter_graph_create_filter" in str(exc):  # no picture format: FFmpeg's probe decoded nothing
             raise VideoReadError(shown, UNDECODABLE) from None
-        line = one_line(str(exc).replace(source, printable_name(shown)))  # a newline in a name ends no line
+        line = one_line(_without_places(str(exc)).replace(source, printable_name(shown)))  # a newline ends no line
         raise VideoReadError(shown, f"not a readable video ({line})") from None
     if source == shown and release is None:
         return OpenVideo(shown, reader)

@@ -21,6 +21,12 @@ def _sound_only(path: Path) -> None:
                     "-c:a", "aac", str(path)], check=True)
 
 
+def _a_picture(path: Path) -> None:
+    import cv2
+
+    path.write_bytes(cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))[1].tobytes())
+
+
 @pytest.mark.parametrize(
     "make,cause",
     [
@@ -28,8 +34,9 @@ def _sound_only(path: Path) -> None:
         (lambda p: p.touch(), "the file is empty"),
         (lambda p: p.write_text("this is a text file with a video extension\n" * 50), "not a readable video ("),
         (_sound_only, "no video stream (a sound recording?)"),  # was decord's "Check failed: st_nb >= 0 (...)"
+        (_a_picture, "not a readable video ("),  # was "([20:07:36] /project/src/video/video_reader.cc:285: [...] ..."
     ],
-    ids=["missing", "empty", "text", "sound"],
+    ids=["missing", "empty", "text", "sound", "picture"],
 )
 def test_an_unreadable_file_is_one_error_naming_it(tmp_path: Path, make, cause: str) -> None:
     path = tmp_path / "clip.mp4"
@@ -40,6 +47,7 @@ def test_an_unreadable_file_is_one_error_naming_it(tmp_path: Path, make, cause: 
     assert isinstance(err, ImageReadError)  # the CLI's exit code 2 for unreadable inputs
     assert err.path == str(path) and err.cause.startswith(cause)
     assert str(err) == f"{path}: {err.cause}" and "\n" not in str(err)
+    assert ".cc:" not in err.cause  # decord's times and C++ source lines are left out
     assert one_line(err) == str(err)
 
 
