@@ -36,6 +36,7 @@ import yaml
 
 from jobs.cluster.shipping import code_dirs
 from jobs.config import JobConfig
+from detector.errors import printable_name
 from jobs.errors import InputError
 from sinks.location import display_location, is_uri
 
@@ -85,6 +86,11 @@ def cluster_inputs(inputs: list[str], *, check: bool = True) -> list[str]:
             out.append(given)
             continue
         path = Path(given).expanduser().absolute()
+        if not _utf8(str(path)):  # Ray's job supervisor failed it on the head (UnicodeEncodeError)
+            raise InputError(
+                f"{printable_name(str(path))}: a path that is not UTF-8 cannot travel in a Ray job's entrypoint; "
+                "submit the folder that holds it: the job finds it there by its real name"
+            )
         if check and not path.exists():
             raise InputError(
                 f"{given}: not found on this machine; inputs must be on storage the cluster's nodes mount at the "
@@ -92,6 +98,14 @@ def cluster_inputs(inputs: list[str], *, check: bool = True) -> list[str]:
             )
         out.append(str(path))
     return out
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name's undecodable bytes, as surrogates
+        return False
+    return True
 
 
 def cluster_output(out: str) -> str:

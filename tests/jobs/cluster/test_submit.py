@@ -238,6 +238,30 @@ def test_inputs_the_workers_cannot_see_fail_at_submit(
     assert cli("jobs", "--address", head.dashboard_url).stdout.count("raysubmit_") == before
 
 
+def test_a_name_that_is_not_utf8_is_refused_at_submit_and_its_folder_runs(
+    cli: Cli, head: RayHead, video_set: VideoSet, caffe_weights: Path, tmp_path: Path
+) -> None:
+    """Given by name, it was submitted, and the head's job supervisor failed the job
+    (``FAILED, UnicodeEncodeError: 'utf-8' codec can't encode character '\\udce9'``): the
+    entrypoint must be UTF-8. Now one line at submit says so; the folder that holds it runs,
+    and the job finds the file there by its real name."""
+    import shutil
+
+    folder = tmp_path / "nas"
+    folder.mkdir()
+    latin1 = os.fsdecode(os.path.join(os.fsencode(folder), b"caf\xe9.mp4"))
+    shutil.copyfile(video_set.root / "leaves.mp4", latin1)
+    out = tmp_path / "out"
+    result = cli("submit", latin1, "--out", str(out), "--address", head.dashboard_url, "--weights", str(caffe_weights))
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert f"{folder}/caf\\xe9.mp4: a path that is not UTF-8 cannot travel" in result.stderr
+    result = cli("submit", str(folder), "--out", str(out), "--address", head.dashboard_url,
+                 "--weights", str(caffe_weights), "--wait")
+    assert result.exit_code == 0, result.output
+    videos = pd.read_parquet(out / "videos.parquet").set_index("video")
+    assert videos.frames_processed.to_dict() == {"caf\\xe9.mp4": video_set.good["leaves.mp4"]}
+
+
 def test_token_from_the_default_file_and_a_missing_token(
     cli: Cli, head: RayHead, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
