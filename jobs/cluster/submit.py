@@ -34,9 +34,9 @@ from typing import Any
 
 import yaml
 
+from detector.errors import printable_name
 from jobs.cluster.shipping import code_dirs
 from jobs.config import JobConfig
-from detector.errors import printable_name
 from jobs.errors import InputError
 from sinks.location import display_location, is_uri
 
