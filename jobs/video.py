@@ -92,9 +92,12 @@ class _DLPack:
 _PLACE = re.compile(r"\[\d\d:\d\d:\d\d\] \S+\.(?:cc|h|cpp):\d+: ")  # "[20:07:36] /project/src/video/video_reader.cc:285: "
 
 
-def _without_places(text: str) -> str:
-    """decord's message without the times and C++ source lines it puts before each part."""
-    return _PLACE.sub("", text).strip()
+def _decord_line(text: str, source: str, shown: str) -> str:
+    """decord's message as one line of a cause: without the times and C++ source lines it puts
+    before each part, nor its ``[file] `` prefix (the error names the file already), and
+    naming ``shown`` where it names ``source`` (a staged or Matroska copy)."""
+    text = _PLACE.sub("", text).replace(f"[{source}] ", "").replace(source, printable_name(shown))
+    return one_line(text.strip())
 
 
 def keyframe_before(keyframes: np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -278,7 +281,7 @@ class OpenVideo:
         text = str(exc)
         if "avcodec_send_packet" in text:
             return REFUSED
-        return one_line(_without_places(text).replace(self.source, printable_name(self.path)))
+        return _decord_line(text, self.source, self.path)
 
 
 def open_video(path: str | os.PathLike[str], *, threads: int = 1) -> OpenVideo:
@@ -347,7 +350,7 @@ def _open_local(
             raise VideoReadError(shown, "no video stream (a sound recording?)") from None
         if "avfilter_graph_create_filter" in str(exc):  # no picture format: FFmpeg's probe decoded nothing
             raise VideoReadError(shown, UNDECODABLE) from None
-        line = one_line(_without_places(str(exc)).replace(source, printable_name(shown)))  # a newline ends no line
+        line = _decord_line(str(exc), source, shown)  # a newline in a name ends no line
         raise VideoReadError(shown, f"not a readable video ({line})") from None
     if source == shown and release is None:
         return OpenVideo(shown, reader)
