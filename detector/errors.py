@@ -13,13 +13,21 @@ import re
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def is_utf8(name: str) -> bool:
+    """Whether ``name`` encodes as UTF-8: False where it holds a file name's bytes that are not
+    UTF-8 (surrogate escapes, as Python decodes such names)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def printable_name(name: str) -> str:
     """A file name as one line of valid UTF-8 text: each byte that is not UTF-8 (a surrogate
     escape, as Python decodes such names) and each control character (a newline in a name)
     becomes ``\\xNN``; any other name is returned as is."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_utf8(name):
         name = os.fsencode(name).decode("utf-8", "backslashreplace")
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", name)
 

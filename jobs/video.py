@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from detector.errors import printable_name
+from detector.errors import is_utf8, printable_name
 from jobs.errors import ImageReadError, one_line
 
 logger = logging.getLogger(__name__)
@@ -415,11 +415,7 @@ def utf8_alias(name: str) -> Iterator[str]:
     """``name``, or where it holds bytes that are not UTF-8 (surrogate escapes, which decord
     cannot pass to FFmpeg) a symbolic link to it with a UTF-8 name, for as long as the block
     runs: FFmpeg opens the file once, so the link can go as soon as the reader exists."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        pass
-    else:
+    if is_utf8(name):
         yield name
         return
     with tempfile.TemporaryDirectory(prefix="maskjobs-") as tmp:

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from detector.errors import printable_name
+from detector.errors import is_utf8, printable_name
 from jobs.cluster.shipping import code_dirs
 from jobs.config import JobConfig
 from jobs.errors import InputError
@@ -86,7 +86,7 @@ def cluster_inputs(inputs: list[str], *, check: bool = True) -> list[str]:
             out.append(given)
             continue
         path = Path(given).expanduser().absolute()
-        if not _utf8(str(path)):  # Ray's job supervisor failed it on the head (UnicodeEncodeError)
+        if not is_utf8(str(path)):  # Ray's job supervisor failed it on the head (UnicodeEncodeError)
             raise InputError(
                 f"{printable_name(str(path))}: a path that is not UTF-8 cannot travel in a Ray job's entrypoint; "
                 "submit the folder that holds it: the job finds it there by its real name"
@@ -98,14 +98,6 @@ def cluster_inputs(inputs: list[str], *, check: bool = True) -> list[str]:
             )
         out.append(str(path))
     return out
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a file name's undecodable bytes, as surrogates
-        return False
-    return True
 
 
 def cluster_output(out: str) -> str:

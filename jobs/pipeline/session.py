@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from detector.errors import printable_name
 from jobs.config import RayConfig
 from jobs.errors import InputError, one_line
 from jobs.pipeline import ray_private
@@ -133,7 +134,7 @@ def _encodable_entrypoint() -> Iterator[None]:
     string it encodes as UTF-8: a name's undecodable bytes (Python's surrogates) raised
     ``UnicodeEncodeError`` there, and the job never started (the fallback start then waited
     60 s for a GCS that was gone). Around ``ray.init`` that string (Ray 2.60's
-    ``ray._private.utils.get_entrypoint_name``) is escaped, ``\\udcff`` for byte 0xff. Not
+    ``ray._private.utils.get_entrypoint_name``) is escaped (:func:`printable_name`: ``\\xff``). Not
     pinned to tested Rays (:mod:`jobs.pipeline.ray_private`): it only rewrites a label that
     would otherwise fail, Ray's own value is kept on any error, and a Ray without that name
     starts as it does.
@@ -149,7 +150,7 @@ def _encodable_entrypoint() -> Iterator[None]:
     def encodable() -> str:
         name = original()
         try:
-            return name.encode("utf-8", "backslashreplace").decode("utf-8")
+            return printable_name(name)
         except Exception:  # any trouble: Ray's own value
             return name
 
